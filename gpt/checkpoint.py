@@ -1,0 +1,149 @@
+"""Checkpoints: the trained weights (and the whole training state) on disk, and back.
+
+Its place in the flow: the training loop (gpt/trainer.py) saves here; sampling (gpt/generate.py),
+evaluation (gpt/evaluate.py) and fine-tuning load from here. One format, a dict saved with torch.save:
+
+    format_version  1
+    model_config    GPTConfig as a dict        model      the model's state_dict
+    tokenizer       Tokenizer.to_dict()        step       optimizer steps taken
+    config          the training settings      optimizer, rng, sampler, best_val_loss (for resuming)
+
+Saving is atomic (a temp file in the same folder, then a rename), so a kill at any instant leaves the
+previous checkpoint whole. Loading uses torch.load(weights_only=True), which refuses to unpickle anything
+but tensors and plain data: a crafted file cannot run code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt.errors import UserError
+from gpt.model import GPT, GPTConfig
+from gpt.tokenizer import Tokenizer, tokenizer_from_dict
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write `state` to `path` atomically: readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format_version": FORMAT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint saved by save_checkpoint; never executes code from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses any class or function a plain checkpoint never holds ("GLOBAL x.y"):
+        # that is what a crafted file would need to run code. Anything else is a damaged file.
+        lines = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line.upper()]
+        if lines:
+            raise UserError(
+                f"refused to load {path}: it asks to import code a checkpoint never needs, which could run "
+                f"anything ({lines[0][:160]}); only load checkpoints you trust"
+            ) from None
+        raise UserError(f"cannot read checkpoint {path}: the file is corrupt or not a checkpoint") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read checkpoint {path}: the file is corrupt or not a checkpoint ({first[:200]})") from None
+    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
+        raise UserError(f"{path} is not a checkpoint of this project (no model weights and config in it)")
+    if state.get("format_version", 0) > FORMAT_VERSION:
+        raise UserError(f"{path} was written by a newer version of this project (format {state['format_version']})")
+    return state
+
+
+def model_config_dict(model: GPT) -> dict[str, Any]:
+    return dataclasses.asdict(model.config)
+
+
+def clean_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights without the wrappers' name prefixes (torch.compile's _orig_mod., DDP's module.)."""
+    state = model.state_dict()
+    clean = {}
+    for key, value in state.items():
+        for prefix in ("_orig_mod.", "module."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        clean[key] = value
+    return clean
+
+
+def model_from_checkpoint(state: dict[str, Any]) -> GPT:
+    try:
+        config = GPTConfig(**state["model_config"])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"the checkpoint's model config is invalid: {e}") from None
+    model = GPT(config)
+    model.load_state_dict(state["model"])
+    return model
+
+
+@dataclass
+class Loaded:
+    """A model ready to use, the tokenizer it was trained with, and where they came from."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    path: Path  # the checkpoint file, or the Hugging Face folder
+    checkpoint: dict[str, Any] | None  # the full checkpoint; None for a Hugging Face folder
+
+
+def resolve_checkpoint_path(spec: str | Path) -> Path:
+    """An out_dir means its best checkpoint (best.pt), else its latest (ckpt.pt); a file means itself."""
+    path = Path(spec)
+    if path.is_dir():
+        for name in ("best.pt", "ckpt.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise UserError(f"{path} holds no checkpoint (best.pt or ckpt.pt): train first, or point --ckpt at a .pt file")
+    if not path.exists():
+        raise UserError(f"checkpoint {path} not found: give an out_dir, a .pt file, or a Hugging Face GPT-2 folder")
+    return path
+
+
+def is_hf_folder(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / "config.json").is_file() and not (path / "ckpt.pt").exists() \
+        and not (path / "best.pt").exists()
+
+
+def load_model(spec: str | Path, device: torch.device | str = "cpu") -> Loaded:
+    """Load a model and its tokenizer from an out_dir, a checkpoint file, or a local Hugging Face GPT-2 folder."""
+    if is_hf_folder(spec):
+        from gpt.hf import load_hf_gpt2
+        from gpt.tokenizer import load_tokenizer
+
+        model = load_hf_gpt2(spec)
+        tokenizer = load_tokenizer("gpt2")
+        return Loaded(model.to(device).eval(), tokenizer, Path(spec), None)
+    path = resolve_checkpoint_path(spec)
+    state = load_checkpoint(path)
+    model = model_from_checkpoint(state)
+    tokenizer = tokenizer_from_dict(state["tokenizer"])
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise UserError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}")
+    return Loaded(model.to(device).eval(), tokenizer, path, state)

@@ -1,0 +1,249 @@
+"""The model: a decoder-only Transformer that reads token ids and predicts the next token at every position.
+
+Its place in the flow: batches of token ids x [B, T] come in (from gpt/data.py); logits [B, T, vocab_size]
+go out, and with targets y (x shifted by one) the cross-entropy loss that training (gpt/trainer.py)
+minimises. Sampling (gpt/generate.py) calls the same forward with a KV cache, one new token at a time.
+
+The architecture is GPT-2's, so GPT-2's weights load into it (gpt/hf.py):
+
+    ids ─▶ token embedding + position embedding ─▶ n_layer x Block ─▶ LayerNorm ─▶ LM head ─▶ logits
+    Block:  x = x + attention(LayerNorm(x));  x = x + MLP(LayerNorm(x))          ("pre-LayerNorm")
+
+Shapes in the comments: B batch size, T sequence length, C = n_embd (channels), nh = n_head,
+hs = head size = C / nh, V = vocab_size, L = number of positions held in the KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257  # number of distinct tokens (GPT-2: 50,257)
+    block_size: int = 1024  # longest sequence the model reads: the number of learned positions
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768  # width of the residual stream
+    dropout: float = 0.0
+    bias: bool = True  # biases in the Linear layers and LayerNorms, as GPT-2 has
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+class KVCache:
+    """The keys and values of every token seen so far, for each layer.
+
+    Without a cache, generating each new token re-runs the whole sequence through the model. With it,
+    a step feeds only the new token: its query attends to the stored keys and values of the earlier
+    ones, which never change (attention is causal). The buffers are allocated once, full size.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=None):
+        head_size = config.n_embd // config.n_head
+        shape = (batch_size, config.n_head, config.block_size, head_size)  # [B, nh, block_size, hs]
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.length = 0  # positions filled so far
+        self.capacity = config.block_size
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class CausalSelfAttention(nn.Module):
+    """Each position mixes in information from itself and earlier positions, weighted by relevance."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        # Queries, keys and values of all heads come from one matmul (GPT-2 names it c_attn).
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # each [B, T, C]
+        # Split the channels into heads: [B, T, C] -> [B, nh, T, hs]
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+
+        if cache is None:
+            # Plain path: token t attends to tokens 0..t of this sequence.
+            mask, is_causal = None, True
+        else:
+            # Store this step's keys and values after the earlier ones, then attend over all L of them.
+            start = cache.length
+            cache.keys[layer][:B, :, start : start + T] = k
+            cache.values[layer][:B, :, start : start + T] = v
+            k = cache.keys[layer][:B, :, : start + T]  # [B, nh, L, hs], L = start + T
+            v = cache.values[layer][:B, :, : start + T]
+            if T == 1:  # one new token may see everything stored: no mask needed
+                mask, is_causal = None, False
+            elif start == 0:
+                mask, is_causal = None, True
+            else:  # new token i sits at position start + i and may see keys 0..start + i
+                query_pos = torch.arange(start, start + T, device=x.device)
+                mask = torch.arange(start + T, device=x.device)[None, :] <= query_pos[:, None]  # [T, L]
+                is_causal = False
+
+        # softmax(q @ k^T / sqrt(hs)) @ v over the allowed positions: [B, nh, T, L] weights -> [B, nh, T, hs].
+        # SDPA runs this as one fused kernel (flash attention where available); the plain version is
+        #   att = (q @ k.transpose(-2, -1)) / math.sqrt(hs); att = att.masked_fill(~allowed, -inf)
+        #   y = att.softmax(dim=-1) @ v
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: [B, T, C]
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """A per-position two-layer network, 4x as wide inside: where most of the parameters live."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation of GELU
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # [B, T, C] -> [B, T, 4C] -> [B, T, C]
+
+
+class Block(nn.Module):
+    """One Transformer layer: attention to communicate between positions, then an MLP to compute."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        # Each sub-layer adds to the residual stream x rather than replacing it, which keeps deep
+        # stacks trainable: gradients flow straight through the additions.
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding: id -> vector
+                wpe=nn.Embedding(config.block_size, config.n_embd),  # position embedding: 0..block_size-1
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying: the LM head scores each token by the dot product of the final hidden state with
+        # that token's embedding. One matrix, used at both ends, as in GPT-2.
+        self.lm_head.weight = self.transformer.wte.weight
+
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of the layers that write into the residual stream by 1/sqrt(2 * n_layer):
+        # each layer adds two of them, so the stream's variance stays the same however deep the model.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        all_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for the next token at each position of idx [B, T], and the loss when targets [B, T] are given.
+
+        Targets equal to -1 are left out of the loss (e.g. prompt tokens when fine-tuning on answers).
+        Without targets only the last position's logits are computed ([B, 1, V]), which is all sampling
+        needs, unless all_logits is set. With a kv_cache, idx holds only the new tokens; they continue
+        the sequence stored in the cache.
+        """
+        B, T = idx.shape
+        start = 0 if kv_cache is None else kv_cache.length
+        self._check_input(idx, start)
+
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # [T]
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # [B, T, C] + [T, C] -> [B, T, C]
+        x = self.transformer.drop(x)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, kv_cache, layer)  # [B, T, C]
+        x = self.transformer.ln_f(x)
+        if kv_cache is not None:
+            kv_cache.length += T
+
+        if targets is not None:
+            logits = self.lm_head(x)  # [B, T, V]
+            # Cross-entropy = -log(probability the model gave to the true next token), averaged.
+            loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), ignore_index=-1)
+            return logits, loss
+        if not all_logits:
+            x = x[:, -1:, :]  # [B, 1, C]: the next token after the sequence
+        return self.lm_head(x), None
+
+    def _check_input(self, idx: torch.Tensor, start: int) -> None:
+        T = idx.shape[1]
+        if start + T > self.config.block_size:
+            what = f"{start} cached + {T} new tokens" if start else f"a sequence of {T} tokens"
+            raise ValueError(f"{what} is longer than block_size ({self.config.block_size})")
+        # Out-of-range ids would otherwise fail deep inside the embedding (or silently, on some devices).
+        # The check needs the values on the host, so it is skipped inside torch.compile's graph.
+        if not torch.compiler.is_compiling() and idx.numel() > 0:
+            low, high = int(idx.min()), int(idx.max())
+            if low < 0 or high >= self.config.vocab_size:
+                bad = low if low < 0 else high
+                raise ValueError(f"token id {bad} is out of range for vocab_size {self.config.vocab_size}")
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count. The position embedding is a lookup, not a matmul, so FLOP counts leave it out;
+        the token embedding stays in because, tied to the LM head, it does a matmul there."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward): 6 per parameter (2 forward, 4 backward for each
+        multiply-add), plus attention's scores and weighted sum, which grow with the sequence length."""
+        T = seq_len or self.config.block_size
+        cfg = self.config
+        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+
+    def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache on this model's device, in its dtype (or `dtype`: the autocast dtype, if any)."""
+        weight = self.transformer.wte.weight
+        return KVCache(self.config, batch_size, device=weight.device, dtype=dtype or weight.dtype)
