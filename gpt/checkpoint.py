@@ -135,10 +135,11 @@ def load_model(spec: str | Path, device: torch.device | str = "cpu") -> Loaded:
     """Load a model and its tokenizer from an out_dir, a checkpoint file, or a local Hugging Face GPT-2 folder."""
     if is_hf_folder(spec):
         from gpt.hf import load_hf_gpt2
-        from gpt.tokenizer import load_tokenizer
+        from gpt.tokenizer import load_gpt2_from_hf_folder, load_tokenizer
 
         model = load_hf_gpt2(spec)
-        tokenizer = load_tokenizer("gpt2")
+        # The folder's own vocab.json + merges.txt when it has them, else GPT-2's files found offline.
+        tokenizer = load_gpt2_from_hf_folder(spec) or load_tokenizer("gpt2")
         return Loaded(model.to(device).eval(), tokenizer, Path(spec), None)
     path = resolve_checkpoint_path(spec)
     state = load_checkpoint(path)

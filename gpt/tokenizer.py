@@ -394,6 +394,22 @@ def load_gpt2(gpt2_dir: str | os.PathLike[str] | None = None) -> TiktokenTokeniz
     return TiktokenTokenizer("gpt2", "gpt2", _gpt2_ranks(contents["encoder.json"], contents["vocab.bpe"], str(folder)))
 
 
+def load_gpt2_from_hf_folder(folder: str | os.PathLike[str]) -> TiktokenTokenizer | None:
+    """GPT-2's tokenizer from a Hugging Face model folder's vocab.json + merges.txt (the same content as
+    encoder.json + vocab.bpe under other names), or None when the folder lacks them. Their agreement with
+    each other is checked; no pinned hash applies, since such folders may be re-serialised."""
+    folder = Path(folder)
+    vocab, merges = folder / "vocab.json", folder / "merges.txt"
+    if not (vocab.is_file() and merges.is_file()):
+        return None
+    try:
+        ranks = _gpt2_ranks(vocab.read_bytes(), merges.read_bytes(), str(folder))
+    except (ValueError, KeyError, UnicodeDecodeError, UserError):
+        raise UserError(f"{folder}'s vocab.json and merges.txt are not GPT-2's tokenizer files: remove them "
+                        f"or replace them with GPT-2's") from None
+    return TiktokenTokenizer("gpt2", "gpt2", ranks)
+
+
 # ---------------------------------------------------------------------------------------------------
 
 

@@ -109,3 +109,22 @@ def test_clean_state_dict_strips_wrapper_prefixes():
     wrapper = torch.nn.Module()
     wrapper.module = model
     assert set(clean_state_dict(wrapper)) == set(model.state_dict())
+
+
+def test_hf_folder_loads_with_its_own_tokenizer_files(tmp_path):
+    import shutil
+
+    from conftest import shared_path
+    from gpt.hf import save_hf_gpt2
+
+    gpt2 = shared_path("gpt2")
+    model = GPT(GPTConfig(vocab_size=50257, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    save_hf_gpt2(model, tmp_path / "hf")
+    shutil.copy(gpt2 / "encoder.json", tmp_path / "hf" / "vocab.json")
+    shutil.copy(gpt2 / "vocab.bpe", tmp_path / "hf" / "merges.txt")
+    loaded = load_model(tmp_path / "hf")
+    assert loaded.checkpoint is None and loaded.tokenizer.name == "gpt2"
+    assert loaded.tokenizer.encode("Hello world") == [15496, 995]
+    (tmp_path / "hf" / "merges.txt").write_text("#version: 0.2\nx y\n")
+    with pytest.raises(UserError, match="not GPT-2's tokenizer files"):
+        load_model(tmp_path / "hf")
