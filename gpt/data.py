@@ -1,0 +1,966 @@
+"""Corpus preparation and batches: the second step of the flow, text files -> token bins -> (x, y) batches.
+
+text files ──prepare──▶ data/<corpus>/<key>/{train.bin, val.bin, tokenizer.json, meta.json}
+           ──Batches──▶ x, y: int64 [batch_size, block_size] (y is x shifted by one token)
+
+`prepare` takes a file, a folder (every text file below it, optionally filtered by an include glob),
+several paths, or a named corpus ("stdlib", "shakespeare"); it fits or takes a tokenizer, tokenizes the text
+in bounded-size chunks on all cores and writes uint16 (or uint32) token bins that `np.memmap` reads.
+
+The cache folder's name `<key>` is a hash of everything the bins depend on (the files' contents, the
+tokenizer, the include glob, the split), so unchanged inputs are reused and any change prepares again.
+A folder is built under a temporary name and renamed into place only when complete (meta.json last), so a
+prepare killed midway leaves nothing that a later run trusts.
+
+Command line: `python -m gpt.data <data...> --tokenizer char` prepares and prints a summary.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import dataclasses
+import fnmatch
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import re
+import secrets
+import shutil
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from gpt.config import parse_args, setting
+from gpt.errors import UserError, exit_on_user_error
+from gpt.tokenizer import CharTokenizer, Tokenizer, load_tokenizer, tokenizer_from_dict
+
+if TYPE_CHECKING:
+    import torch
+
+FORMAT_VERSION = 1  # bump when the bin layout or the meta changes: old caches are then prepared again
+
+NAMED_CORPORA = ("stdlib", "shakespeare")
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+SHAKESPEARE_BYTES = 1_115_394
+# Folders of the standard library that are not its own source: tests (and their data files, some of them
+# deliberately broken), IDLE's tests, and third-party packages.
+STDLIB_EXCLUDED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
+
+# Tuning knobs (module constants so tests can shrink them to exercise chunking and the worker pool).
+_CHUNK_BYTES = 1 << 20  # text handed to one worker at a time; bounds memory per worker
+_POOL_MIN_BYTES = 16 << 20  # below this, starting worker processes costs more than it saves
+_BPE_SAMPLE_BYTES = 20 << 20  # a trained BPE sees at most this much text (the start of the train split)
+_BINARY_PROBE_BYTES = 8192  # a NUL byte in a file's first 8 KB marks it as binary
+_HASH_BLOCK = 1 << 20
+
+
+class DataWarning(UserWarning):
+    """Something about the corpus the user should know (e.g. skipped binary files), but not an error."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding the documents: files, folders and named corpora.
+
+
+@dataclass(frozen=True)
+class Document:
+    path: Path  # absolute
+    size: int  # bytes
+    label: str  # the path relative to what the user named; orders the validation pick independently of location
+
+
+def _repo_root() -> Path:
+    import gpt
+
+    return Path(gpt.__file__).resolve().parents[1]
+
+
+def _shared_dir() -> Path:
+    return _repo_root().parent / "shared"
+
+
+def _is_binary(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return b"\0" in f.read(_BINARY_PROBE_BYTES)
+
+
+def _stdlib_documents() -> list[Document]:
+    root = Path(sysconfig.get_paths()["stdlib"]).resolve()
+    if not root.is_dir():
+        raise UserError(f"the Python standard library was not found at {root}: give a path to your own text instead")
+    docs = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in STDLIB_EXCLUDED_DIRS and not d.startswith("."))
+        for name in sorted(filenames):
+            if name.endswith(".py"):
+                path = Path(dirpath) / name
+                size = path.stat().st_size
+                if size:
+                    docs.append(Document(path, size, path.relative_to(root).as_posix()))
+    docs.sort(key=lambda d: d.label)
+    if not docs:
+        raise UserError(f"no .py files found in the standard library at {root}: give a path to your own text instead")
+    return docs
+
+
+def _shakespeare_path(data_dir: Path) -> Path:
+    local = data_dir / "shakespeare" / "input.txt"
+    if local.is_file():
+        return local
+    shared = _shared_dir() / "corpora" / "tinyshakespeare.txt"
+    if shared.is_file():
+        return shared
+    _download(SHAKESPEARE_URL, local, expected_size=SHAKESPEARE_BYTES)
+    return local
+
+
+def _download(url: str, dest: Path, *, expected_size: int | None = None) -> None:
+    """Fetch `url` into `dest` atomically; any failure is a UserError that says where to put the file by hand."""
+    where = f"put the file at {dest} (or ../shared/corpora/tinyshakespeare.txt beside the repository)"
+    try:
+        with urllib.request.urlopen(url, timeout=20) as response:
+            payload = response.read()
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise UserError(f"Tiny Shakespeare is not on this machine and downloading {url} failed ({reason}): {where}") from None
+    if expected_size is not None and len(payload) != expected_size:
+        raise UserError(f"downloaded {len(payload)} bytes from {url}, expected {expected_size}: {where}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(payload)
+    os.replace(tmp, dest)
+
+
+def _folder_documents(root: Path, include: str | None, binaries: list[Path]) -> list[Document]:
+    docs = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        # Hidden folders (.git, .venv) and byte-code caches are never text the user meant.
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if include and not (fnmatch.fnmatch(rel, include) or fnmatch.fnmatch(name, include)):
+                continue
+            if not path.is_file():
+                continue
+            size = path.stat().st_size
+            if size == 0:
+                continue
+            if _is_binary(path):
+                binaries.append(path)
+                continue
+            docs.append(Document(path, size, rel))
+    docs.sort(key=lambda d: d.label)
+    return docs
+
+
+def resolve_sources(
+    data: str | list[str], include: str | None = None, data_dir: str | Path = "data"
+) -> tuple[str, list[Document]]:
+    """The corpus name and its documents (files), in a deterministic order.
+
+    Named corpora ("stdlib", "shakespeare") take precedence over a path of the same name: write ./stdlib for
+    the folder. The include glob filters the files found in folders (matched against the path relative to
+    the folder, and against the file name); a file named directly is always taken.
+    """
+    items = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    if not items:
+        raise UserError("no data given: name a text file, a folder, or a named corpus (stdlib, shakespeare)")
+    data_dir = Path(data_dir)
+    names: list[str] = []
+    docs: list[Document] = []
+    binaries: list[Path] = []
+    for item in items:
+        item = str(item)
+        if item in NAMED_CORPORA:
+            names.append(item)
+            if item == "stdlib":
+                docs += _stdlib_documents()
+            else:
+                path = _shakespeare_path(data_dir).resolve()
+                docs.append(Document(path, path.stat().st_size, "input.txt"))
+            continue
+        path = Path(item).expanduser()
+        if not path.exists():
+            raise UserError(
+                f"data path {item} not found: give a text file, a folder of text files, "
+                f"or a named corpus ({', '.join(NAMED_CORPORA)})"
+            )
+        path = path.resolve()
+        names.append(path.stem if path.is_file() else path.name)
+        if path.is_dir():
+            found = _folder_documents(path, include, binaries)
+            if not found:
+                matching = f" matching {include!r}" if include else ""
+                raise UserError(f"folder {item} has no (non-empty) text files{matching}: point to a folder that has some")
+            docs += found
+        else:
+            size = path.stat().st_size
+            if size == 0:
+                raise UserError(f"{item} is empty: give a file with some text in it")
+            if _is_binary(path):
+                binaries.append(path)
+                continue
+            docs.append(Document(path, size, path.name))
+    if binaries:
+        shown = ", ".join(str(p) for p in binaries[:10]) + (f" and {len(binaries) - 10} more" if len(binaries) > 10 else "")
+        warnings.warn(f"skipped {len(binaries)} binary file(s) (NUL bytes in the first 8 KB): {shown}", DataWarning, stacklevel=3)
+    if not docs:
+        raise UserError("no text to prepare: every file given is binary; give text files (UTF-8)")
+    name = re.sub(r"[^A-Za-z0-9._+-]", "_", "+".join(names))[:60].strip(".") or "corpus"
+    return name, docs
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cutting text into chunks that tokenize the same apart as together.
+#
+# A byte-level BPE first splits text with a regex (GPT-2's, cl100k's) and encodes each piece alone. Two
+# kinds of position are never inside a piece and leave the pieces on both sides unchanged, so cutting there
+# gives the same tokens as encoding the text whole:
+#   - right after a newline with a printable ASCII character on each side ("x\n|y"): a line start;
+#   - between an ASCII letter or digit and a following space, tab or newline ("word| next").
+# A chunk is cut at the last line start in its second half, else at the last word end there. Only text
+# with neither (e.g. a long run of non-ASCII without spaces) is cut after any newline, or else at a UTF-8
+# character boundary: there a BPE may encode the few characters around the cut differently than it would
+# have uncut (a char tokenizer never does).
+
+
+def _is_printable_ascii(byte: int) -> bool:
+    return 0x21 <= byte <= 0x7E
+
+
+_ASCII_ALNUM = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+
+
+def _safe_cut(buf: bytes, lo: int) -> int:
+    """The last position in (lo, len(buf)) at which `buf` may be cut (see above); at least 1 when len(buf) > 1."""
+    n = len(buf)
+    lo = max(lo, 1)
+    i = buf.rfind(b"\n", lo, n - 1)
+    last_newline = i
+    while i >= lo:
+        if _is_printable_ascii(buf[i - 1]) and _is_printable_ascii(buf[i + 1]):
+            return i + 1
+        i = buf.rfind(b"\n", lo, i)
+    i = buf.rfind(b" ", lo, n)
+    while i >= lo:
+        if buf[i - 1] in _ASCII_ALNUM:
+            return i
+        i = buf.rfind(b" ", lo, i)
+    if last_newline >= lo:
+        return last_newline + 1
+    cut = n - 1
+    while cut > 0 and (buf[cut] & 0xC0) == 0x80:  # a UTF-8 continuation byte: back off to the character start
+        cut -= 1
+    return cut if cut > 0 else n
+
+
+def _read_chunks(path: Path, start: int, end: int, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """(file offset, bytes) pieces of path[start:end], each about chunk_bytes, cut at safe positions."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        pos = start
+        carry = b""
+        while True:
+            data = f.read(max(0, min(chunk_bytes, end - pos)))
+            pos += len(data)
+            buf = carry + data if carry else data
+            if pos >= end or not data:  # the end of the segment (or the file shrank while we read it)
+                if buf:
+                    yield pos - len(buf), buf
+                return
+            cut = _safe_cut(buf, len(buf) // 2)
+            yield pos - len(buf), buf[:cut]
+            carry = buf[cut:]
+
+
+def _cut_near(path: Path, offset: int) -> int:
+    """A safe cut position in the file at or before `offset` (for splitting one document into train/val)."""
+    window = 1 << 20
+    lo = max(0, offset - window)
+    with open(path, "rb") as f:
+        f.seek(lo)
+        buf = f.read(offset + 1 - lo)
+    if len(buf) <= 1:
+        return offset
+    return lo + _safe_cut(buf, 0)
+
+
+def _decode(data: bytes, path: str, offset: int, errors: str) -> str:
+    try:
+        return data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path} is not valid UTF-8 at byte offset {offset + e.start} ({e.reason}): convert it to UTF-8, "
+            "or set on_invalid_utf8=replace to replace bad bytes with U+FFFD"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Workers: each turns one chunk of bytes into a character set or token ids.
+
+_worker_tokenizer: Tokenizer | None = None
+_worker_char_table: np.ndarray | None = None  # a CharTokenizer's fast path (see _set_worker_tokenizer)
+
+
+def _set_worker_tokenizer(tokenizer: Tokenizer | None) -> None:
+    global _worker_tokenizer, _worker_char_table
+    _worker_tokenizer = tokenizer
+    _worker_char_table = None
+    if type(tokenizer) is CharTokenizer:
+        # A dense code point -> id table (-1: not in the vocabulary); at most 4.4 MB, for all of Unicode.
+        codes = np.array([ord(c) for c in tokenizer.chars], dtype=np.int64)
+        _worker_char_table = np.full(int(codes.max()) + 1, -1, dtype=np.int32)
+        _worker_char_table[codes] = np.arange(len(codes), dtype=np.int32)
+
+
+def _init_worker(tokenizer_dict: dict | None) -> None:
+    if tokenizer_dict is not None:  # spawned (not forked) workers rebuild the tokenizer from plain data
+        _set_worker_tokenizer(tokenizer_from_dict(tokenizer_dict))
+
+
+def _encode_text(text: str, dtype: np.dtype) -> np.ndarray:
+    tokenizer = _worker_tokenizer
+    assert tokenizer is not None
+    table = _worker_char_table
+    if table is not None:
+        # CharTokenizer.encode, vectorized: one table lookup per code point.
+        codes = _code_points(text)
+        if codes.size == 0:
+            return np.zeros(0, dtype=dtype)
+        if int(codes.max()) < len(table):
+            ids = table[codes]
+            if int(ids.min()) >= 0:
+                return ids.astype(dtype)
+    ids = np.asarray(tokenizer.encode(text), dtype=np.int64)  # raises the tokenizer's own error for unknown chars
+    if ids.size and (ids.min() < 0 or ids.max() >= tokenizer.vocab_size):
+        raise RuntimeError(f"tokenizer {tokenizer.name} returned ids outside [0, {tokenizer.vocab_size})")
+    return ids.astype(dtype)
+
+
+def _encode_job(job: tuple) -> tuple:
+    segment, first, offset, data, path, errors, dtype = job
+    text = _decode(data, path, offset, errors)
+    nbytes = len(data) if errors == "strict" else len(text.encode("utf-8"))
+    return segment, first, _encode_text(text, dtype), len(text), nbytes
+
+
+def _code_points(text: str) -> np.ndarray:
+    if text.isascii():  # the common case: one byte per code point, no 4-byte copy
+        return np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+def _charset_job(job: tuple) -> tuple:
+    segment, first, offset, data, path, errors, _ = job
+    text = _decode(data, path, offset, errors)
+    if text.isascii():
+        present = np.flatnonzero(np.bincount(_code_points(text), minlength=128))
+    else:
+        seen = np.zeros(0x110000, dtype=bool)
+        seen[_code_points(text)] = True
+        present = np.flatnonzero(seen)
+    return segment, first, "".join(map(chr, present.tolist())), len(text), len(data)
+
+
+def _workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _map_chunks(
+    fn: Callable[[tuple], tuple], jobs: Iterable[tuple], tokenizer: Tokenizer | None, total_bytes: int, bar
+) -> Iterator[tuple]:
+    """fn over jobs, results in order; at most 2 chunks per worker in flight, so memory stays bounded."""
+    _set_worker_tokenizer(tokenizer)
+    workers = _workers()
+    try:
+        if workers < 2 or total_bytes < _POOL_MIN_BYTES:
+            for job in jobs:
+                result = fn(job)
+                bar.update(len(job[3]))
+                yield result
+            return
+        fork = "fork" in mp.get_all_start_methods()
+        context = mp.get_context("fork" if fork else "spawn")
+        init_arg = None if fork or tokenizer is None else tokenizer.to_dict()
+        with context.Pool(workers, initializer=_init_worker, initargs=(init_arg,)) as pool:
+            pending: collections.deque = collections.deque()
+            for job in jobs:
+                pending.append((len(job[3]), pool.apply_async(fn, (job,))))
+                if len(pending) >= 2 * workers:
+                    size, result = pending.popleft()
+                    yield result.get()
+                    bar.update(size)
+            while pending:
+                size, result = pending.popleft()
+                yield result.get()
+                bar.update(size)
+    finally:
+        _set_worker_tokenizer(None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The split into train and val.
+
+
+@dataclass(frozen=True)
+class Segment:
+    doc: int  # index into the documents
+    start: int  # byte range of the document
+    end: int
+    split: str  # "train" or "val"
+
+
+def _plan_split(docs: list[Document], val_fraction: float) -> tuple[list[Segment], dict[str, Any]]:
+    """Which bytes go to which split, in document order.
+
+    Several documents: whole documents go to val, picked in an order fixed by a hash of their relative paths
+    (so val is spread over the corpus, not its alphabetical tail) until about val_fraction of the bytes.
+    When no pick comes within 0.5x..1.5x of that (e.g. two big files), or there is one document, val is the
+    end of the text, cut at a line boundary.
+    """
+    total = sum(d.size for d in docs)
+    target = val_fraction * total
+    if val_fraction == 0:
+        return [Segment(i, 0, d.size, "train") for i, d in enumerate(docs)], {"method": "none"}
+    if len(docs) > 1:
+        order = sorted(range(len(docs)), key=lambda i: hashlib.blake2b(docs[i].label.encode()).digest())
+        val: set[int] = set()
+        val_bytes = 0
+        for i in order:
+            if val_bytes >= target:
+                break
+            if val_bytes + docs[i].size <= 1.5 * target:
+                val.add(i)
+                val_bytes += docs[i].size
+        if 0.5 * target <= val_bytes and len(val) < len(docs):
+            segments = [Segment(i, 0, d.size, "val" if i in val else "train") for i, d in enumerate(docs)]
+            info = {"method": "documents", "val_documents": [docs[i].label for i in sorted(val)]}
+            return segments, info
+    # The end of the text: whole documents from the back, then the one that straddles the boundary is cut.
+    remaining = math.ceil(target)
+    boundary_doc = len(docs) - 1
+    while boundary_doc > 0 and docs[boundary_doc].size <= remaining:
+        remaining -= docs[boundary_doc].size
+        boundary_doc -= 1
+    doc = docs[boundary_doc]
+    cut = _cut_near(doc.path, max(0, doc.size - remaining)) if remaining > 0 else doc.size
+    segments = [Segment(i, 0, d.size, "train") for i, d in enumerate(docs[:boundary_doc])]
+    if cut > 0:
+        segments.append(Segment(boundary_doc, 0, cut, "train"))
+    if cut < doc.size:
+        segments.append(Segment(boundary_doc, cut, doc.size, "val"))
+    segments += [Segment(i, 0, docs[i].size, "val") for i in range(boundary_doc + 1, len(docs))]
+    if not any(s.split == "train" for s in segments):
+        raise UserError(f"val_fraction={val_fraction} leaves no text for training: lower it")
+    info = {"method": "end", "val_starts_at": {"path": doc.label, "byte_offset": cut}}
+    return segments, info
+
+
+def _jobs(docs: list[Document], segments: list[Segment], errors: str, dtype, only: str | None = None) -> Iterator[tuple]:
+    for index, seg in enumerate(segments):
+        if only is not None and seg.split != only:
+            continue
+        doc = docs[seg.doc]
+        first = True
+        for offset, data in _read_chunks(doc.path, seg.start, seg.end, _CHUNK_BYTES):
+            yield index, first, offset, data, str(doc.path), errors, dtype
+            first = False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plain-data (JSON) form of a tokenizer's to_dict(), which may hold bytes and non-string keys.
+
+
+def _to_json(obj: Any) -> Any:
+    if isinstance(obj, (bytes, bytearray)):
+        return {"__bytes_b64__": base64.b64encode(bytes(obj)).decode("ascii")}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: _to_json(v) for k, v in obj.items()}
+        return {"__items__": [[_to_json(k), _to_json(v)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [_to_json(v) for v in obj]
+    return obj
+
+
+def _from_json(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__bytes_b64__"}:
+            return base64.b64decode(obj["__bytes_b64__"])
+        if set(obj) == {"__items__"}:
+            return {_hashable(_from_json(k)): _from_json(v) for k, v in obj["__items__"]}
+        return {k: _from_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_from_json(v) for v in obj]
+    return obj
+
+
+def _hashable(key: Any) -> Any:
+    return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
+
+
+def _tokenizer_digest(tokenizer: Tokenizer) -> str:
+    text = json.dumps(_to_json(tokenizer.to_dict()), sort_keys=True, ensure_ascii=True)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _is_fitted_spec(spec: str) -> bool:
+    """Specs whose tokenizer is fitted to the corpus: it is then a function of the (hashed) text and the spec."""
+    return spec == "char" or spec.startswith("bpe:")
+
+
+# ---------------------------------------------------------------------------------------------------
+# prepare
+
+
+@dataclass
+class Prepared:
+    dir: Path
+    meta: dict
+    tokenizer: Tokenizer
+    train_bin: Path
+    val_bin: Path
+    dtype: np.dtype
+    reused: bool = False  # true when an existing cache folder was used without tokenizing again
+
+
+def _dtype_for(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def _trusted(folder: Path, key: str) -> dict | None:
+    """The meta of a complete cache folder for `key`, or None (missing, half-written, or for other inputs)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        if meta.get("key") != key or meta.get("complete") is not True:
+            return None
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        for split in ("train", "val"):
+            if (folder / f"{split}.bin").stat().st_size != meta["splits"][split]["tokens"] * itemsize:
+                return None
+        if not (folder / "tokenizer.json").is_file():
+            return None
+        return meta
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def load_prepared(folder: str | Path) -> Prepared:
+    """A prepared folder (as made by `prepare`) opened again, e.g. to evaluate on its val split."""
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise UserError(f"{folder} is not a prepared corpus (no meta.json): run python -m gpt.data on your text first")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if _trusted(folder, meta.get("key", "")) is None:
+        raise UserError(f"{folder} is incomplete or damaged: delete it and prepare again")
+    return _open(folder, meta, tokenizer=None, reused=True)
+
+
+def _open(folder: Path, meta: dict, tokenizer: Tokenizer | None, reused: bool) -> Prepared:
+    if tokenizer is None:
+        tokenizer_data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+        tokenizer = tokenizer_from_dict(_from_json(tokenizer_data))
+    return Prepared(
+        dir=folder,
+        meta=meta,
+        tokenizer=tokenizer,
+        train_bin=folder / "train.bin",
+        val_bin=folder / "val.bin",
+        dtype=np.dtype(meta["dtype"]),
+        reused=reused,
+    )
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_meta(folder: Path, meta: dict) -> None:
+    _write_json(folder / "meta.json", meta)
+
+
+def _remove_dead_temporaries(corpus_dir: Path) -> None:
+    """Delete temporary build folders whose process no longer runs (a prepare that was killed)."""
+    for tmp in corpus_dir.glob(".tmp-*"):
+        parts = tmp.name.split("-")
+        try:
+            pid = int(parts[2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError, OSError):
+            pass
+
+
+def prepare(
+    data: str | list[str],
+    tokenizer: str | Tokenizer,
+    *,
+    include: str | None = None,
+    val_fraction: float = 0.1,
+    data_dir: str | Path = "data",
+    on_invalid_utf8: str = "error",
+    progress: bool = True,
+) -> Prepared:
+    """Tokenize a corpus into train.bin / val.bin (or reuse the cache for the same inputs).
+
+    `tokenizer` is a spec ("char": the characters of the whole corpus; "bpe:<N>": trained on at most the first
+    20 MB of the train split; "gpt2", "<file>.tiktoken") or a Tokenizer (e.g. a checkpoint's, to fine-tune).
+    `on_invalid_utf8`: "error" (the file and byte offset) or "replace" (bad bytes become U+FFFD).
+    """
+    started = time.perf_counter()
+    if not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+        raise UserError(f"val_fraction must be at least 0 and below 1 (e.g. 0.1), got {val_fraction!r}")
+    if on_invalid_utf8 not in ("error", "replace"):
+        raise UserError(f"on_invalid_utf8 must be error or replace, got {on_invalid_utf8!r}")
+    if not isinstance(tokenizer, (str, Tokenizer)):
+        raise UserError(f"tokenizer must be a spec such as 'char' or a Tokenizer, got {tokenizer!r}")
+    errors = "strict" if on_invalid_utf8 == "error" else "replace"
+    data_dir = Path(data_dir)
+    corpus, docs = resolve_sources(data, include, data_dir)
+    sources = [{"path": str(d.path), "label": d.label, "size": d.size, "blake2b": _file_hash(d.path)} for d in docs]
+
+    fitted = isinstance(tokenizer, str) and _is_fitted_spec(tokenizer)
+    tok: Tokenizer | None
+    if isinstance(tokenizer, Tokenizer):
+        tok = tokenizer
+        tokenizer_id = {"object": tok.name, "blake2b": _tokenizer_digest(tok)}
+    elif fitted:
+        tok = None
+        tokenizer_id = {"spec": tokenizer}
+    else:
+        tok = load_tokenizer(tokenizer)
+        tokenizer_id = {"spec": tokenizer, "blake2b": _tokenizer_digest(tok)}
+    key_inputs = {
+        "format": FORMAT_VERSION,
+        "sources": [[s["path"], s["size"], s["blake2b"]] for s in sources],
+        "tokenizer": tokenizer_id,
+        "include": include,
+        "val_fraction": float(val_fraction),
+        "on_invalid_utf8": on_invalid_utf8,
+    }
+    key = hashlib.blake2b(json.dumps(key_inputs, sort_keys=True).encode(), digest_size=8).hexdigest()
+    corpus_dir = data_dir / corpus
+    final = corpus_dir / key
+    meta = _trusted(final, key)
+    if meta is not None:
+        return _open(final, meta, tokenizer=tok, reused=True)
+
+    corpus_dir.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temporaries(corpus_dir)
+    tmp = corpus_dir / f".tmp-{key}-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        meta = _build(tmp, docs, sources, tokenizer, tok, key, key_inputs, corpus, val_fraction, include,
+                      on_invalid_utf8, errors, progress, started)
+        if final.exists() and _trusted(final, key) is None:
+            shutil.rmtree(final)  # half-made by something else (e.g. copied partially): never trusted
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            # Another process (e.g. another rank) finished the same folder first: use theirs.
+            other = _trusted(final, key)
+            if other is None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            meta = other
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _open(final, meta, tokenizer=tok, reused=False)
+
+
+def _progress_bar(total: int, desc: str, progress: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1000,
+                disable=not progress, mininterval=0.5, leave=False)
+
+
+def _build(tmp: Path, docs, sources, spec_or_tok, tok, key, key_inputs, corpus, val_fraction, include,
+           on_invalid_utf8, errors, progress, started) -> dict:
+    segments, split_info = _plan_split(docs, val_fraction)
+    total_bytes = sum(s.end - s.start for s in segments)
+    fitted_on = None
+    if tok is None and spec_or_tok == "char":
+        chars: set[str] = set()
+        with _progress_bar(total_bytes, "vocabulary", progress) as bar:
+            for _, _, charset, _, _ in _map_chunks(_charset_job, _jobs(docs, segments, errors, None), None, total_bytes, bar):
+                chars.update(charset)
+        tok = CharTokenizer("".join(chars))
+        fitted_on = "the whole corpus"
+    elif tok is None:
+        sample, sample_bytes = [], 0
+        for _, _, offset, data, path, _, _ in _jobs(docs, segments, errors, None, only="train"):
+            sample.append(_decode(data, path, offset, errors))
+            sample_bytes += len(data)
+            if sample_bytes >= _BPE_SAMPLE_BYTES:
+                break
+        tok = load_tokenizer(spec_or_tok, corpus="".join(sample))
+        fitted_on = f"the first {sample_bytes} bytes of the train split"
+        del sample
+
+    dtype = _dtype_for(tok.vocab_size)
+    eot = tok.eot_id
+    stats = {split: {"tokens": 0, "bytes": 0, "characters": 0, "documents": 0} for split in ("train", "val")}
+    with open(tmp / "train.bin", "wb") as train_file, open(tmp / "val.bin", "wb") as val_file:
+        files = {"train": train_file, "val": val_file}
+        with _progress_bar(total_bytes, "tokenizing", progress) as bar:
+            for index, first, ids, n_chars, n_bytes in _map_chunks(
+                _encode_job, _jobs(docs, segments, errors, dtype), tok, total_bytes, bar
+            ):
+                split = segments[index].split
+                s = stats[split]
+                if first:
+                    if eot is not None and s["documents"] > 0:
+                        files[split].write(np.array([eot], dtype=dtype).tobytes())
+                        s["tokens"] += 1
+                    s["documents"] += 1
+                files[split].write(ids.tobytes())
+                s["tokens"] += int(ids.size)
+                s["characters"] += n_chars
+                s["bytes"] += n_bytes
+    _write_json(tmp / "tokenizer.json", _to_json(tok.to_dict()))
+    meta = {
+        "format": FORMAT_VERSION,
+        "key": key,
+        "corpus": corpus,
+        "tokenizer": {
+            "spec": tok.name,
+            "requested": spec_or_tok if isinstance(spec_or_tok, str) else "(a Tokenizer object)",
+            "fitted_on": fitted_on,
+            "vocab_size": tok.vocab_size,
+            "eot_id": eot,
+            "file": "tokenizer.json",
+        },
+        "vocab_size": tok.vocab_size,
+        "dtype": dtype.name,
+        "documents": len(docs),
+        "sources": sources,
+        "include": include,
+        "val_fraction": val_fraction,
+        "on_invalid_utf8": on_invalid_utf8,
+        "separator": "eot" if eot is not None else None,
+        "split": split_info,
+        "splits": stats,
+        "key_inputs": key_inputs,
+        "seconds": round(time.perf_counter() - started, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "complete": True,
+    }
+    _write_meta(tmp, meta)  # last: a folder without it is never trusted
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batches: random windows from the memmap, reproducible and resumable.
+
+
+class Batches:
+    """Random windows of block_size + 1 tokens: x is the first block_size, y the last block_size.
+
+    Every rank runs the same generator (seeded with `seed`) and each call draws one global batch of
+    world_size * batch_size windows, of which rank r takes the r-th slice: ranks see different windows, and
+    since drawing 4B start positions equals drawing B four times, world_size ranks see together exactly the
+    windows one process would see in world_size consecutive calls (results do not depend on the number of
+    processes). `state_dict` / `load_state_dict` resume the stream exactly.
+    """
+
+    def __init__(self, bin_path, block_size: int, batch_size: int, *, seed: int, device="cpu",
+                 rank: int = 0, world_size: int = 1, dtype=None):
+        self.bin_path = Path(bin_path)
+        if not self.bin_path.is_file():
+            raise UserError(f"token file {self.bin_path} not found: prepare the corpus first (python -m gpt.data ...)")
+        if dtype is None:
+            meta_path = self.bin_path.parent / "meta.json"
+            if not meta_path.is_file():
+                raise UserError(f"no meta.json beside {self.bin_path} to say its dtype: pass dtype (uint16 or uint32)")
+            dtype = json.loads(meta_path.read_text(encoding="utf-8"))["dtype"]
+        if block_size < 1 or batch_size < 1:
+            raise UserError(f"block_size and batch_size must be at least 1, got {block_size} and {batch_size}")
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} is outside world_size {world_size}")
+        self.dtype = np.dtype(dtype)
+        self.block_size = int(block_size)
+        self.batch_size = int(batch_size)
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        import torch  # here, not at the top: `python -m gpt.data` prepares without paying for torch's import
+
+        self.device = torch.device(device)
+        self.n_tokens = self.bin_path.stat().st_size // self.dtype.itemsize
+        needed = self.block_size + 1
+        if self.n_tokens < needed:
+            fix = "raise val_fraction" if self.bin_path.name == "val.bin" else "lower val_fraction"
+            raise UserError(
+                f"{self.bin_path.name} has {self.n_tokens} tokens but one block needs block_size + 1 = {needed}: "
+                f"lower block_size, {fix}, or give more text"
+            )
+        self.n_windows = self.n_tokens - self.block_size  # distinct start positions
+        if self.batch_size > self.n_windows:
+            raise UserError(
+                f"batch_size {self.batch_size} is larger than the {self.n_windows} distinct windows of "
+                f"block_size {self.block_size} in {self.bin_path.name} ({self.n_tokens} tokens): lower batch_size or block_size"
+            )
+        self.data = np.memmap(self.bin_path, dtype=self.dtype, mode="r", shape=(self.n_tokens,))
+        self._offsets = np.arange(self.block_size + 1, dtype=np.int64)
+        self.rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(self.seed)))
+        self.batches_drawn = 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        global_starts = self.rng.integers(0, self.n_windows, size=self.batch_size * self.world_size)
+        starts = global_starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        windows = self.data[starts[:, None] + self._offsets].astype(np.int64)
+        self.batches_drawn += 1
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(windows[:, :-1]))
+        y = torch.from_numpy(np.ascontiguousarray(windows[:, 1:]))
+        if self.device.type == "cuda":
+            # Page-locked host memory lets the copy overlap with the GPU's work on the previous step.
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        if self.device.type != "cpu":
+            return x.to(self.device), y.to(self.device)
+        return x, y
+
+    __next__ = next
+
+    def __iter__(self) -> "Batches":
+        return self
+
+    def state_dict(self) -> dict:
+        return {
+            "version": 1,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "block_size": self.block_size,
+            "batch_size": self.batch_size,
+            "n_tokens": self.n_tokens,
+            "batches_drawn": self.batches_drawn,
+            # As a JSON string: the generator state holds 128-bit integers, which torch.load(weights_only) refuses.
+            "rng": json.dumps(self.rng.bit_generator.state),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            rng_state = json.loads(state["rng"])
+            drawn = int(state["batches_drawn"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError("the saved batch sampler state is damaged or from another version: start the run afresh") from None
+        mismatched = [k for k in ("block_size", "batch_size", "n_tokens") if state.get(k) != getattr(self, k)]
+        if mismatched:
+            warnings.warn(
+                f"resuming the batch sampler with different {', '.join(mismatched)} than the saved run: "
+                "its batches will not match the ones the saved run would have drawn", DataWarning, stacklevel=2)
+        self.rng.bit_generator.state = rng_state
+        self.batches_drawn = drawn
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+
+
+@dataclass
+class PrepareConfig:
+    data: list[str] = setting([], "text files, folders, or named corpora (stdlib, shakespeare); positional arguments land here")
+    tokenizer: str = setting("char", "char, bpe:<vocab_size>, gpt2, or a path to a .tiktoken file")
+    include: str | None = setting(None, "glob that files found in folders must match, e.g. '*.md'")
+    val_fraction: float = setting(0.1, "share of the text kept for validation (whole documents when there are several)")
+    data_dir: str = setting("data", "where prepared corpora are cached (data_dir/<corpus>/<key>/)")
+    on_invalid_utf8: str = setting("error", "error (with file and byte offset) or replace (bad bytes become U+FFFD)")
+    progress: bool = setting(True, "show a progress bar (MB) while preparing")
+
+
+def _positional_to_data(argv: list[str]) -> list[str]:
+    """Turn bare positional arguments into --data=... (a first .toml positional stays the config file)."""
+    types_ = {f.name: f.type for f in dataclasses.fields(PrepareConfig)}
+    out: list[str] = []
+    config_seen = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--") and len(arg) > 2:
+            out.append(arg)
+            name = arg[2:].replace("-", "_")
+            is_bool = "bool" in str(types_.get(name, ""))
+            if "=" not in arg and i + 1 < len(argv):
+                nxt = argv[i + 1]
+                if (name == "config" or (name in types_ and not is_bool)) or (is_bool and nxt.lower() in ("true", "false")):
+                    out.append(nxt)
+                    i += 1
+                    config_seen |= name == "config"
+        elif arg.endswith(".toml") and not config_seen:
+            out.append(arg)
+            config_seen = True
+        else:
+            out.append(f"--data={arg}")
+        i += 1
+    return out
+
+
+def _human(n: float) -> str:
+    for unit in ("", "k", "M", "G"):
+        if abs(n) < 1000:
+            return f"{n:.0f}{unit}" if unit == "" else f"{n:.2f}{unit}"
+        n /= 1000
+    return f"{n:.2f}T"
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg, _ = parse_args(
+        PrepareConfig, _positional_to_data(argv), prog="python -m gpt.data",
+        description="Tokenize text into train.bin / val.bin (cached) and print a summary.",
+    )
+    if not cfg.data:
+        raise UserError("give the text to prepare: python -m gpt.data PATH_OR_CORPUS... --tokenizer char")
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+    started = time.perf_counter()
+    prepared = prepare(cfg.data, cfg.tokenizer, include=cfg.include, val_fraction=cfg.val_fraction,
+                       data_dir=cfg.data_dir, on_invalid_utf8=cfg.on_invalid_utf8, progress=cfg.progress)
+    elapsed = time.perf_counter() - started
+    meta = prepared.meta
+    train, val = meta["splits"]["train"], meta["splits"]["val"]
+    chars = train["characters"] + val["characters"]
+    nbytes = train["bytes"] + val["bytes"]
+    print(f"corpus      {meta['corpus']}: {meta['documents']} documents, {_human(chars)} characters, {_human(nbytes)} bytes")
+    print(f"tokenizer   {meta['tokenizer']['spec']}, vocabulary {meta['vocab_size']}, {meta['dtype']}")
+    for name, s in (("train", train), ("val", val)):
+        print(f"{name:<11} {s['tokens']:,} tokens, {s['bytes']:,} bytes, {s['documents']} documents")
+    status = "reused (nothing tokenized)" if prepared.reused else f"built in {meta['seconds']:.2f} s"
+    print(f"cache       {prepared.dir} ({status})")
+    print(f"time        {elapsed:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,538 @@
+"""Tests for gpt/data.py: preparing corpora into token bins, the cache, and the Batches sampler."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import gpt.data as data
+from conftest import REPO, shared_path
+from gpt.data import Batches, DataWarning, Prepared, load_prepared, prepare, resolve_sources
+from gpt.errors import UserError
+from gpt.tokenizer import CharTokenizer, load_tokenizer
+
+
+def make_text(seed: int, n_lines: int) -> str:
+    """Deterministic prose-like text with some non-ASCII, indentation and blank lines."""
+    rng = np.random.default_rng(seed)
+    words = ["the", "king", "über", "naïve", "café", "speak", "def", "return", "x", "(1, 2)", "—", "日本", "🙂", "a.b"]
+    lines = []
+    for _ in range(n_lines):
+        indent = " " * int(rng.integers(0, 3)) * 4
+        line = indent + " ".join(rng.choice(words, size=int(rng.integers(0, 10))))
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def read_bin(path: Path, dtype) -> np.ndarray:
+    return np.fromfile(path, dtype=dtype)
+
+
+def split_docs(ids: np.ndarray, eot: int | None) -> list[list[int]]:
+    if eot is None:
+        return [ids.tolist()]
+    docs, current = [], []
+    for t in ids.tolist():
+        if t == eot:
+            docs.append(current)
+            current = []
+        else:
+            current.append(t)
+    docs.append(current)
+    return docs
+
+
+def bpe_or_skip(corpus: str):
+    try:
+        return load_tokenizer("bpe:300", corpus=corpus)
+    except UserError as e:
+        if "unknown tokenizer" in str(e):
+            pytest.skip("gpt/tokenizer.py has no bpe:<N> kind yet (a teammate is adding it)")
+        raise
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of ~300 bytes and the worker pool even for tiny corpora, to exercise the streaming path."""
+    monkeypatch.setattr(data, "_CHUNK_BYTES", 300)
+    monkeypatch.setattr(data, "_POOL_MIN_BYTES", 0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Round trips: the bins decode back to the source text, split by split.
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_char_single_file_round_trip(tmp_path, monkeypatch, chunked):
+    if chunked:
+        monkeypatch.setattr(data, "_CHUNK_BYTES", 300)
+        monkeypatch.setattr(data, "_POOL_MIN_BYTES", 0)
+    text = make_text(0, 400)
+    src = tmp_path / "book.txt"
+    src.write_text(text, encoding="utf-8")
+    p = prepare(str(src), "char", data_dir=tmp_path / "d", progress=False)
+    assert isinstance(p, Prepared) and not p.reused
+    assert p.dtype == np.uint16 and p.meta["dtype"] == "uint16"
+    assert p.tokenizer.vocab_size == len(set(text)) == p.meta["vocab_size"]
+    train = p.tokenizer.decode(read_bin(p.train_bin, p.dtype))
+    val = p.tokenizer.decode(read_bin(p.val_bin, p.dtype))
+    assert train + val == text
+    assert p.meta["split"]["method"] == "end"
+    assert abs(len(val.encode()) / len(text.encode()) - 0.1) < 0.02
+    # The cut is at a line start, and the byte/token counts are those of each split's text.
+    assert train.endswith("\n")
+    for name, part in (("train", train), ("val", val)):
+        assert p.meta["splits"][name]["bytes"] == len(part.encode("utf-8"))
+        assert p.meta["splits"][name]["tokens"] == len(part)
+        assert p.meta["splits"][name]["characters"] == len(part)
+    # The vectorized char path gives what the tokenizer itself gives.
+    assert read_bin(p.train_bin, p.dtype).tolist() == p.tokenizer.encode(train)
+    # meta.json on disk says what the returned meta says.
+    on_disk = json.loads((p.dir / "meta.json").read_text(encoding="utf-8"))
+    assert on_disk == p.meta
+    assert on_disk["sources"][0]["size"] == len(text.encode()) and on_disk["sources"][0]["blake2b"]
+    assert on_disk["tokenizer"]["spec"] == "char"
+
+
+def make_folder(root: Path, n: int, seed: int = 1) -> dict[str, str]:
+    texts = {}
+    for i in range(n):
+        rel = f"part{i % 3}/doc{i:02d}.txt"
+        texts[rel] = make_text(seed + i, 20 + 7 * i)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(texts[rel], encoding="utf-8")
+    return texts
+
+
+def test_char_folder_splits_at_documents(tmp_path, small_chunks):
+    texts = make_folder(tmp_path / "corpus", 12)
+    p = prepare(str(tmp_path / "corpus"), "char", data_dir=tmp_path / "d", progress=False)
+    assert p.meta["split"]["method"] == "documents"
+    val_docs = set(p.meta["split"]["val_documents"])
+    assert val_docs and len(val_docs) < len(texts)
+    order = sorted(texts)
+    expected_train = "".join(texts[k] for k in order if k not in val_docs)
+    expected_val = "".join(texts[k] for k in order if k in val_docs)
+    assert p.tokenizer.decode(read_bin(p.train_bin, p.dtype)) == expected_train
+    assert p.tokenizer.decode(read_bin(p.val_bin, p.dtype)) == expected_val
+    assert p.meta["splits"]["val"]["documents"] == len(val_docs)
+    assert p.meta["splits"]["train"]["bytes"] == len(expected_train.encode())
+    # Deterministic: the same folder elsewhere picks the same validation documents.
+    make_folder(tmp_path / "copy" / "corpus", 12)
+    q = prepare(str(tmp_path / "copy" / "corpus"), "char", data_dir=tmp_path / "d2", progress=False)
+    assert q.meta["split"]["val_documents"] == p.meta["split"]["val_documents"]
+
+
+def test_include_glob_and_several_paths(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.md").write_text("# notes\nhello\n")
+    (tmp_path / "a" / "y.txt").write_text("skipped by the glob\n")
+    (tmp_path / "b.txt").write_text("second path\n")
+    name, docs = resolve_sources([str(tmp_path / "a"), str(tmp_path / "b.txt")], include="*.md")
+    assert [d.label for d in docs] == ["x.md", "b.txt"]
+    assert name == "a+b"
+
+
+def test_bpe_multi_file_round_trip_with_separators(tmp_path, small_chunks):
+    texts = make_folder(tmp_path / "corpus", 8)
+    tok = bpe_or_skip("".join(texts.values()))
+    if tok.eot_id is None:
+        pytest.skip("this bpe tokenizer has no <|endoftext|>")
+    p = prepare(str(tmp_path / "corpus"), "bpe:300", data_dir=tmp_path / "d", progress=False)
+    assert p.tokenizer.vocab_size == 300 and p.meta["separator"] == "eot"
+    assert "first" in p.meta["tokenizer"]["fitted_on"]
+    val_docs = set(p.meta["split"]["val_documents"])
+    for split, bin_path in (("train", p.train_bin), ("val", p.val_bin)):
+        pieces = split_docs(read_bin(bin_path, p.dtype), p.tokenizer.eot_id)
+        expected = [texts[k] for k in sorted(texts) if (k in val_docs) == (split == "val")]
+        assert [p.tokenizer.decode_bytes(ids).decode("utf-8") for ids in pieces] == expected
+        assert p.meta["splits"][split]["bytes"] == sum(len(t.encode()) for t in expected)
+        # Chunked encoding (300-byte chunks cut at safe newlines) equals encoding each document whole.
+        assert pieces == [p.tokenizer.encode(t) for t in expected]
+
+
+def test_bpe_single_file_round_trip(tmp_path):
+    text = make_text(3, 300)
+    bpe_or_skip(text)
+    src = tmp_path / "one.txt"
+    src.write_text(text, encoding="utf-8")
+    p = prepare(str(src), "bpe:300", data_dir=tmp_path / "d", progress=False)
+    train = p.tokenizer.decode_bytes(read_bin(p.train_bin, p.dtype)).decode("utf-8")
+    val = p.tokenizer.decode_bytes(read_bin(p.val_bin, p.dtype)).decode("utf-8")
+    assert train + val == text
+
+
+def gpt2_encoding():
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    ranks = load_tiktoken_bpe(str(shared_path("gpt2", "r50k_base.tiktoken")))
+    pattern = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    return tiktoken.Encoding("r50k_test", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+
+
+def test_chunk_cuts_keep_gpt2_encoding(tmp_path):
+    """Cutting at the chosen positions never changes GPT-2's encoding (for text that has such newlines)."""
+    enc = gpt2_encoding()
+    text = "".join(Path(f).read_text(encoding="utf-8") for f in sorted(Path(data.__file__).parent.glob("*.py")))
+    text += make_text(5, 500) + "x\n\n\ny\r\nz\n  w\n"
+    src = tmp_path / "t.txt"
+    src.write_bytes(text.encode("utf-8"))
+    chunks = [c for _, c in data._read_chunks(src, 0, src.stat().st_size, 2000)]
+    assert len(chunks) > 20 and b"".join(chunks) == text.encode("utf-8")
+    pieces = [t for c in chunks for t in enc.encode_ordinary(c.decode("utf-8"))]
+    assert pieces == enc.encode_ordinary(text)
+
+
+def test_chunks_without_newlines_cut_at_character_boundaries(tmp_path):
+    text = "é日🙂a" * 500  # no newline at all: cuts fall back to UTF-8 boundaries
+    src = tmp_path / "t.txt"
+    src.write_text(text, encoding="utf-8")
+    chunks = [c for _, c in data._read_chunks(src, 0, src.stat().st_size, 100)]
+    assert len(chunks) > 10
+    assert "".join(c.decode("utf-8") for c in chunks) == text
+
+
+# ---------------------------------------------------------------------------------------------------
+# The cache
+
+
+def test_cache_reused_without_tokenizing(tmp_path, monkeypatch):
+    src = tmp_path / "t.txt"
+    src.write_text(make_text(0, 200), encoding="utf-8")
+    first = prepare(str(src), "char", data_dir=tmp_path / "d", progress=False)
+    mtime = (first.dir / "meta.json").stat().st_mtime_ns
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(data, "_build", no_tokenizing)
+    second = prepare(str(src), "char", data_dir=tmp_path / "d", progress=False)
+    assert second.reused and second.dir == first.dir
+    assert (second.dir / "meta.json").stat().st_mtime_ns == mtime
+    assert second.tokenizer.to_dict() == first.tokenizer.to_dict()
+    assert second.meta == first.meta
+    assert load_prepared(first.dir).meta == first.meta
+
+
+def test_cache_invalidated_by_any_change(tmp_path):
+    src = tmp_path / "t.txt"
+    text = make_text(0, 200)
+    src.write_text(text, encoding="utf-8")
+    d = tmp_path / "d"
+    base = prepare(str(src), "char", data_dir=d, progress=False)
+    dirs = {base.dir}
+    # Same size, different content.
+    src.write_text(text[:-2] + "q\n", encoding="utf-8")
+    changed = prepare(str(src), "char", data_dir=d, progress=False)
+    assert not changed.reused and changed.dir not in dirs
+    dirs.add(changed.dir)
+    # Another tokenizer: a Tokenizer object with more characters.
+    wider = CharTokenizer(text + "qQZ")
+    other_tok = prepare(str(src), wider, data_dir=d, progress=False)
+    assert not other_tok.reused and other_tok.dir not in dirs and other_tok.tokenizer is wider
+    dirs.add(other_tok.dir)
+    other_val = prepare(str(src), "char", val_fraction=0.2, data_dir=d, progress=False)
+    assert not other_val.reused and other_val.dir not in dirs
+    dirs.add(other_val.dir)
+    globbed = prepare(str(tmp_path), "char", include="t.txt", data_dir=d, progress=False)
+    assert globbed.dir not in dirs
+    # And back to a known input: reused.
+    assert prepare(str(src), wider, data_dir=d, progress=False).reused
+
+
+def test_interrupted_prepare_leaves_nothing_trusted(tmp_path, monkeypatch):
+    src = tmp_path / "t.txt"
+    src.write_text(make_text(0, 200), encoding="utf-8")
+    d = tmp_path / "d"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "_write_meta", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(str(src), "char", data_dir=d, progress=False)
+    assert list((d / "t").iterdir()) == []
+    monkeypatch.undo()
+    good = prepare(str(src), "char", data_dir=d, progress=False)
+    assert not good.reused
+    # A folder at the final place without (or with a stale) meta.json is rebuilt, not trusted.
+    (good.dir / "meta.json").unlink()
+    again = prepare(str(src), "char", data_dir=d, progress=False)
+    assert not again.reused and (again.dir / "meta.json").is_file()
+    # A truncated bin is not trusted either.
+    with open(again.dir / "train.bin", "r+b") as f:
+        f.truncate(10)
+    assert not prepare(str(src), "char", data_dir=d, progress=False).reused
+    # A temporary folder left by a killed process is removed by the next build.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = d / "t" / f".tmp-abc-{int(dead.stdout)}-0000"
+    leftover.mkdir()
+    prepare(str(src), "char", val_fraction=0.3, data_dir=d, progress=False)
+    assert not leftover.exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        prepare(str(tmp_path / "nope.txt"), "char", data_dir=tmp_path / "d", progress=False)
+
+
+def test_empty_file_and_folder_without_text(tmp_path):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(UserError, match="empty"):
+        prepare(str(tmp_path / "empty.txt"), "char", data_dir=tmp_path / "d", progress=False)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(UserError, match="no .*text files"):
+        prepare(str(tmp_path / "folder"), "char", data_dir=tmp_path / "d", progress=False)
+    (tmp_path / "folder" / "a.txt").write_text("text")
+    with pytest.raises(UserError, match=r"matching '\*\.md'"):
+        prepare(str(tmp_path / "folder"), "char", include="*.md", data_dir=tmp_path / "d", progress=False)
+
+
+def test_binary_files_skipped_with_warning(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "text.txt").write_text(make_text(0, 100), encoding="utf-8")
+    (folder / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + bytes(100))
+    with pytest.warns(DataWarning, match="image.png"):
+        p = prepare(str(folder), "char", data_dir=tmp_path / "d", progress=False)
+    assert [s["label"] for s in p.meta["sources"]] == ["text.txt"]
+    with pytest.warns(DataWarning, match="image.png"), pytest.raises(UserError, match="binary"):
+        prepare(str(folder / "image.png"), "char", data_dir=tmp_path / "d", progress=False)
+
+
+def test_invalid_utf8_names_file_and_offset(tmp_path, small_chunks):
+    good = make_text(0, 100).encode("utf-8")
+    bad_at = len(good) + 3
+    src = tmp_path / "bad.txt"
+    src.write_bytes(good + b"abc\xff\xfedef\n" + good)
+    with pytest.raises(UserError, match=rf"bad\.txt is not valid UTF-8 at byte offset {bad_at}\b"):
+        prepare(str(src), "char", data_dir=tmp_path / "d", progress=False)
+    with pytest.raises(UserError, match=rf"byte offset {bad_at}\b"):
+        prepare(str(src), CharTokenizer(good.decode()), data_dir=tmp_path / "d", progress=False)
+    p = prepare(str(src), "char", on_invalid_utf8="replace", data_dir=tmp_path / "d", progress=False)
+    decoded = p.tokenizer.decode(read_bin(p.train_bin, p.dtype)) + p.tokenizer.decode(read_bin(p.val_bin, p.dtype))
+    assert decoded == src.read_bytes().decode("utf-8", errors="replace")
+
+
+def test_char_tokenizer_missing_characters_is_its_error(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text("hello wörld\n" * 50, encoding="utf-8")
+    with pytest.raises(UserError, match="not in this char tokenizer's vocabulary: 'ö'"):
+        prepare(str(src), CharTokenizer("helo wrd\n"), data_dir=tmp_path / "d", progress=False)
+
+
+def test_bad_settings(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text("some text\n")
+    for bad in (-0.1, 1.0):
+        with pytest.raises(UserError, match="val_fraction"):
+            prepare(str(src), "char", val_fraction=bad, data_dir=tmp_path / "d", progress=False)
+    with pytest.raises(UserError, match="on_invalid_utf8"):
+        prepare(str(src), "char", on_invalid_utf8="ignore", data_dir=tmp_path / "d", progress=False)
+    with pytest.raises(UserError, match="unknown tokenizer"):
+        prepare(str(src), "nonsense", data_dir=tmp_path / "d", progress=False)
+
+
+def test_val_fraction_zero(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text(make_text(0, 50), encoding="utf-8")
+    p = prepare(str(src), "char", val_fraction=0, data_dir=tmp_path / "d", progress=False)
+    assert p.meta["splits"]["val"]["tokens"] == 0 and p.val_bin.stat().st_size == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Named corpora
+
+
+def test_stdlib_corpus_documents():
+    name, docs = resolve_sources("stdlib")
+    assert name == "stdlib"
+    labels = [d.label for d in docs]
+    assert labels == sorted(labels) and all(label.endswith(".py") for label in labels)
+    parts = {part for label in labels for part in label.split("/")[:-1]}
+    assert not parts & {"test", "tests", "idle_test", "site-packages", "__pycache__"}
+    assert sum(d.size for d in docs) > 3_000_000
+
+
+def test_stdlib_prepares_with_char(tmp_path):
+    p = prepare("stdlib", "char", data_dir=tmp_path, progress=False)
+    assert p.meta["split"]["method"] == "documents"
+    assert p.meta["splits"]["train"]["tokens"] > 2_000_000
+    assert p.meta["vocab_size"] < 1000 and p.dtype == np.uint16
+    x, y = Batches(p.train_bin, 64, 4, seed=0).next()
+    assert x.shape == (4, 64)
+
+
+def test_shakespeare_from_data_dir_then_shared(tmp_path, monkeypatch):
+    local = tmp_path / "shakespeare" / "input.txt"
+    local.parent.mkdir(parents=True)
+    local.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20)
+    _, docs = resolve_sources("shakespeare", data_dir=tmp_path)
+    assert docs[0].path == local.resolve()
+    shared = shared_path("corpora", "tinyshakespeare.txt")
+    _, docs = resolve_sources("shakespeare", data_dir=tmp_path / "elsewhere")
+    assert docs[0].path == shared.resolve() and docs[0].size == data.SHAKESPEARE_BYTES
+
+
+def test_shakespeare_offline_and_absent(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(data, "_shared_dir", lambda: tmp_path / "no-shared")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(UserError, match=r"put the file at .*shakespeare/input\.txt") as e:
+        prepare("shakespeare", "char", data_dir=tmp_path / "d", progress=False)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "d" / "shakespeare" / "input.txt").exists()
+
+
+def test_shakespeare_download_is_atomic(tmp_path, monkeypatch):
+    payload = b"x" * data.SHAKESPEARE_BYTES
+
+    class Response:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return payload
+
+    monkeypatch.setattr(data, "_shared_dir", lambda: tmp_path / "no-shared")
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Response())
+    _, docs = resolve_sources("shakespeare", data_dir=tmp_path / "d")
+    assert docs[0].path.read_bytes() == payload
+    assert sorted(p.name for p in (tmp_path / "d" / "shakespeare").iterdir()) == ["input.txt"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batches
+
+
+@pytest.fixture
+def arange_bin(tmp_path) -> Path:
+    path = tmp_path / "train.bin"
+    np.arange(5000, dtype=np.uint16).tofile(path)
+    return path
+
+
+def test_batches_windows_match_memmap(arange_bin):
+    b = Batches(arange_bin, 32, 8, seed=1, dtype=np.uint16)
+    for _ in range(5):
+        x, y = b.next()
+        assert x.dtype == torch.int64 and x.shape == (8, 32) and y.shape == (8, 32)
+        assert x.is_contiguous() and y.is_contiguous()
+        assert torch.equal(y[:, :-1], x[:, 1:])
+        starts = x[:, 0]
+        assert bool((starts >= 0).all()) and bool((starts + 33 <= 5000).all())
+        assert torch.equal(x, starts[:, None] + torch.arange(32))  # the window is the memmap's tokens
+        assert torch.equal(y, x + 1)
+
+
+def test_batches_reproducible_and_ranks_differ(arange_bin):
+    def draws(**kw):
+        b = Batches(arange_bin, 16, 4, dtype=np.uint16, **kw)
+        return [b.next()[0] for _ in range(3)]
+
+    a, again = draws(seed=7), draws(seed=7)
+    assert all(torch.equal(u, v) for u, v in zip(a, again))
+    assert not torch.equal(draws(seed=8)[0], a[0])
+    r0, r1 = draws(seed=7, rank=0, world_size=2), draws(seed=7, rank=1, world_size=2)
+    assert not any(torch.equal(u, v) for u, v in zip(r0, r1))
+    # Two ranks together see what one process sees in two consecutive calls: one global draw, sliced.
+    b = Batches(arange_bin, 16, 4, seed=7, dtype=np.uint16)
+    one_process = [b.next()[0] for _ in range(6)]
+    assert all(torch.equal(r0[i], one_process[2 * i]) and torch.equal(r1[i], one_process[2 * i + 1]) for i in range(3))
+
+
+def test_batches_resume_exactly(arange_bin, tmp_path):
+    b = Batches(arange_bin, 16, 4, seed=3, dtype=np.uint16)
+    for _ in range(3):
+        b.next()
+    state = b.state_dict()
+    expected = [b.next() for _ in range(4)]
+    torch.save(state, tmp_path / "s.pt")
+    loaded = torch.load(tmp_path / "s.pt", weights_only=True)
+    for restored_state in (state, loaded):
+        c = Batches(arange_bin, 16, 4, seed=999, dtype=np.uint16)
+        c.load_state_dict(restored_state)
+        got = [c.next() for _ in range(4)]
+        assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(expected, got))
+    assert c.state_dict()["batches_drawn"] == 7
+
+
+def test_batches_dtype_from_meta(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text(make_text(0, 100), encoding="utf-8")
+    p = prepare(str(src), "char", data_dir=tmp_path / "d", progress=False)
+    x, _ = Batches(p.train_bin, 8, 2, seed=0).next()
+    assert int(x.max()) < p.tokenizer.vocab_size
+    with pytest.raises(UserError, match="no meta.json"):
+        Batches(tmp_path / "t.txt", 8, 2, seed=0)
+
+
+def test_batches_errors(tmp_path, arange_bin):
+    small = tmp_path / "val.bin"
+    np.arange(10, dtype=np.uint16).tofile(small)
+    with pytest.raises(UserError, match=r"val.bin has 10 tokens but one block needs block_size \+ 1 = 33.*lower block_size"):
+        Batches(small, 32, 1, seed=0, dtype=np.uint16)
+    with pytest.raises(UserError, match=r"batch_size 8 is larger than the 2 distinct windows"):
+        Batches(small, 8, 8, seed=0, dtype=np.uint16)
+    with pytest.raises(UserError, match="not found"):
+        Batches(tmp_path / "missing.bin", 8, 2, seed=0, dtype=np.uint16)
+    with pytest.raises(UserError, match="rank"):
+        Batches(arange_bin, 8, 2, seed=0, rank=2, world_size=2, dtype=np.uint16)
+    with pytest.raises(UserError, match="damaged"):
+        Batches(arange_bin, 8, 2, seed=0, dtype=np.uint16).load_state_dict({})
+
+
+def test_corpus_too_small_for_a_block(tmp_path):
+    src = tmp_path / "tiny.txt"
+    src.write_text("a tiny corpus\n" * 3)
+    p = prepare(str(src), "char", data_dir=tmp_path / "d", progress=False)
+    with pytest.raises(UserError, match=r"val.bin has \d+ tokens but one block needs block_size \+ 1 = 65"):
+        Batches(p.val_bin, 64, 1, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+
+
+def test_positional_arguments_become_data():
+    argv = ["a.txt", "--tokenizer", "char", "folder", "--progress", "cfg.toml", "--val_fraction=0.2", "b.toml"]
+    assert data._positional_to_data(argv) == [
+        "--data=a.txt", "--tokenizer", "char", "--data=folder", "--progress", "cfg.toml", "--val_fraction=0.2", "--data=b.toml",
+    ]
+
+
+def run_cli(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "gpt.data", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+def test_cli_summary_and_bad_input(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text(make_text(0, 200), encoding="utf-8")
+    ok = run_cli(str(src), "--tokenizer", "char", "--data_dir", str(tmp_path / "d"), "--progress=false", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    for word in ("documents", "characters", "tokens", "vocabulary", "train", "val", "cache", "built in"):
+        assert word in ok.stdout
+    bad = run_cli(str(tmp_path / "missing.txt"), "--tokenizer", "char", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: data path") and bad.stderr.count("\n") == 1
+    assert "Traceback" not in bad.stderr
