@@ -1,0 +1,284 @@
+"""Evaluation: how well a trained model predicts a text, as loss, perplexity and bits per byte.
+
+Its place in the flow: after training (gpt/trainer.py -> gpt/checkpoint.py). A checkpoint (or a local
+GPT-2 folder) and a text go in; the same cross-entropy the model minimised in training comes out, averaged
+over every token of the text:
+
+    text ─▶ tokenizer ─▶ ids ─▶ windows of block_size ─▶ GPT forward ─▶ -log p(true next token) ─▶ mean
+
+    loss            mean negative log-likelihood per token, in nats (natural log)
+    perplexity      exp(loss): the model is as unsure as a uniform choice among this many tokens
+    bits_per_byte   loss * tokens / (bytes * ln 2): total bits to encode the text with the model, per UTF-8
+                    byte. Tokenizers cut text into different numbers of tokens, so loss per token is only
+                    comparable between models with the same tokenizer; bits per byte is comparable across all.
+
+The model reads at most block_size tokens, so a long text is scored in windows. A window starts every
+`stride` tokens; the first window scores all its tokens, each later one scores only the tokens the previous
+windows did not reach, and uses the rest as context (their targets are -1, which the loss leaves out). So
+every token is scored exactly once, with at least block_size - stride tokens before it (fewer only at the
+start of the text). A smaller stride means more context per token and more forward passes:
+
+    stride = block_size       independent windows: the first token of each sees no context (fastest)
+    stride = block_size // 2  (default) each token sees at least half a window
+    stride = 1                every token sees a full window (block_size times the work)
+
+Documents (files) are joined with <|endoftext|> between them where the tokenizer has it, as in the training
+data, and an <|endoftext|> is put in front of the first, so that the text's first token is scored too.
+
+Command line: `python -m gpt.evaluate --ckpt out/ --data shakespeare [--json]`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gpt.config import parse_args, setting
+from gpt.device import autocast, pick_device, pick_dtype
+from gpt.errors import UserError, exit_on_user_error
+from gpt.tokenizer import Tokenizer
+
+
+@dataclass
+class EvalConfig:
+    ckpt: str = setting("", "the model: an out_dir (best.pt, else ckpt.pt), a .pt checkpoint, or a local Hugging Face GPT-2 folder")
+    data: list[str] = setting([], "the text: a file, a folder (its text files), or a named corpus (stdlib, shakespeare); repeat for several")
+    include: str | None = setting(None, "glob that files found in folders must match, e.g. '*.md'")
+    stride: int = setting(0, "tokens between window starts; each token is scored once with >= block_size - stride tokens of context (0 = block_size // 2)")
+    batch_size: int = setting(4, "windows per forward pass (lower it if memory runs out)")
+    max_tokens: int = setting(0, "score only the first this many tokens of the text (0 = all)")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = setting("auto", "compute dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
+    data_dir: str = setting("data", "where a named corpus is looked for (and downloaded to, for shakespeare)")
+    json: bool = setting(False, "print one JSON object (loss, perplexity, bits_per_byte, tokens, bytes, stride) instead of a report")
+    progress: bool = setting(True, "show a progress bar (on stderr)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scoring
+
+
+def plan_windows(num_predictions: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
+    """The windows that score predictions 0..num_predictions-1 once each, as (begin, first_scored, end).
+
+    Prediction j is "token j+1 given tokens 0..j". A window feeds tokens begin..end-1 and scores the
+    predictions first_scored..end-1; those before first_scored are context already scored by earlier windows.
+    """
+    windows = []
+    scored_up_to = 0
+    begin = 0
+    while scored_up_to < num_predictions:
+        end = min(begin + block_size, num_predictions)
+        windows.append((begin, scored_up_to, end))
+        scored_up_to = end
+        begin += stride
+    return windows
+
+
+def evaluate(
+    model: torch.nn.Module,
+    token_ids: Sequence[int] | np.ndarray | torch.Tensor,
+    block_size: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 4,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    num_bytes: int | None = None,
+    progress: bool = False,
+) -> dict:
+    """Mean loss of `model` predicting each token of `token_ids` from the ones before it.
+
+    Returns loss (nats/token), perplexity, tokens (predictions scored: len(token_ids) - 1), stride,
+    block_size and windows; with `num_bytes` (the UTF-8 bytes the tokens stand for) also bytes and
+    bits_per_byte. `stride` defaults to block_size // 2; `block_size` to the model's.
+    """
+    config = model.config
+    block_size = block_size or config.block_size
+    if not 1 <= block_size <= config.block_size:
+        raise UserError(f"block_size {block_size} must be between 1 and the model's block_size {config.block_size}")
+    if stride is None or stride == 0:
+        stride = max(1, block_size // 2)
+    if not 1 <= stride <= block_size:
+        raise UserError(f"stride {stride} must be between 1 and block_size ({block_size}), or 0 for block_size // 2: "
+                        "windows may overlap, not leave tokens out")
+    ids = torch.as_tensor(np.asarray(token_ids, dtype=np.int64)).reshape(-1)
+    if len(ids) < 2:
+        raise UserError(f"the text is {len(ids)} token(s) long: at least 2 are needed to score one prediction")
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= config.vocab_size:
+        raise UserError(f"token id {low if low < 0 else high} is outside the model's vocabulary (0..{config.vocab_size - 1}): "
+                        "the text was tokenized with another tokenizer")
+    if batch_size < 1:
+        raise UserError(f"batch_size must be at least 1, got {batch_size}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+
+    num_predictions = len(ids) - 1
+    windows = plan_windows(num_predictions, block_size, stride)
+    width = min(block_size, num_predictions)  # every window is this long; only the last may need padding
+    inputs, targets = ids[:-1], ids[1:]
+
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    total_nats = 0.0
+    scored = 0
+    bar = tqdm(total=num_predictions, unit="tok", unit_scale=True, desc="evaluating", file=sys.stderr,
+               disable=not progress, mininterval=0.5, leave=False)
+    try:
+        with torch.inference_mode():
+            for first in range(0, len(windows), batch_size):
+                batch = windows[first : first + batch_size]
+                x = torch.zeros(len(batch), width, dtype=torch.long)
+                y = torch.full((len(batch), width), -1, dtype=torch.long)
+                for row, (begin, first_scored, end) in enumerate(batch):
+                    x[row, : end - begin] = inputs[begin:end]
+                    # Context positions (and padding after a short last window) keep target -1: not scored.
+                    y[row, first_scored - begin : end - begin] = targets[first_scored:end]
+                x, y = x.to(device), y.to(device)
+                with autocast(device, dtype):
+                    logits, _ = model(x, all_logits=True)  # [B, T, V]
+                keep = y != -1
+                # Sum (not mean) per batch in fp32, accumulated in float64 on the host: every token weighs the same.
+                nats = F.cross_entropy(logits[keep].float(), y[keep], reduction="sum")
+                total_nats += float(nats)
+                count = int(keep.sum())
+                scored += count
+                bar.update(count)
+    finally:
+        bar.close()
+        model.train(was_training)
+    assert scored == num_predictions, (scored, num_predictions)
+
+    loss = total_nats / scored
+    result = {
+        "loss": loss,
+        "perplexity": math.exp(loss) if loss < 700 else math.inf,
+        "tokens": scored,
+        "stride": stride,
+        "block_size": block_size,
+        "windows": len(windows),
+    }
+    if num_bytes is not None:
+        result["bytes"] = num_bytes
+        result["bits_per_byte"] = total_nats / (num_bytes * math.log(2)) if num_bytes > 0 else math.inf
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# The text
+
+
+def read_documents(data: str | list[str], include: str | None = None, data_dir: str | Path = "data") -> Iterator[str]:
+    """The text of each document (file) of `data`, in the order the data preparation uses."""
+    from gpt.data import resolve_sources
+
+    _, docs = resolve_sources(data, include=include, data_dir=data_dir)
+    for doc in docs:
+        raw = Path(doc.path).read_bytes()
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{doc.path} is not valid UTF-8 at byte offset {e.start} ({e.reason}): convert it to "
+                            "UTF-8, or leave the file out") from None
+
+
+def encode_documents(texts: Iterable[str], tokenizer: Tokenizer, max_tokens: int = 0) -> tuple[np.ndarray, int]:
+    """Token ids of the documents, and the UTF-8 bytes of the text they cover.
+
+    <|endoftext|> (where the tokenizer has it) goes before the first document and between documents; the
+    separators count as tokens but not as bytes. With max_tokens, only enough text for that many scored
+    tokens is kept (the first token is context only).
+    """
+    eot = tokenizer.eot_id
+    limit = max_tokens + 1 if max_tokens > 0 else None
+    parts: list[np.ndarray] = []
+    length = 0
+    num_bytes = 0
+
+    def add(ids: list[int]) -> None:
+        nonlocal length
+        parts.append(np.asarray(ids, dtype=np.int64))
+        length += len(ids)
+
+    for index, text in enumerate(texts):
+        if eot is not None:
+            add([eot])
+        doc = tokenizer.encode(text)
+        if limit is not None and length + len(doc) >= limit:
+            keep = doc[: max(0, limit - length)]
+            add(keep)
+            num_bytes += len(tokenizer.decode_bytes(keep))
+            break
+        add(doc)
+        num_bytes += len(text.encode("utf-8"))
+    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if limit is not None:
+        ids = ids[:limit]
+    return ids, num_bytes
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    cfg, _ = parse_args(
+        EvalConfig, argv, prog="python -m gpt.evaluate",
+        description="Loss (nats/token), perplexity and bits per byte of a model on a text. The text is scored in "
+                    "windows of block_size tokens starting every --stride tokens (default block_size // 2): each "
+                    "token is scored once, with at least block_size - stride tokens of context.",
+    )
+    if not cfg.ckpt:
+        raise UserError("give the model to evaluate: --ckpt OUT_DIR, a .pt file, or a Hugging Face GPT-2 folder")
+    if not cfg.data:
+        raise UserError("give the text to evaluate on: --data FILE, a folder, or a named corpus (stdlib, shakespeare)")
+    if cfg.max_tokens < 0:
+        raise UserError(f"max_tokens must be 0 (all) or positive, got {cfg.max_tokens}")
+    if cfg.batch_size < 1:
+        raise UserError(f"batch_size must be at least 1, got {cfg.batch_size}")
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+
+    from gpt.checkpoint import load_model
+
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    loaded = load_model(cfg.ckpt, device)
+    block_size = loaded.model.config.block_size
+
+    texts = read_documents(cfg.data, include=cfg.include, data_dir=cfg.data_dir)
+    ids, num_bytes = encode_documents(texts, loaded.tokenizer, cfg.max_tokens)
+    started = time.perf_counter()
+    result = evaluate(loaded.model, ids, block_size=block_size, stride=cfg.stride, batch_size=cfg.batch_size,
+                      device=device, dtype=dtype, num_bytes=num_bytes, progress=cfg.progress)
+    seconds = time.perf_counter() - started
+
+    if cfg.json:
+        keys = ("loss", "perplexity", "bits_per_byte", "tokens", "bytes", "stride", "block_size")
+        print(json.dumps({k: result[k] for k in keys}))
+        return 0
+    stride = result["stride"]
+    print(f"model          {loaded.path} ({loaded.tokenizer.name} tokenizer, block_size {block_size})")
+    print(f"text           {', '.join(cfg.data)}: {result['tokens']:,} tokens scored, {num_bytes:,} bytes")
+    print(f"stride         {stride} ({result['windows']:,} window(s); each token scored once, with at least "
+          f"{block_size - stride} tokens of context after the first window)")
+    print(f"loss           {result['loss']:.4f} nats/token")
+    print(f"perplexity     {result['perplexity']:.3f}")
+    print(f"bits per byte  {result['bits_per_byte']:.4f}")
+    print(f"time           {seconds:.2f} s on {device.type} ({result['tokens'] / max(seconds, 1e-9):,.0f} tokens/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
