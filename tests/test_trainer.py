@@ -1,0 +1,226 @@
+"""Tests of gpt/trainer.py run in this process: schedule, parameter groups, settings, failures mid-run.
+
+Runs go through `main(argv)` with a tiny model on a tiny corpus in tmp_path (a second or two each).
+The command line as a user types it (subprocesses, exact resume, DDP, signals) is tests/test_train_cli.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt import checkpoint as ckpt_io
+from gpt.config import load_toml
+from gpt.model import GPT, GPTConfig
+from gpt.trainer import TrainConfig, learning_rate_at, main, make_optimizer, param_groups
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_corpus(path: Path, words: int = 6000, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    vocab = "the quick brown fox jumps over a lazy dog while cats sit on warm mats".split()
+    path.write_text(" ".join(rng.choice(vocab) for _ in range(words)) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """Arguments for a tiny, fast run; returns a function adding the out_dir and extra settings."""
+    corpus = write_corpus(tmp_path / "corpus.txt")
+
+    def args(out: str = "out", *extra: str) -> list[str]:
+        return [f"--data={corpus}", f"--data_dir={tmp_path / 'data'}", f"--out_dir={tmp_path / out}",
+                "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
+                "--eval_iters=2", "--eval_interval=4", "--log_interval=1", "--max_iters=4", "--warmup_iters=2",
+                "--lr_decay_iters=8", "--plot=false", "--progress=false", "--peak_flops=1e11", *extra]
+
+    return args
+
+
+def records(out_dir: Path, kind: str) -> list[dict]:
+    lines = (out_dir / "log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pieces
+
+
+def test_learning_rate_schedule_warms_up_then_follows_a_cosine_to_min_lr():
+    cfg = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
+    assert learning_rate_at(0, cfg) == pytest.approx(1 / 11)
+    assert learning_rate_at(9, cfg) == pytest.approx(10 / 11)
+    assert learning_rate_at(10, cfg) == pytest.approx(1.0)
+    assert learning_rate_at(60, cfg) == pytest.approx(0.55)  # half way down the cosine
+    assert learning_rate_at(110, cfg) == pytest.approx(0.1)
+    assert learning_rate_at(500, cfg) == pytest.approx(0.1)
+    lrs = [learning_rate_at(s, cfg) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # monotone decay
+    assert learning_rate_at(50, dataclasses.replace(cfg, decay_lr=False)) == 1.0
+    # lr_decay_iters = 0 means "decay until max_iters"
+    assert learning_rate_at(100, TrainConfig(learning_rate=1.0, min_lr=0.0, warmup_iters=0, lr_decay_iters=0,
+                                             max_iters=100)) == pytest.approx(0.0)
+
+
+def test_weight_decay_applies_to_matrices_and_embeddings_only():
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8))
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert "transformer.wte.weight" in decayed and "transformer.wpe.weight" in decayed
+    assert "transformer.h.0.attn.c_attn.weight" in decayed and "transformer.h.1.mlp.c_proj.weight" in decayed
+    assert all(p.dim() == 1 for p in no_decay["params"])  # biases and LayerNorm gains
+    assert {names[id(p)] for p in no_decay["params"]} >= {"transformer.ln_f.weight", "transformer.h.0.attn.c_attn.bias"}
+    # Every parameter exactly once (the tied LM head is the token embedding).
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    optimizer = make_optimizer(model, TrainConfig(weight_decay=0.1), torch.device("cpu"))
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
+
+
+def test_default_config_file_matches_the_built_in_defaults():
+    # `python train.py` without a file runs configs/default.toml's settings.
+    assert load_toml(REPO / "configs" / "default.toml") == {
+        k: v for k, v in dataclasses.asdict(TrainConfig()).items() if v is not None}
+
+
+@pytest.mark.parametrize("name", ["default", "shakespeare_char", "shakespeare_char_cpu", "gpt2_124m",
+                                  "finetune_shakespeare"])
+def test_every_config_file_is_valid(name):
+    from gpt.config import from_dict
+    from gpt.trainer import validate
+
+    validate(from_dict(TrainConfig, load_toml(REPO / "configs" / f"{name}.toml")))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Runs
+
+
+def test_a_run_writes_its_out_dir(tiny, tmp_path):
+    assert main(tiny()) == 0
+    out = tmp_path / "out"
+    assert {"ckpt.pt", "best.pt", "config.toml", "log.jsonl"} <= {p.name for p in out.iterdir()}
+    assert not list(out.glob(".*tmp*"))
+    train = records(out, "train")
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert all(set(r) >= {"step", "loss", "lr", "tokens", "tok_per_s", "mfu", "elapsed"} for r in train)
+    assert train[-1]["tokens"] == 4 * 4 * 16
+    (evaluation,) = records(out, "eval")
+    # Bits per byte: nats per token x tokens / bytes / ln 2; one char token is one byte of this ASCII text.
+    assert evaluation["val_bpb"] == pytest.approx(evaluation["val_loss"] / math.log(2), rel=1e-4)
+    state = ckpt_io.load_checkpoint(out / "ckpt.pt")
+    assert state["step"] == 4 and state["config"]["n_embd"] == 16 and "optimizer" in state
+    assert ckpt_io.load_model(out).model.config.n_layer == 1
+    assert load_toml(out / "config.toml")["max_iters"] == 4
+
+
+def test_evaluations_use_the_same_windows_each_time(tiny, tmp_path):
+    # Learning rate 0 (after warmup 0): the weights never change, so every evaluation must give the same numbers.
+    assert main(tiny("out", "--learning_rate=1e-9", "--min_lr=0", "--weight_decay=0", "--eval_interval=2")) == 0
+    evals = records(tmp_path / "out", "eval")
+    assert len(evals) == 2
+    assert evals[0]["val_loss"] == pytest.approx(evals[1]["val_loss"], abs=1e-6)
+    assert evals[0]["train_loss"] == pytest.approx(evals[1]["train_loss"], abs=1e-6)
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch, capsys):
+    original = GPT.forward
+    calls = {"train": 0}
+
+    def forward(self, idx, targets=None, **kw):
+        logits, loss = original(self, idx, targets, **kw)
+        if self.training and targets is not None:
+            calls["train"] += 1
+            if calls["train"] > 2:  # steps 1 and 2 are fine, step 3 diverges
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", forward)
+    assert main(tiny("out", "--checkpoint_interval=2", "--max_iters=6")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nan" in err[0] and "step 3" in err[0] and "kept" in err[0]
+    state = ckpt_io.load_checkpoint(tmp_path / "out" / "ckpt.pt")
+    assert state["step"] == 2
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_whole(tiny, tmp_path, monkeypatch):
+    real_save = torch.save
+    saves = {"n": 0}
+
+    def failing_save(obj, f, *a, **kw):
+        saves["n"] += 1
+        if saves["n"] == 2:  # the second ckpt.pt: half-written, then the disk "fails"
+            f.write(b"PK\x03\x04 half a zip")
+            raise OSError("No space left on device")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    # eval_interval 100: only ckpt.pt saves (no best.pt) until the end, checkpoint every 2 steps.
+    with pytest.raises(OSError, match="No space"):
+        main(tiny("out", "--eval_interval=100", "--checkpoint_interval=2", "--max_iters=4"))
+    out = tmp_path / "out"
+    assert ckpt_io.load_checkpoint(out / "ckpt.pt")["step"] == 2
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_fine_tuning_takes_shape_and_tokenizer_from_init_from_and_crops_the_context(tiny, tmp_path):
+    assert main(tiny("base")) == 0
+    # New text made of the same characters (a char tokenizer cannot encode unseen ones).
+    write_corpus(tmp_path / "other.txt", words=3000, seed=1)
+    args = tiny("tuned", "--n_layer=3", "--n_embd=64", "--block_size=8", "--max_iters=2",
+                f"--init_from={tmp_path / 'base'}", "--learning_rate=1e-4")
+    args = [a if not a.startswith("--data=") else f"--data={tmp_path / 'other.txt'}" for a in args]
+    assert main(args) == 0
+    tuned = ckpt_io.load_checkpoint(tmp_path / "tuned" / "ckpt.pt")
+    base = ckpt_io.load_checkpoint(tmp_path / "base" / "best.pt")
+    assert tuned["model_config"]["n_layer"] == 1 and tuned["model_config"]["n_embd"] == 16
+    assert tuned["model_config"]["block_size"] == 8
+    assert tuned["tokenizer"] == base["tokenizer"]
+    assert load_toml(tmp_path / "tuned" / "config.toml")["n_embd"] == 16
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input: exit 2, one line on standard error, nothing overwritten.
+
+
+def _fails(args, capsys, *needles):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in err[0], err[0]
+    return err[0]
+
+
+@pytest.mark.parametrize("extra, needles", [
+    (["--n_layers=2"], ["n_layers", "n_layer"]),
+    (["--max_iters=ten"], ["max_iters", "integer"]),
+    (["--batch_size=100000"], ["batch_size", "windows"]),
+    (["--block_size=5000"], ["block_size"]),
+    (["--n_embd=30", "--n_head=4"], ["divisible"]),
+    (["--init_from=/no/such/model"], ["/no/such/model", "not found"]),
+    (["--resume"], ["nothing to resume"]),
+])
+def test_bad_settings_fail_with_one_line(tiny, tmp_path, capsys, extra, needles):
+    _fails(tiny("out", *extra), capsys, *needles)
+    assert not (tmp_path / "out" / "ckpt.pt").exists()
+
+
+def test_existing_runs_are_never_overwritten(tiny, tmp_path, capsys):
+    assert main(tiny()) == 0
+    capsys.readouterr()
+    ckpt = tmp_path / "out" / "ckpt.pt"
+    before = ckpt.read_bytes(), (tmp_path / "out" / "log.jsonl").read_text()
+    _fails(tiny(), capsys, "--resume", "out_dir")
+    _fails(tiny("out", "--resume", "--n_embd=32"), capsys, "n_embd")
+    _fails(tiny("out", "--resume", "--tokenizer=bpe:300"), capsys, "tokenizer")
+    assert (ckpt.read_bytes(), (tmp_path / "out" / "log.jsonl").read_text()) == before
