@@ -198,12 +198,12 @@ def _toml_string(s: str) -> str:
 
 
 def parse_args(
-    cls: type, argv: list[str] | None = None, *, prog: str = "", description: str = ""
+    cls: type, argv: list[str] | None = None, *, prog: str = "", description: str = "", base: Any = None
 ) -> tuple[Any, dict[str, Any]]:
-    """Parse a command line into a `cls`.
+    """Parse a command line into a `cls`, starting from `base` (default: the dataclass defaults).
 
-    Returns the config and the settings given explicitly on the command line (name -> typed value),
-    so that a tool can let them override settings from elsewhere (e.g. a resumed run's saved config).
+    Returns the config and the settings given explicitly on the command line (name -> typed value).
+    A resumed training run passes its saved settings as `base`, so the TOML file and flags override them.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     types_ = _field_types(cls)
@@ -245,7 +245,7 @@ def parse_args(
             flags.append((key, value))
         i += 1
 
-    base = cls()
+    base = cls() if base is None else base
     if config_path is not None:
         base = from_dict(cls, load_toml(config_path), where=f"in {config_path}", base=base)
 

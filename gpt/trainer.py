@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from gpt import checkpoint as ckpt_io
-from gpt.config import load_toml, parse_args, setting, to_toml
+from gpt.config import from_dict, parse_args, setting, to_toml
 from gpt.device import autocast, peak_flops, pick_device, pick_dtype, synchronize
 from gpt.errors import UserError, exit_on_user_error
 from gpt.model import GPT, GPTConfig
@@ -205,25 +205,9 @@ def setup_device(cfg: TrainConfig, dist: Dist) -> torch.device:
 # Settings of a resumed run, and checks that a resume or fresh start is what the user meant.
 
 
-def _toml_path(argv: list[str]) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-        if not arg.startswith("--") and arg.endswith(".toml") and (i == 0 or not _takes_value(argv[i - 1])):
-            return arg
-    return None
-
-
-def _takes_value(flag: str) -> bool:
-    return flag.startswith("--") and "=" not in flag and flag not in ("--resume", "--compile", "--plot", "--bias")
-
-
 def resolve_config(argv: list[str]) -> tuple[TrainConfig, dict[str, Any] | None]:
     """The settings of this run, and the checkpoint to resume from (None for a fresh run)."""
-    cfg, overrides = parse_args(TrainConfig, argv, prog="train.py",
-                                description="Train a GPT on text (see configs/ for examples).")
+    cfg, _ = parse_args(TrainConfig, argv, prog="train.py", description="Train a GPT on text (see configs/ for examples).")
     out_dir = Path(cfg.out_dir)
     if not cfg.resume:
         validate(cfg)
@@ -241,13 +225,8 @@ def resolve_config(argv: list[str]) -> tuple[TrainConfig, dict[str, Any] | None]
         raise UserError(f"{path} holds weights only, not a training state: use --init_from={path} to fine-tune")
     # The saved run's settings, then the TOML file's (if one was given), then the flags.
     saved = {k: v for k, v in state["config"].items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
-    from gpt.config import from_dict
-
     base = from_dict(TrainConfig, saved, where=f"in {path}")
-    toml = _toml_path(argv)
-    if toml is not None:
-        base = from_dict(TrainConfig, load_toml(toml), where=f"in {toml}", base=base)
-    cfg = dataclasses.replace(base, **overrides)
+    cfg, _ = parse_args(TrainConfig, argv, prog="train.py", base=base)
     cfg.resume = True
     validate(cfg)
     saved_shape = state["model_config"]
