@@ -1,0 +1,269 @@
+"""sample.py as a user runs it: every control, on a tiny char model trained in the test.
+
+The end-to-end checks (stdin, interactive mode, streaming, the refused malicious checkpoint) run
+`python sample.py` in a subprocess; the rest call the same `main(argv)` in-process, which is the whole
+command line except the interpreter start-up (about 2 s a process here: the suite must stay fast).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gpt.generate import main
+from test_generate import TINY_TEXT, train_tiny_checkpoint
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEPARATOR = "-" * 15 + "\n"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("tiny_run")
+    train_tiny_checkpoint(out_dir / "ckpt.pt")
+    return str(out_dir)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_cli(*args, stdin_text: str = ""):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "sample.py", *args], cwd=REPO, input=stdin_text, capture_output=True,
+                          text=True, encoding="utf-8", env=env, timeout=120)
+
+
+def call(capsys, monkeypatch, *args, stdin_text: str = ""):
+    """main(argv) in-process: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin_text))
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def sample_text(ckpt, capsys, monkeypatch):
+    """stdout of `sample.py --ckpt <tiny> ARGS...`, checked to have succeeded."""
+
+    def run(*args, stdin_text=""):
+        code, out, err = call(capsys, monkeypatch, "--ckpt", ckpt, *args, stdin_text=stdin_text)
+        assert code == 0 and err == "", err
+        return out
+
+    return run
+
+
+GREEDY = ("--temperature", "0", "--max_new_tokens", "40")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Decoding controls
+
+
+def test_greedy_is_deterministic_and_continues_the_prompt(sample_text):
+    out = sample_text("--prompt", "the dog ", *GREEDY)
+    assert out == sample_text("--prompt", "the dog ", *GREEDY)
+    assert out.startswith("the dog ") and len(out) == len("the dog ") + 40 + 1 and out.endswith("\n")
+    assert "the " in out[len("the dog "):] and "bird" in out  # the tiny model learned its text
+
+
+def test_seed_reproducibility(sample_text):
+    args = ("--prompt", "the ", "--temperature", "1.5", "--top_k", "0", "--max_new_tokens", "60")
+    first = sample_text(*args, "--seed", "1")
+    assert first == sample_text(*args, "--seed", "1")
+    assert first != sample_text(*args, "--seed", "2")
+
+
+def test_top_k_1_and_tiny_top_p_equal_greedy(sample_text):
+    greedy = sample_text("--prompt", "the ", *GREEDY)
+    sampled = ("--prompt", "the ", "--temperature", "1.5", "--max_new_tokens", "40")
+    assert sample_text(*sampled, "--top_k", "1") == greedy
+    assert sample_text(*sampled, "--top_k", "0", "--top_p", "1e-6") == greedy
+    assert sample_text(*sampled, "--top_k", "0") != greedy  # sampling really samples
+
+
+def test_max_new_tokens_and_num_samples(sample_text):
+    out = sample_text("--prompt", "a", "--max_new_tokens", "17", "--num_samples", "3", "--temperature", "1.2")
+    samples = out.split(SEPARATOR)
+    assert len(samples) == 3 and all(len(s) == 1 + 17 + 1 and s.startswith("a") for s in samples)
+    assert len(set(samples)) > 1  # one batch, but each sample draws its own tokens
+    assert sample_text("--prompt", "the", "--max_new_tokens", "0") == "the\n"
+
+
+def test_stop_strings_end_each_sample_and_are_not_printed(sample_text):
+    greedy = sample_text("--prompt", "the ", *GREEDY)[:-1]
+    completion = greedy[len("the "):]
+    assert "log" in completion
+    cut = "the " + completion[: completion.index("log")]
+    assert sample_text("--prompt", "the ", *GREEDY, "--stop", "log") == cut + "\n"
+    # repeatable: the earliest of several stop strings wins
+    stops = ("--stop", "zzz", "--stop", "ate", "--stop", "log")
+    assert sample_text("--prompt", "the ", *GREEDY, *stops) == "the " + completion[: completion.index("ate")] + "\n"
+    samples = sample_text("--prompt", "the ", "--temperature", "1.3", "--max_new_tokens", "60", "--num_samples", "4",
+                          "--stop", "\n").split(SEPARATOR)
+    assert len(samples) == 4 and all(s.count("\n") == 1 for s in samples)  # only the line end print adds
+
+
+def test_greedy_with_and_without_kv_cache_is_identical_past_block_size(sample_text):
+    args = ("--prompt", "the cat", "--temperature", "0", "--max_new_tokens", "120")  # block_size is 32
+    assert sample_text(*args) == sample_text(*args, "--no_kv_cache")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prompts
+
+
+def test_prompt_file_and_stdin_give_the_same_text_as_prompt(sample_text, tmp_path):
+    expected = sample_text("--prompt", "the bird ", *GREEDY)
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text("the bird ", encoding="utf-8")
+    assert sample_text("--prompt_file", str(prompt_file), *GREEDY) == expected
+    assert sample_text(*GREEDY, stdin_text="the bird ") == expected
+
+
+def test_empty_prompt_starts_from_a_newline(sample_text):
+    out = sample_text("--prompt", "", *GREEDY)
+    assert len(out) == 40 + 1  # the start newline itself is not printed
+
+
+def test_stdin_prompt_through_the_command_line(ckpt, sample_text):
+    result = run_cli("--ckpt", ckpt, *GREEDY, stdin_text="the cat ")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == sample_text("--prompt", "the cat ", *GREEDY)
+
+
+def test_interactive_mode_answers_each_line(ckpt, sample_text):
+    lines = ["the cat ", "and then", "la la"]
+    result = run_cli("--ckpt", ckpt, "--interactive", *GREEDY, stdin_text="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    completions = result.stdout.splitlines(keepends=True)
+    expected = [sample_text("--prompt", line, *GREEDY)[len(line):] for line in lines]
+    assert "".join(completions) == "".join(expected)
+
+
+def test_forced_streaming_prints_the_same_text(ckpt, sample_text):
+    args = ("--prompt", "the ", "--temperature", "0.9", "--max_new_tokens", "50", "--num_samples", "2", "--stop", "!")
+    result = run_cli("--ckpt", ckpt, *args, "--stream")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == sample_text(*args)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Seeing the prediction
+
+
+def table_rows(out):
+    return [(m.group(1), float(m.group(2)), bool(m.group(3)))
+            for m in re.finditer(r"^\s+\d+\s+('.*?'|b'.*?')\s+([01]\.\d{4})\s+\S*( +<- picked)?$", out, re.M)]
+
+
+def test_show_probs_table_follows_temperature(sample_text):
+    vocab = len(set(TINY_TEXT))
+    full = table_rows(sample_text("--prompt", "the ", "--show_probs", str(vocab), "--top_k", "0", "--temperature", "1"))
+    assert len(full) == vocab and abs(sum(p for _, p, _ in full) - 1.0) < 2e-3
+    probs = [p for _, p, _ in full]
+    assert probs == sorted(probs, reverse=True)
+    sharp = table_rows(sample_text("--prompt", "the ", "--show_probs", "5", "--temperature", "0.5"))
+    flat = table_rows(sample_text("--prompt", "the ", "--show_probs", "5", "--temperature", "2"))
+    assert sharp[0][0] == flat[0][0] == full[0][0] and sharp[0][1] > full[0][1] > flat[0][1]
+    greedy_table = sample_text("--prompt", "the ", "--show_probs", "5", "--temperature", "0", "--top_k", "0")
+    assert table_rows(greedy_table)[:5] == full[:5] and "temperature 1" in greedy_table
+    assert "\\n" in "".join(name for name, _, _ in full)  # the newline token is shown escaped
+
+
+def test_show_probs_with_steps_marks_each_pick(sample_text):
+    out = sample_text("--prompt", "the ", "--show_probs", "3", "--steps", "4", "--temperature", "0")
+    assert out.count("step ") == 4 and out.count("<- picked") == 4
+    greedy = sample_text("--prompt", "the ", "--temperature", "0", "--max_new_tokens", "4")[:-1]
+    assert out.rstrip().endswith(f"text: {greedy!r}")
+    picks = [name for name, _, picked in table_rows(out) if picked]
+    assert "".join(eval(name) for name in picks) == greedy[len("the "):]
+
+
+def test_help_documents_the_window_policy(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "block_size//2" in text and "--show_probs" in text and "--stop" in text
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input: one line on stderr, exit 2, no traceback
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--top_p", "0"), "top_p"),
+    (("--top_p", "1.5"), "top_p"),
+    (("--top_k", "-1"), "top_k"),
+    (("--max_new_tokens", "-1"), "max_new_tokens"),
+    (("--num_samples", "0"), "num_samples"),
+    (("--temperature", "-0.5"), "temperature"),
+    (("--prompt_file", "/nonexistent/prompt.txt"), "prompt file"),
+    (("--steps", "3"), "show_probs"),
+    (("--stop", ""), "stop"),
+])
+def test_bad_settings_are_one_line_errors(ckpt, capsys, monkeypatch, args, message):
+    code, out, err = call(capsys, monkeypatch, "--ckpt", ckpt, "--prompt", "the", *args) if "--prompt_file" not in args \
+        else call(capsys, monkeypatch, "--ckpt", ckpt, *args)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+
+
+def test_missing_and_corrupt_checkpoints_are_one_line_errors(ckpt, tmp_path, capsys, monkeypatch):
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(open(os.path.join(ckpt, "ckpt.pt"), "rb").read()[:3000])
+    # a missing path, a folder without a checkpoint, a truncated file
+    for spec in (tmp_path / "nowhere", tmp_path, truncated):
+        code, out, err = call(capsys, monkeypatch, "--ckpt", str(spec), "--prompt", "x")
+        assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1, err
+
+
+@pytest.mark.xfail(reason="gpt/checkpoint.py load_checkpoint lets the weights-only unpickler's IndexError "
+                          "through for some garbage files (reported to the lead)", raises=IndexError, strict=False)
+def test_a_garbage_file_as_checkpoint_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint" * 10)
+    code, _, err = call(capsys, monkeypatch, "--ckpt", str(garbage), "--prompt", "x")
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_unknown_prompt_characters_are_listed_on_one_line(ckpt, capsys, monkeypatch):
+    code, out, err = call(capsys, monkeypatch, "--ckpt", ckpt, "--prompt", "the Q€Z cat")
+    assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1
+    assert all(repr(c) in err for c in "Q€Z")
+
+
+class CreatesAFile:
+    """Unpickling this calls open(marker, "w"): code running at load time, as a crafted checkpoint would."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_checkpoint_is_refused_and_nothing_runs(ckpt, tmp_path):
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.pt"
+    state = torch.load(os.path.join(ckpt, "ckpt.pt"), weights_only=True)
+    torch.save({**state, "model_config": CreatesAFile(marker)}, evil)
+    result = run_cli("--ckpt", str(evil), "--prompt", "the")
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: refused to load") and result.stderr.count("\n") == 1
+    assert not marker.exists()
+    # the file really is malicious: loading it the unsafe way runs its code
+    torch.load(evil, weights_only=False)
+    assert marker.exists()
