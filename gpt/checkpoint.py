@@ -19,7 +19,6 @@ import dataclasses
 import os
 import pickle
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 f"anything ({lines[0][:160]}); only load checkpoints you trust"
             ) from None
         raise UserError(f"cannot read checkpoint {path}: the file is corrupt or not a checkpoint") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # torch's readers raise many kinds (RuntimeError, EOFError, IndexError, ...) on damage
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot read checkpoint {path}: the file is corrupt or not a checkpoint ({first[:200]})") from None
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:

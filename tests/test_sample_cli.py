@@ -230,8 +230,6 @@ def test_missing_and_corrupt_checkpoints_are_one_line_errors(ckpt, tmp_path, cap
         assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1, err
 
 
-@pytest.mark.xfail(reason="gpt/checkpoint.py load_checkpoint lets the weights-only unpickler's IndexError "
-                          "through for some garbage files (reported to the lead)", raises=IndexError, strict=False)
 def test_a_garbage_file_as_checkpoint_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"this is not a checkpoint" * 10)
