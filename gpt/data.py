@@ -177,6 +177,9 @@ def resolve_sources(
     the folder, and against the file name); a file named directly is always taken.
     """
     items = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    # "a.txt,b.txt" names several paths (the trainer's data setting is one string), unless a path has the comma.
+    items = [part for item in items for part in
+             (str(item).split(",") if "," in str(item) and not Path(str(item)).exists() else [item]) if str(part)]
     if not items:
         raise UserError("no data given: name a text file, a folder, or a named corpus (stdlib, shakespeare)")
     data_dir = Path(data_dir)

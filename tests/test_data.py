@@ -140,6 +140,10 @@ def test_include_glob_and_several_paths(tmp_path):
     name, docs = resolve_sources([str(tmp_path / "a"), str(tmp_path / "b.txt")], include="*.md")
     assert [d.label for d in docs] == ["x.md", "b.txt"]
     assert name == "a+b"
+    _, docs = resolve_sources(f"{tmp_path / 'a'},{tmp_path / 'b.txt'}", include="*.md")  # the trainer's spelling
+    assert [d.label for d in docs] == ["x.md", "b.txt"]
+    (tmp_path / "c,d.txt").write_text("a comma in the name\n")
+    assert [d.label for d in resolve_sources(str(tmp_path / "c,d.txt"))[1]] == ["c,d.txt"]
 
 
 def test_bpe_multi_file_round_trip_with_separators(tmp_path, small_chunks):
