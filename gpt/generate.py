@@ -74,7 +74,7 @@ class SampleConfig:
     max_new_tokens: int = setting(500, "tokens to generate per sample (at most)")
     num_samples: int = setting(1, "samples to generate, together as one batch")
     seed: int = setting(1337, "random seed: the same seed and settings give the same text")
-    stop: list[str] = setting([], "end a sample when this string appears (not printed); repeat for several")
+    stop: list[str] = setting([], "end a sample when this string appears (not printed; \\n, \\t and \\\\ are read as newline, tab and backslash); repeat for several")
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = setting("auto", "auto (bf16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16")
     stream: bool | None = setting(None, "print tokens as they are generated (first sample); default: on when stdout is a terminal")
@@ -95,6 +95,20 @@ Examples:
   python sample.py --ckpt out/shakespeare_char --prompt "ROMEO:" --temperature 0 --stop "JULIET:"
   python sample.py --ckpt out/shakespeare_char --prompt "Listen to your" --show_probs 10 --steps 3
   echo "First Citizen:" | python sample.py --ckpt out/shakespeare_char"""
+
+
+def unescape(text: str) -> str:
+    """Read \\n, \\t, \\r and \\\\ in a command-line string as newline, tab, carriage return and backslash."""
+    table = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in table:
+            out.append(table[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 def check_settings(cfg: SampleConfig) -> None:
@@ -455,6 +469,7 @@ def _can_print(text: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """sample.py: settings -> prompt -> model and tokenizer from the checkpoint -> text (or probability tables)."""
     cfg, _ = parse_args(SampleConfig, argv, prog="sample.py", description=DESCRIPTION)
+    cfg.stop = [unescape(s) for s in cfg.stop]  # so that --stop "\n\n" means a blank line
     check_settings(cfg)
     stdin, out = sys.stdin, sys.stdout
     prompt = None if cfg.interactive else read_prompt(cfg, stdin)  # read before loading: fail fast

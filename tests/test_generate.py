@@ -269,3 +269,11 @@ def test_probability_table_marks_the_pick_even_outside_the_top_k():
     assert "'b'" in table[1] and "0.6000" in table[1] and "'c'" in table[2]
     assert "'d'" in table[3] and table[3].strip().startswith("3") and table[3].endswith("<- picked")
     assert "0.8000" in table[-1]  # the top-2 sum
+
+
+def test_unescape_reads_the_common_escapes_only():
+    from gpt.generate import unescape
+
+    assert unescape("\\n\\n") == "\n\n"
+    assert unescape("a\\tb\\\\n") == "a\tb\\n"
+    assert unescape("C:\\x café") == "C:\\x café"

@@ -113,6 +113,10 @@ def test_stop_strings_end_each_sample_and_are_not_printed(sample_text):
     samples = sample_text("--prompt", "the ", "--temperature", "1.3", "--max_new_tokens", "60", "--num_samples", "4",
                           "--stop", "\n").split(SEPARATOR)
     assert len(samples) == 4 and all(s.count("\n") == 1 for s in samples)  # only the line end print adds
+    # typed as a backslash and an n, as in the README's --stop "\n\n", it means the newline too
+    escaped = sample_text("--prompt", "the ", "--temperature", "1.3", "--max_new_tokens", "60", "--num_samples", "4",
+                          "--stop", "\\n").split(SEPARATOR)
+    assert escaped == samples
 
 
 def test_greedy_with_and_without_kv_cache_is_identical_past_block_size(sample_text):
