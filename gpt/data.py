@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 import numpy as np
 
 from gpt.config import parse_args, setting
+from gpt.atomic import write_bytes, write_text
 from gpt.errors import UserError, exit_on_user_error
 from gpt.tokenizer import CharTokenizer, Tokenizer, load_tokenizer, tokenizer_from_dict
 
@@ -137,9 +138,7 @@ def _download(url: str, dest: Path, *, expected_size: int | None = None) -> None
     if expected_size is not None and len(payload) != expected_size:
         raise UserError(f"downloaded {len(payload)} bytes from {url}, expected {expected_size}: {where}")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, dest)
+    write_bytes(dest, payload)
 
 
 def _folder_documents(root: Path, include: str | None, binaries: list[Path]) -> list[Document]:
@@ -601,9 +600,7 @@ def _open(folder: Path, meta: dict, tokenizer: Tokenizer | None, reused: bool) -
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 def _write_meta(folder: Path, meta: dict) -> None:

@@ -26,18 +26,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import re
 import struct
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gpt.atomic import atomic_write, write_bytes
 from gpt.errors import UserError
 from gpt.model import GPT, GPTConfig
 
@@ -355,7 +354,7 @@ def save_hf_gpt2(model: torch.nn.Module, path: str | Path) -> Path:
     }
     folder.mkdir(parents=True, exist_ok=True)
     write_safetensors(tensors, folder / SAFETENSORS_NAME, metadata={"format": "pt"})
-    _atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(hf_config, indent=2) + "\n").encode("utf-8"))
+    write_bytes(folder / CONFIG_NAME, (json.dumps(hf_config, indent=2) + "\n").encode("utf-8"))
     return folder
 
 
@@ -404,19 +403,11 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
     header_bytes += b" " * (-len(header_bytes) % 8)  # the format pads the header to 8 bytes with spaces
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(header_bytes)))
-            f.write(header_bytes)
-            for blob in blobs:
-                f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        f.write(struct.pack("<Q", len(header_bytes)))
+        f.write(header_bytes)
+        for blob in blobs:
+            f.write(blob)
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes | memoryview:
@@ -434,14 +425,3 @@ def _byteswapped(tensor: torch.Tensor) -> torch.Tensor:
     return raw.view(tensor.dtype).reshape(tensor.shape)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

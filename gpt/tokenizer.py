@@ -28,6 +28,7 @@ import numpy as np
 import tiktoken
 
 from gpt.bpe import EOT, GPT2_PATTERN, train_bpe
+from gpt.atomic import write_bytes
 from gpt.errors import UserError
 
 __all__ = [
@@ -210,15 +211,9 @@ def save_tiktoken(tokenizer: Tokenizer, path: str | os.PathLike[str]) -> Path:
     if path.suffix != ".tiktoken":
         raise UserError(f"{path}: name the file with a .tiktoken suffix, so load_tokenizer recognises it")
     lines = b"".join(base64.b64encode(token) + b" %d\n" % rank for rank, token in enumerate(tokenizer.ranks))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_bytes(path, lines)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {path}: {e.strerror}; check the folder exists and is writable") from None
     return path
 

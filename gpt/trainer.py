@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from gpt import checkpoint as ckpt_io
+from gpt.atomic import atomic_write, write_text
 from gpt.config import from_dict, parse_args, setting, to_toml
 from gpt.device import autocast, peak_flops, pick_device, pick_dtype, synchronize
 from gpt.errors import UserError, exit_on_user_error
@@ -362,7 +363,7 @@ class RunLog:
             if isinstance(record, dict) and record.get("step", 0) <= step:
                 kept.append(record)
         self.records = kept
-        _atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -395,16 +396,9 @@ class RunLog:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        tmp = self.out_dir / ".loss.png.tmp"
-        fig.savefig(tmp, format="png", dpi=100)
+        with atomic_write(self.out_dir / "loss.png") as f:
+            fig.savefig(f, format="png", dpi=100)
         plt.close(fig)
-        os.replace(tmp, self.out_dir / "loss.png")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class Progress:
@@ -566,7 +560,7 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
     run_log = RunLog(out_dir, dist.master, cfg.plot)
     if dist.master:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out_dir / "config.toml", to_toml(cfg))
+        write_text(out_dir / "config.toml", to_toml(cfg))
         if resume_state is not None:
             run_log.keep_until(step)
     val_tokens, val_bytes = split_sizes(prepared, "val")

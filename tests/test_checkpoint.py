@@ -1,8 +1,6 @@
 """Checkpoints: atomic saves, safe loads (no code runs), and resolving --ckpt specs."""
 
 import os
-import pickle
-import zipfile
 
 import pytest
 import torch
