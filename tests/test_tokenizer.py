@@ -83,8 +83,12 @@ def need_gpt2_files() -> Path:
 def corpus() -> str:
     if SHAKESPEARE.is_file():
         return SHAKESPEARE.read_text(encoding="utf-8")[:300_000]
-    # Without the shared corpus, a small deterministic text still trains a BPE with real merges.
-    return " ".join(PARAGRAPHS * 50)
+    # Without the shared corpus: real English-and-code text that every Python install has.
+    import sysconfig
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    text = "".join((stdlib / name).read_text(encoding="utf-8") for name in ("argparse.py", "textwrap.py", "difflib.py"))
+    return " ".join(PARAGRAPHS * 5) + text[:300_000]
 
 
 @pytest.fixture(scope="module")
