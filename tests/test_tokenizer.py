@@ -88,7 +88,7 @@ def corpus() -> str:
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     text = "".join((stdlib / name).read_text(encoding="utf-8") for name in ("argparse.py", "textwrap.py", "difflib.py"))
-    return " ".join(PARAGRAPHS * 5) + text[:300_000]
+    return text[:300_000] + " ".join(PARAGRAPHS * 5)
 
 
 @pytest.fixture(scope="module")
