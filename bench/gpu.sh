@@ -4,7 +4,7 @@
 #   2. GPT-2 124M training (block 1024, bf16 autocast, torch.compile, flash attention through SDPA,
 #      fused AdamW): tokens/s and MFU from the trainer's own log;
 #   3. sampling tokens/s with and without the KV cache;
-#   4. time for configs/shakespeare_char.toml to reach val loss 1.47 (run with STAGE=quality).
+#   4. time for configs/shakespeare_char.toml to reach val loss 1.47 (the "quality" stage).
 # Usage: GPT2_TOKENIZER_DIR=path/to/gpt2 bash bench/gpu.sh [throughput|quality|all]
 # Results: bench/results/*.json (and copies under $OUT when that is set).
 set -euo pipefail
