@@ -150,7 +150,7 @@ def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int 
     if temperature == 0:
         return torch.zeros_like(logits).scatter_(1, logits.argmax(dim=-1, keepdim=True), 1.0)
     logits = logits / temperature
-    if top_k:
+    if 0 < top_k < logits.shape[-1]:  # k >= the vocabulary keeps every token: nothing to filter
         logits = top_k_filter(logits, top_k)
     if top_p < 1.0:
         logits = top_p_filter(logits, top_p)

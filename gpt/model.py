@@ -77,11 +77,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # each [B, T, C]
-        # Split the channels into heads: [B, T, C] -> [B, nh, T, hs]
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        qkv = self.c_attn(x)  # [B, T, 3C]: queries, keys and values of all heads side by side
+        # Split into q, k, v and the channels into heads: [B, T, 3, nh, hs] -> 3 x [B, nh, T, hs]
+        q, k, v = qkv.view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
 
         if cache is None:
             # Plain path: token t attends to tokens 0..t of this sequence.
@@ -89,10 +87,10 @@ class CausalSelfAttention(nn.Module):
         else:
             # Store this step's keys and values after the earlier ones, then attend over all L of them.
             start = cache.length
-            cache.keys[layer][:B, :, start : start + T] = k
-            cache.values[layer][:B, :, start : start + T] = v
-            k = cache.keys[layer][:B, :, : start + T]  # [B, nh, L, hs], L = start + T
-            v = cache.values[layer][:B, :, : start + T]
+            cache.keys[layer][:, :, start : start + T] = k
+            cache.values[layer][:, :, start : start + T] = v
+            k = cache.keys[layer][:, :, : start + T]  # [B, nh, L, hs], L = start + T
+            v = cache.values[layer][:, :, : start + T]
             if T == 1:  # one new token may see everything stored: no mask needed
                 mask, is_causal = None, False
             elif start == 0:
@@ -223,7 +221,7 @@ class GPT(nn.Module):
         # Out-of-range ids would otherwise fail deep inside the embedding (or silently, on some devices).
         # The check needs the values on the host, so it is skipped inside torch.compile's graph.
         if not torch.compiler.is_compiling() and idx.numel() > 0:
-            low, high = int(idx.min()), int(idx.max())
+            low, high = (int(v) for v in torch.aminmax(idx))
             if low < 0 or high >= self.config.vocab_size:
                 bad = low if low < 0 else high
                 raise ValueError(f"token id {bad} is out of range for vocab_size {self.config.vocab_size}")
