@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,10 +22,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import harness
 
-from gpt.config import parse_args, setting  # noqa: E402
+from gpt.config import parse_args, setting
+
+REPO = harness.REPO
 
 
 @dataclass
@@ -142,20 +141,6 @@ def run_once(text: Path, tokenizer: str, data_dir: Path) -> dict:
     return result
 
 
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gib": round(mem, 1),
-            "python": platform.python_version(), "platform": platform.platform()}
-
-
 def main() -> None:
     cfg, _ = parse_args(BenchConfig, prog="bench/prepare.py", description=__doc__.splitlines()[0])
     work = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="bench_prepare_", dir="/tmp"))
@@ -183,14 +168,10 @@ def main() -> None:
     assert reuse["reused"]
 
     def stat(key):
-        values = [r[key] for r in runs]
-        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+        return harness.stats([r[key] for r in runs])
 
     summary = {
         "config": asdict(cfg),
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "input_mb": size / 1e6,
         "tokens": runs[0]["tokens"],
         "vocab_size": runs[0]["vocab_size"],
@@ -202,16 +183,13 @@ def main() -> None:
         "cache_reuse_seconds": reuse["seconds"],
         "runs": runs,
     }
-    results = REPO / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    out = results / f"prepare_{cfg.tokenizer.replace(':', '')}_{cfg.size_mb}mb.json"
-    out.write_text(json.dumps(summary, indent=1) + "\n")
+    out = harness.write(f"prepare_{cfg.tokenizer.replace(':', '')}_{cfg.size_mb}mb", summary)
     if not cfg.keep:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
 
-    m = summary["machine"]
+    m = harness.machine()
     print(f"\nprepare {cfg.size_mb} MB with {cfg.tokenizer} on {m['cores']} cores ({m['cpu']}), {cfg.repeats} run(s):")
     print(f"{'metric':<34}{'median':>10}{'min':>10}{'max':>10}")
     for label, key in (("time (s)", "seconds"), ("throughput (MB/s)", "mb_per_s"),

@@ -12,24 +12,19 @@ Throughput MB/s = UTF-8 bytes (10^6) of the text / seconds. Results: bench/resul
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import statistics
-import sys
 import sysconfig
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import harness
+import tiktoken
 
-import tiktoken  # noqa: E402
-import torch  # noqa: E402
+from gpt.bpe import train_bpe
+from gpt.tokenizer import TiktokenTokenizer, load_gpt2, load_tokenizer
 
-from gpt.bpe import train_bpe  # noqa: E402
-from gpt.tokenizer import TiktokenTokenizer, load_gpt2, load_tokenizer  # noqa: E402
+REPO = harness.REPO
 
 SHAKESPEARE = REPO.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 GPT2_DIR = REPO.parent / "shared" / "gpt2"
@@ -63,16 +58,6 @@ def timed(fn, repeats: int, warmup: int = 1) -> dict:
         fn()
         times.append(time.perf_counter() - start)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "times_s": times}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -122,20 +107,8 @@ def main() -> None:
         )
         print(f"encode {name}: {mb_big / result['median_s']:.2f} MB/s", flush=True)
 
-    machine = {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "tiktoken": tiktoken.__version__,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-    }
-    out = REPO / "bench" / "results" / "tokenizer.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"machine": machine, "training": training, "encoding": encoding}, indent=2))
-    os.replace(tmp, out)
+    machine = {**harness.machine(), "tiktoken": tiktoken.__version__}
+    out = harness.write("tokenizer", {"tiktoken": tiktoken.__version__, "training": training, "encoding": encoding})
 
     gpt2_rate = next(e["MB_per_s_median"] for e in encoding if e["tokenizer"] == "gpt2")
     print(f"\n{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, tiktoken {machine['tiktoken']}")
