@@ -309,7 +309,8 @@ def _cut_near(path: Path, offset: int) -> int:
     return lo + _safe_cut(buf, 0)
 
 
-def _decode(data: bytes, path: str, offset: int, errors: str) -> str:
+def decode_utf8(data: bytes, path: str, offset: int = 0, errors: str = "strict") -> str:
+    """`data` (read from `path` at byte `offset`) as text; invalid UTF-8 is a UserError naming file and offset."""
     try:
         return data.decode("utf-8", errors=errors)
     except UnicodeDecodeError as e:
@@ -363,7 +364,7 @@ def _encode_text(text: str, dtype: np.dtype) -> np.ndarray:
 
 def _encode_job(job: tuple) -> tuple:
     segment, first, offset, data, path, errors, dtype = job
-    text = _decode(data, path, offset, errors)
+    text = decode_utf8(data, path, offset, errors)
     nbytes = len(data) if errors == "strict" else len(text.encode("utf-8"))
     return segment, first, _encode_text(text, dtype), len(text), nbytes
 
@@ -376,7 +377,7 @@ def _code_points(text: str) -> np.ndarray:
 
 def _charset_job(job: tuple) -> tuple:
     segment, first, offset, data, path, errors, _ = job
-    text = _decode(data, path, offset, errors)
+    text = decode_utf8(data, path, offset, errors)
     if text.isascii():
         present = np.flatnonzero(np.bincount(_code_points(text), minlength=128))
     else:
@@ -720,7 +721,7 @@ def _build(tmp: Path, docs, sources, spec_or_tok, tok, key, key_inputs, corpus, 
     elif tok is None:
         sample, sample_bytes = [], 0
         for _, _, offset, data, path, _, _ in _jobs(docs, segments, errors, None, only="train"):
-            sample.append(_decode(data, path, offset, errors))
+            sample.append(decode_utf8(data, path, offset, errors))
             sample_bytes += len(data)
             if sample_bytes >= _BPE_SAMPLE_BYTES:
                 break

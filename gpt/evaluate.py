@@ -60,6 +60,7 @@ class EvalConfig:
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = setting("auto", "compute dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
     data_dir: str = setting("data", "where a named corpus is looked for (and downloaded to, for shakespeare)")
+    on_invalid_utf8: str = setting("error", "a file that is not UTF-8: error (with file and byte offset) or replace (bad bytes become U+FFFD)")
     json: bool = setting(False, "print one JSON object (loss, perplexity, bits_per_byte, tokens, bytes, stride) instead of a report")
     progress: bool = setting(True, "show a progress bar (on stderr)")
 
@@ -179,18 +180,17 @@ def evaluate(
 # The text
 
 
-def read_documents(data: str | list[str], include: str | None = None, data_dir: str | Path = "data") -> Iterator[str]:
+def read_documents(data: str | list[str], include: str | None = None, data_dir: str | Path = "data",
+                   on_invalid_utf8: str = "error") -> Iterator[str]:
     """The text of each document (file) of `data`, in the order the data preparation uses."""
-    from gpt.data import resolve_sources
+    from gpt.data import decode_utf8, resolve_sources
 
+    if on_invalid_utf8 not in ("error", "replace"):
+        raise UserError(f"on_invalid_utf8 must be error or replace, got {on_invalid_utf8!r}")
     _, docs = resolve_sources(data, include=include, data_dir=data_dir)
     for doc in docs:
-        raw = Path(doc.path).read_bytes()
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise UserError(f"{doc.path} is not valid UTF-8 at byte offset {e.start} ({e.reason}): convert it to "
-                            "UTF-8, or leave the file out") from None
+        yield decode_utf8(Path(doc.path).read_bytes(), str(doc.path),
+                          errors="strict" if on_invalid_utf8 == "error" else "replace")
 
 
 def encode_documents(texts: Iterable[str], tokenizer: Tokenizer, max_tokens: int = 0) -> tuple[np.ndarray, int]:
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(cfg.ckpt, device)
     block_size = loaded.model.config.block_size
 
-    texts = read_documents(cfg.data, include=cfg.include, data_dir=cfg.data_dir)
+    texts = read_documents(cfg.data, include=cfg.include, data_dir=cfg.data_dir, on_invalid_utf8=cfg.on_invalid_utf8)
     ids, num_bytes = encode_documents(texts, loaded.tokenizer, cfg.max_tokens)
     started = time.perf_counter()
     result = evaluate(loaded.model, ids, block_size=block_size, stride=cfg.stride, batch_size=cfg.batch_size,

@@ -57,6 +57,7 @@ class TrainConfig:
     include: str | None = setting(None, "with a folder: only files matching this glob (e.g. '*.py')")
     val_fraction: float = setting(0.1, "share of the text held out for validation")
     data_dir: str = setting("data", "where prepared token bins are cached")
+    on_invalid_utf8: str = setting("error", "a file that is not UTF-8: error (with file and byte offset) or replace (bad bytes become U+FFFD)")
     tokenizer: str = setting("char", "char, bpe:<vocab_size>, gpt2, or a .tiktoken file (ignored with init_from/resume: theirs is used)")
     # run
     out_dir: str = setting("out/default", "folder for checkpoints, config.toml, log.jsonl and loss.png")
@@ -505,11 +506,11 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
     prepared = None
     if dist.master:
         prepared = data_mod.prepare(cfg.data, tokenizer, include=cfg.include, val_fraction=cfg.val_fraction,
-                                    data_dir=cfg.data_dir, progress=show_bar)
+                                    data_dir=cfg.data_dir, on_invalid_utf8=cfg.on_invalid_utf8, progress=show_bar)
     dist.barrier()
     if not dist.master:
         prepared = data_mod.prepare(cfg.data, tokenizer, include=cfg.include, val_fraction=cfg.val_fraction,
-                                    data_dir=cfg.data_dir, progress=False)
+                                    data_dir=cfg.data_dir, on_invalid_utf8=cfg.on_invalid_utf8, progress=False)
     tokenizer = prepared.tokenizer
     if resume_state is not None and tokenizer.to_dict() != resume_state["tokenizer"]:
         raise UserError(f"the corpus {cfg.data} gives a different {cfg.tokenizer} tokenizer than the saved run's "

@@ -234,3 +234,14 @@ def test_cli_bad_input(checkpoint, make_args, words, capsys):
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], err
+
+
+def test_invalid_utf8_is_named_with_its_offset_or_replaced(tmp_path):
+    from gpt.errors import UserError
+    from gpt.evaluate import read_documents
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"hello \xff world")
+    with pytest.raises(UserError, match="bad.txt is not valid UTF-8 at byte offset 6"):
+        list(read_documents(str(bad)))
+    assert list(read_documents(str(bad), on_invalid_utf8="replace")) == ["hello \ufffd world"]
