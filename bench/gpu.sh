@@ -18,9 +18,10 @@ python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', 
 
 if [[ "$STAGE" == throughput || "$STAGE" == all ]]; then
   python3 bench/peak.py --device cuda --sizes 4096,8192 --repeats 5
-  # 124M parameters, 12 x 1024 tokens per micro-batch, 4 micro-batches per step; stdlib with GPT-2 tokens.
+  # 124M parameters, 32 x 1024 tokens per micro-batch (as configs/gpt2_124m.toml), 2 micro-batches per step;
+  # stdlib with GPT-2 tokens.
   python3 train.py configs/gpt2_124m.toml --out_dir="$RUN_DIR/gpt2" --data_dir="$RUN_DIR/data" \
-      --batch_size=16 --gradient_accumulation_steps=4 --max_iters=60 --eval_interval=1000 --eval_iters=1 \
+      --batch_size=32 --gradient_accumulation_steps=2 --max_iters=60 --eval_interval=1000 --eval_iters=1 \
       --log_interval=5 --warmup_iters=10 --lr_decay_iters=60 --plot=false --progress=false
   python3 - "$RUN_DIR/gpt2/log.jsonl" <<'PY'
 import json, statistics, sys
