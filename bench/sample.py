@@ -25,9 +25,10 @@ from gpt.generate import generate_tokens
 from gpt.model import GPT, GPTConfig
 
 GPU_SHAPES = {"gpt2_124m 12L/768/1024": GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)}
+# Without biases, as configs/shakespeare_char.toml and nanoGPT's CPU recipe train them.
 SHAPES = {
-    "shakespeare_char 6L/384/256": GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384),
-    "small 4L/128/64": GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128),
+    "shakespeare_char 6L/384/256": GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384, bias=False),
+    "small 4L/128/64": GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, bias=False),
 }
 
 

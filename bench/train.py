@@ -9,6 +9,7 @@ reference (N without position embeddings), so the numbers compare with nanoGPT's
     python bench/train.py                                 # the four CPU shapes
     python bench/train.py --compare dtype=float32,dtype=bfloat16 --shapes nanogpt_cpu
     python bench/train.py --compare compile=false,compile=true --shapes nanogpt_cpu --steps 60
+    python bench/train.py --compare bias=true+compile=false,bias=false+compile=true --shapes nanogpt_cpu
 """
 
 from __future__ import annotations
@@ -33,11 +34,19 @@ SHAPES = {
     "default": ("configs/default.toml", []),
     "shakespeare_char_cpu": ("configs/shakespeare_char_cpu.toml", []),
     "shakespeare_char": ("configs/shakespeare_char.toml", ["--device=cpu", "--compile=false", "--dtype=float32"]),
+    # the same without dropout, as nanoGPT's CPU recipe runs (on CPU, dropout's random masks are ~30% of a step)
+    "shakespeare_char_nodrop": ("configs/shakespeare_char.toml", ["--device=cpu", "--compile=false", "--dtype=float32",
+                                                                  "--dropout=0.0"]),
     # nanoGPT's CPU recipe for Tiny Shakespeare: 4 layers, 128 wide, block 64, batch 12
     "nanogpt_cpu": ("configs/shakespeare_char_cpu.toml", ["--n_layer=4", "--n_head=4", "--n_embd=128",
                                                            "--block_size=64", "--batch_size=12",
                                                            "--gradient_accumulation_steps=1", "--dropout=0.0"]),
 }
+
+
+def steps_for(shape: str, steps: int) -> int:
+    """The 10.7M-parameter shapes take seconds per step: a quarter of the steps (at least 10)."""
+    return max(10, steps // 4) if SHAPES[shape][0] == "configs/shakespeare_char.toml" else steps
 
 
 def run_once(shape: str, extra: list[str], steps: int, data_dir: str, device: str) -> dict:
@@ -83,13 +92,15 @@ def model_numbers(shape: str, extra: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="nanogpt_cpu,shakespeare_char_cpu,default,shakespeare_char")
-    parser.add_argument("--compare", default="", help="comma-separated setting=value variants, run side by side")
+    parser.add_argument("--compare", default="",
+                        help="comma-separated variants, run side by side; one variant may join settings with '+'")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="")
     parser.add_argument("--data_dir", default=str(REPO / "data"))
     args = parser.parse_args()
-    variants = [[f"--{v}"] for v in args.compare.split(",")] if args.compare else [[]]
+    # "a=1+b=2" is one variant with two settings
+    variants = [[f"--{s}" for s in v.split("+")] for v in args.compare.split(",")] if args.compare else [[]]
 
     # The peak is sampled before every shape and once more at the end, and the median taken: one measurement
     # on a shared machine can land in a busy moment.
@@ -103,7 +114,7 @@ def main() -> None:
     measured: list[tuple[str, dict[str, list[dict]]]] = []
     for shape in args.shapes.split(","):
         sample_peak()
-        steps = max(10, args.steps // 4) if shape == "shakespeare_char" else args.steps
+        steps = steps_for(shape, args.steps)
         run_once(shape, variants[0], 10, args.data_dir, args.device)  # prepares the corpus; warms the disk cache
         cases = {" ".join(v) or "-": (lambda v=v: run_once(shape, v, steps, args.data_dir, args.device)) for v in variants}
         samples: dict[str, list[dict]] = {name: [] for name in cases}
@@ -116,7 +127,7 @@ def main() -> None:
     rows, results = [], {"peak_gflops": {"fp32": harness.stats(peak_samples["fp32"]),
                                          "bf16": harness.stats(peak_samples["bf16"])}, "runs": {}}
     for shape, samples in measured:
-        steps = max(10, args.steps // 4) if shape == "shakespeare_char" else args.steps
+        steps = steps_for(shape, args.steps)
         base = None
         for name, runs in samples.items():
             numbers = model_numbers(shape, [] if name == "-" else name.split())
