@@ -77,7 +77,7 @@ class TrainConfig:
     n_embd: int = setting(128, "width of the residual stream")
     block_size: int = setting(128, "context length in tokens")
     dropout: float = setting(0.0, "dropout probability (0 for small data runs that do not overfit)")
-    bias: bool = setting(True, "biases in Linear layers and LayerNorms, as GPT-2")
+    bias: bool = setting(False, "biases in Linear layers and LayerNorms, as GPT-2 has (off: 1.2x faster on CPU, see BENCHMARKS.md)")
     vocab_multiple: int = setting(1, "round the model's vocabulary up to a multiple of this (64 speeds up GPUs)")
     # optimizer and schedule
     batch_size: int = setting(16, "sequences per micro-batch, per process")
