@@ -65,7 +65,7 @@ class TrainConfig:
     init_from: str = setting("scratch", "scratch, or a checkpoint / out_dir / local Hugging Face GPT-2 folder to fine-tune")
     device: str = setting("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     dtype: str = setting("auto", "auto (bf16 on CUDA, else fp16 with a scaler; fp32 on CPU), float32, bfloat16, float16")
-    compile: bool | None = setting(None, "torch.compile the model (none = on for CUDA; off on CPU, where it needs a C++ compiler and its 1.2x pays off only past the first minute)")
+    compile: bool | None = setting(None, "torch.compile the model (none = on for CUDA; off on CPU, where it needs a C++ compiler and measured only ~3% faster)")
     seed: int = setting(1337, "seed for weights, dropout and batches")
     threads: int = setting(0, "CPU threads for torch (0 = torch's default)")
     peak_flops: float = setting(0.0, "device peak FLOP/s for MFU (0 = GPU datasheet, or a matmul measured on CPU)")
