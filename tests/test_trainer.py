@@ -83,6 +83,7 @@ def test_weight_decay_applies_to_matrices_and_embeddings_only():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     optimizer = make_optimizer(model, TrainConfig(weight_decay=0.1), torch.device("cpu"))
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
+    assert optimizer.defaults["fused"]  # torch >= 2.4 has the fused AdamW kernel on the CPU too
 
 
 def test_default_config_file_matches_the_built_in_defaults():
