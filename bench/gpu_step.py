@@ -4,12 +4,13 @@ The step is the trainer's (gpt/trainer.py): micro-batches of forward + loss unde
 gradient clipping, fused AdamW; the model is compiled. Tokens are random (throughput does not depend on
 them), and the tokens per optimizer step stay fixed (64 x 1024 by default) whatever the micro-batch size.
 
-    python bench/gpu_step.py --batch 16                 # the trainer's GPT-2 124M setting
-    python bench/gpu_step.py --batch 32 --attention cudnn
+    python bench/gpu_step.py --batch 32                 # configs/gpt2_124m.toml's micro-batch
+    python bench/gpu_step.py --batch 32 --attention cudnn --no_bias
     python bench/gpu_step.py --batch 16 --profile       # where the time goes, kernel by kernel
 
 Each run prints one line: variant, ms per step, tokens/s, MFU against the 989 TFLOP/s bf16 datasheet peak.
-Run each variant in its own process (compilation state does not carry over between shapes).
+Run each variant in its own process (compilation state does not carry over between shapes), with the
+project installed or PYTHONPATH set to the repository, as bench/gpu.sh does.
 """
 
 from __future__ import annotations
@@ -19,13 +20,10 @@ import contextlib
 import json
 import os
 import statistics
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gpt.model import GPT, GPTConfig  # noqa: E402
+from gpt.model import GPT, GPTConfig
 
 PEAK = 989e12
 
@@ -103,8 +101,8 @@ def main() -> None:
     ms = statistics.median(times) * 1000
     tps = tokens / statistics.median(times)
     mfu = flops_per_token * tps / PEAK
-    result = {"batch": args.batch, "bias": not args.no_bias,
-              "coordinate_descent": bool(os.environ.get("TORCHINDUCTOR_COORDINATE_DESCENT_TUNING")), "accum": accum, "attention": args.attention, "mode": args.mode,
+    result = {"batch": args.batch, "accum": accum, "bias": not args.no_bias, "attention": args.attention,
+              "mode": args.mode, "coordinate_descent": bool(os.environ.get("TORCHINDUCTOR_COORDINATE_DESCENT_TUNING")),
               "ms_per_step": round(ms, 2), "min_ms": round(min(times) * 1000, 2), "max_ms": round(max(times) * 1000, 2),
               "tok_per_s": round(tps), "mfu": round(mfu, 4),
               "max_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1)}
