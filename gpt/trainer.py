@@ -124,7 +124,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     groups = param_groups(model, cfg.weight_decay)
     # The fused kernel updates each parameter in one pass instead of about ten separate operations: fewer
     # launches on a GPU, 1.1x a whole training step on the CPU for small models (BENCHMARKS.md). Devices
@@ -527,7 +527,7 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
     train_batches = data_mod.Batches(prepared.train_bin, cfg.block_size, cfg.batch_size, seed=cfg.seed,
                                      device=device, rank=dist.rank, world_size=dist.world_size)
-    optimizer = make_optimizer(model, cfg, device)
+    optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
 
     step, best_val_loss, elapsed_before = 0, float("inf"), 0.0
