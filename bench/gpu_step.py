@@ -24,6 +24,7 @@ import statistics
 import torch
 
 from gpt.model import GPT, GPTConfig
+from gpt.trainer import TrainConfig, make_optimizer
 
 PEAK = 989e12
 
@@ -49,8 +50,9 @@ def main() -> None:
     flops_per_token = model.flops_per_token()
     accum = max(1, args.tokens_per_step // (args.batch * config.block_size))
     tokens = accum * args.batch * config.block_size
-    params = [p for p in model.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    params = list(model.parameters())
+    # The trainer's optimizer (fused AdamW, decay on matrices only), with configs/gpt2_124m.toml's settings.
+    optimizer = make_optimizer(model, TrainConfig(learning_rate=6e-4, beta2=0.95, weight_decay=0.1))
     compiled = model if args.mode == "none" else torch.compile(model, mode=None if args.mode == "default" else args.mode)
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
