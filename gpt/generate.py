@@ -46,10 +46,11 @@ Other policies
 from __future__ import annotations
 
 import codecs
+import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import Iterator, Sequence, TextIO
 
 import torch
 
@@ -177,12 +178,34 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick the next token of each row: logits [B, V] -> ids [B]. Greedy (argmax) at temperature 0."""
+           generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
+    """Pick the next token of each row: logits [B, V] -> ids [B]. Greedy (argmax) at temperature 0.
+
+    `generator` is one random stream for the whole batch, or one per row (`sample_generators`): then each
+    row's draws depend only on its own stream, not on how many other rows are in the batch.
+    """
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = next_token_probs(logits, temperature, top_k, top_p)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    if len(generator) != probs.shape[0]:
+        raise ValueError(f"{len(generator)} generators for {probs.shape[0]} rows")
+    return torch.cat([torch.multinomial(probs[b : b + 1], 1, generator=g)[0] for b, g in enumerate(generator)])
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample `index` (0, 1, ...) of a request seeded with `seed`: sample 0 uses `seed` itself, so
+    asking for more samples never changes the first one; the others get well-separated seeds derived from both."""
+    if index == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # 63 bits: torch.Generator takes any non-negative int64
+
+
+def sample_generators(seed: int, count: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One random stream per sample, seeded with sample_seed(seed, i)."""
+    return [torch.Generator(device=device).manual_seed(sample_seed(seed, i)) for i in range(count)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -236,7 +259,8 @@ class Decoder:
 
 
 def generate_tokens(model, prompt_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                    top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
+                    top_k: int = 0, top_p: float = 1.0,
+                    generator: torch.Generator | Sequence[torch.Generator] | None = None,
                     use_kv_cache: bool = True, dtype: torch.dtype = torch.float32,
                     vocab_size: int | None = None) -> Iterator[torch.Tensor]:
     """Yield the next token of every sequence in the batch, step by step: prompt_ids [B, n] -> ids [B] each step."""
@@ -359,11 +383,10 @@ class Sampler:
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.stream = out.isatty() if cfg.stream is None else cfg.stream
 
-    def _generator(self) -> torch.Generator:
-        # Re-seeded for every prompt, so a prompt's text does not depend on what came before it.
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(self.cfg.seed)
-        return generator
+    def _generators(self, count: int) -> list[torch.Generator]:
+        # Re-seeded for every prompt, so a prompt's text does not depend on what came before it; one stream
+        # per sample, so sample 1 is the same text whether or not more samples are asked for.
+        return sample_generators(self.cfg.seed, count, self.device)
 
     def run(self, prompt: str) -> None:
         ids = encode_prompt(self.tokenizer, prompt)
@@ -383,7 +406,7 @@ class Sampler:
             out.write(heading)
             out.flush()
         tokens = generate_tokens(self.model, prompt_ids, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                                 self._generator(), not cfg.no_kv_cache, self.dtype, self.tokenizer.vocab_size)
+                                 self._generators(B), not cfg.no_kv_cache, self.dtype, self.tokenizer.vocab_size)
         for next_ids in tokens:
             for b, token in enumerate(next_ids.tolist()):
                 if texts[b].done:
@@ -416,7 +439,7 @@ class Sampler:
         out.write(f"prompt {prompt!r}: next-token probabilities at temperature {shown_temperature:g}{filters}{note}\n")
         decoder = Decoder(self.model, torch.tensor([ids], device=self.device), not cfg.no_kv_cache,
                           self.dtype, tok.vocab_size)
-        generator = self._generator()
+        generator = self._generators(1)
         picked_ids: list[int] = []
         for step in range(max(1, cfg.steps)):
             logits = decoder.next_logits()

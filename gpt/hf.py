@@ -311,6 +311,9 @@ def save_hf_gpt2(model: torch.nn.Module, path: str | Path) -> Path:
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder} is a file: give a folder to write the Hugging Face model into")
     config: GPTConfig = getattr(model, "_orig_mod", getattr(model, "module", model)).config
+    if config.attention_only:
+        raise UserError("an attention-only model (no MLPs) cannot be written as GPT-2: Hugging Face's GPT-2 always "
+                        "has an MLP in every block")
     state = clean_state_dict(model)
     tensors: dict[str, torch.Tensor] = {}
     for our_key, shape in _hf_keys(config):

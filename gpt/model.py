@@ -32,6 +32,7 @@ class GPTConfig:
     n_embd: int = 768  # width of the residual stream
     dropout: float = 0.0
     bias: bool = True  # biases in the Linear layers and LayerNorms, as GPT-2 has
+    attention_only: bool = False  # blocks without the MLP: the small models of the induction-heads studies
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -63,6 +64,18 @@ class KVCache:
         self.length = 0
 
 
+def plain_attention(q, k, v, allowed: torch.Tensor, dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out: what F.scaled_dot_product_attention computes in one fused kernel.
+
+    q [B, nh, T, hs] and k, v [B, nh, L, hs]; allowed [T, L] is True where query i may look at key j.
+    Returns the output [B, nh, T, hs] and the attention weights [B, nh, T, L] (each row sums to 1).
+    """
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # [B, nh, T, L]: how well each query matches each key
+    att = att.masked_fill(~allowed, float("-inf"))  # no looking ahead: those weights become exactly 0
+    att = att.softmax(dim=-1)
+    return F.dropout(att, dropout) @ v, att  # a weighted average of the values
+
+
 class CausalSelfAttention(nn.Module):
     """Each position mixes in information from itself and earlier positions, weighted by relevance."""
 
@@ -74,6 +87,10 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        # plain=True computes attention with plain_attention and keeps its weights in self.weights, for
+        # looking inside the model (gpt/lab); training and sampling use the fused kernel.
+        self.plain = False
+        self.weights: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
@@ -81,32 +98,30 @@ class CausalSelfAttention(nn.Module):
         # Split into q, k, v and the channels into heads: [B, T, 3, nh, hs] -> 3 x [B, nh, T, hs]
         q, k, v = qkv.view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
 
-        if cache is None:
-            # Plain path: token t attends to tokens 0..t of this sequence.
-            mask, is_causal = None, True
-        else:
+        start = 0
+        if cache is not None:
             # Store this step's keys and values after the earlier ones, then attend over all L of them.
             start = cache.length
             cache.keys[layer][:, :, start : start + T] = k
             cache.values[layer][:, :, start : start + T] = v
             k = cache.keys[layer][:, :, : start + T]  # [B, nh, L, hs], L = start + T
             v = cache.values[layer][:, :, : start + T]
-            if T == 1:  # one new token may see everything stored: no mask needed
-                mask, is_causal = None, False
-            elif start == 0:
+
+        dropout = self.dropout if self.training else 0.0
+        if self.plain:
+            allowed = torch.arange(start + T, device=x.device)[None, :] <= torch.arange(start, start + T, device=x.device)[:, None]
+            y, self.weights = plain_attention(q, k, v, allowed, dropout)
+        else:
+            # The same softmax(q @ k^T / sqrt(hs)) @ v as plain_attention, fused (flash attention where available).
+            if start == 0:  # token t attends to tokens 0..t
                 mask, is_causal = None, True
+            elif T == 1:  # one new token may see everything stored: no mask needed
+                mask, is_causal = None, False
             else:  # new token i sits at position start + i and may see keys 0..start + i
                 query_pos = torch.arange(start, start + T, device=x.device)
                 mask = torch.arange(start + T, device=x.device)[None, :] <= query_pos[:, None]  # [T, L]
                 is_causal = False
-
-        # softmax(q @ k^T / sqrt(hs)) @ v over the allowed positions: [B, nh, T, L] weights -> [B, nh, T, hs].
-        # SDPA runs this as one fused kernel (flash attention where available); the plain version is
-        #   att = (q @ k.transpose(-2, -1)) / math.sqrt(hs); att = att.masked_fill(~allowed, -inf)
-        #   y = att.softmax(dim=-1) @ v
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
-        )
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: [B, T, C]
         return self.resid_dropout(self.c_proj(y))
 
@@ -132,14 +147,15 @@ class Block(nn.Module):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.ln_2 = None if config.attention_only else nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = None if config.attention_only else MLP(config)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         # Each sub-layer adds to the residual stream x rather than replacing it, which keeps deep
         # stacks trainable: gradients flow straight through the additions.
         x = x + self.attn(self.ln_1(x), cache, layer)
-        x = x + self.mlp(self.ln_2(x))
+        if self.mlp is not None:
+            x = x + self.mlp(self.ln_2(x))
         return x
 
 

@@ -43,6 +43,7 @@ from gpt.config import from_dict, parse_args, setting, to_toml
 from gpt.device import autocast, peak_flops, pick_device, pick_dtype, synchronize
 from gpt.errors import UserError, exit_on_user_error
 from gpt.model import GPT, GPTConfig
+from gpt.optim import learning_rate_at, make_optimizer, param_groups  # noqa: F401 (re-exported)
 from gpt.tokenizer import Tokenizer, tokenizer_from_dict
 
 # The settings that fix the shape of the weights: a resumed run must keep them.
@@ -100,39 +101,6 @@ class TrainConfig:
 
 # ---------------------------------------------------------------------------------------------------
 # Pieces small enough to test alone.
-
-
-def learning_rate_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup over warmup_iters, then a cosine from learning_rate down to min_lr at lr_decay_iters."""
-    if not cfg.decay_lr:
-        return cfg.learning_rate
-    decay_iters = cfg.lr_decay_iters or cfg.max_iters
-    if step < cfg.warmup_iters:
-        return cfg.learning_rate * (step + 1) / (cfg.warmup_iters + 1)
-    if step >= decay_iters:
-        return cfg.min_lr
-    progress = (step - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay the matrices (and embeddings), not the biases and LayerNorm gains: shrinking a gain or a bias
-    towards zero is not a useful prior, shrinking large weights is."""
-    params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    groups = param_groups(model, cfg.weight_decay)
-    # The fused kernel updates each parameter in one pass instead of about ten separate operations: fewer
-    # launches on a GPU, 1.1x a whole training step on the CPU for small models (BENCHMARKS.md). Devices
-    # (or torch versions) without it get the default implementation.
-    try:
-        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
 
 
 def validate(cfg: TrainConfig) -> None:

@@ -262,3 +262,10 @@ def test_save_into_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(UserError, match="is a file"):
         save_hf_gpt2(GPT(GPTConfig(vocab_size=10, block_size=4, n_layer=1, n_head=1, n_embd=4)), tmp_path / "f")
+
+
+def test_attention_only_model_is_refused(tmp_path):
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, attention_only=True))
+    with pytest.raises(UserError, match="attention-only"):
+        save_hf_gpt2(model, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

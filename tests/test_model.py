@@ -156,3 +156,34 @@ def test_dropout_is_active_only_in_training():
     a, _ = model(idx, all_logits=True)
     b, _ = model(idx, all_logits=True)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_plain_attention_equals_the_fused_kernel(cached):
+    model = tiny().eval()
+    idx = torch.randint(0, 37, (2, 12))
+    fused, _ = model(idx, all_logits=True)
+    for block in model.transformer.h:
+        block.attn.plain = True
+    if cached:  # a prefill of 7 tokens, then 5 more in one call (the masked cache path)
+        cache = model.new_kv_cache(2)
+        model(idx[:, :7], kv_cache=cache)
+        plain, _ = model(idx[:, 7:], kv_cache=cache, all_logits=True)
+        fused = fused[:, 7:]
+    else:
+        plain, _ = model(idx, all_logits=True)
+    torch.testing.assert_close(plain, fused, atol=1e-5, rtol=1e-5)
+    weights = model.transformer.h[0].attn.weights  # [B, nh, T, L]
+    assert weights.shape == (2, 2, 5 if cached else 12, 12)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+    if not cached:  # nothing above the diagonal: no position looks ahead
+        assert torch.all(weights.triu(diagonal=1) == 0)
+
+
+def test_attention_only_blocks_have_no_mlp():
+    model = tiny(attention_only=True)
+    assert all(block.mlp is None and block.ln_2 is None for block in model.transformer.h)
+    assert not any("mlp" in name for name, _ in model.named_parameters())
+    idx = torch.randint(0, 37, (2, 8))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (2, 8, 37) and torch.isfinite(loss)
