@@ -2,13 +2,16 @@
 plots, tokenizer files, Hugging Face folders).
 
 The content goes to a temp file in the same folder, which then replaces the target in one rename: a kill at
-any instant leaves the old file or the new one, never half of one.
+any instant leaves the old file or the new one, never half of one. The file gets the permissions a plain
+write would give it: those of the file it replaces, or for a new file 0666 less the process's umask
+(a temp file is created private, 0600, which would hide checkpoints and data caches from teammates).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -20,6 +23,7 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _plain_write_mode(path))
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -37,3 +41,17 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
+
+
+def _plain_write_mode(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # The only portable way to read the umask is to set it; it is put back at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -16,7 +16,9 @@ but tensors and plain data: a crafted file cannot run code.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import pickle
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,18 +27,75 @@ import torch
 
 from gpt.atomic import atomic_write
 from gpt.errors import UserError
+from gpt.hf import load_hf_gpt2
 from gpt.model import GPT, GPTConfig
 from gpt.tokenizer import Tokenizer, tokenizer_from_dict
 
 FORMAT_VERSION = 1
 
 
+class SaveError(UserError):
+    """A checkpoint could not be written (a full disk, a read-only folder): the previous file, if any, is intact."""
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write `state` to `path` atomically: readers see the old file or the new one, never half of one."""
+    """Write `state` to `path` atomically: readers see the old file or the new one, never half of one.
+
+    A failure of the disk (no space, read-only, no permission) is a SaveError that says in one line which file,
+    and how much space it needed and had; no temporary file is left behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as f:
-        torch.save({"format_version": FORMAT_VERSION, **state}, f)
+    needed = _nbytes(state)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        if needed > free:
+            raise SaveError(f"cannot save {path}: it needs about {_megabytes(needed)} and {path.parent} has "
+                            f"{_megabytes(free)} free")
+        with atomic_write(path) as f:
+            torch.save({"format_version": FORMAT_VERSION, **state}, f)
+    except (OSError, RuntimeError) as e:
+        cause = _os_error(e)
+        if cause is None:
+            raise  # not the disk: our bug
+        if cause.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            free = _free_bytes(path.parent)
+            raise SaveError(f"cannot save {path}: no space left on the device (it needs about {_megabytes(needed)}, "
+                            f"{_megabytes(free)} free)") from None
+        raise SaveError(f"cannot save {path}: {cause.strerror or cause}") from None
+
+
+def _nbytes(obj: Any) -> int:
+    """The bytes of the tensors in a nested state: about the size of the file torch.save writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def _os_error(error: BaseException | None) -> OSError | None:
+    """The OSError behind an exception (torch's serializer wraps a failed write in a RuntimeError)."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, OSError):
+            return error
+        error = error.__cause__ or error.__context__
+        seen += 1
+    return None
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -124,7 +183,6 @@ def is_hf_folder(path: str | Path) -> bool:
 def load_model(spec: str | Path, device: torch.device | str = "cpu") -> Loaded:
     """Load a model and its tokenizer from an out_dir, a checkpoint file, or a local Hugging Face GPT-2 folder."""
     if is_hf_folder(spec):
-        from gpt.hf import load_hf_gpt2
         from gpt.tokenizer import load_gpt2_from_hf_folder, load_tokenizer
 
         model = load_hf_gpt2(spec)

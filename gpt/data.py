@@ -1,11 +1,9 @@
-"""Corpus preparation and batches: the second step of the flow, text files -> token bins -> (x, y) batches.
+"""Preparing a corpus: the second step of the flow, text files -> token bins.
 
-text files ──prepare──▶ data/<corpus>/<key>/{train.bin, val.bin, tokenizer.json, meta.json}
-           ──Batches──▶ x, y: int64 [batch_size, block_size] (y is x shifted by one token)
+    documents (gpt/corpus.py) ──prepare──▶ data/<corpus>/<key>/{train.bin, val.bin, tokenizer.json, meta.json}
 
-`prepare` takes a file, a folder (every text file below it, optionally filtered by an include glob),
-several paths, or a named corpus ("stdlib", "shakespeare"); it fits or takes a tokenizer, tokenizes the text
-in bounded-size chunks on all cores and writes uint16 (or uint32) token bins that `np.memmap` reads.
+`prepare` fits or takes a tokenizer, splits the text into train and val, tokenizes it in bounded-size chunks on
+all cores and writes uint16 (or uint32) token bins that `np.memmap` reads (gpt/batches.py draws from them).
 
 The cache folder's name `<key>` is a hash of everything the bins depend on (the files' contents, the
 tokenizer, the include glob, the split), so unchanged inputs are reused and any change prepares again.
@@ -20,304 +18,34 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
-import fnmatch
 import hashlib
 import json
 import math
 import multiprocessing as mp
 import os
-import re
 import secrets
 import shutil
 import sys
-import sysconfig
 import time
-import urllib.error
-import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from gpt.atomic import write_text
 from gpt.config import parse_args, setting
-from gpt.atomic import write_bytes, write_text
+from gpt.corpus import Document, _file_hash, _read_chunks, _cut_near, decode_utf8, resolve_sources
 from gpt.errors import UserError, exit_on_user_error
 from gpt.tokenizer import CharTokenizer, Tokenizer, load_tokenizer, tokenizer_from_dict
 
-if TYPE_CHECKING:
-    import torch
-
 FORMAT_VERSION = 1  # bump when the bin layout or the meta changes: old caches are then prepared again
-
-NAMED_CORPORA = ("stdlib", "shakespeare")
-SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-SHAKESPEARE_BYTES = 1_115_394
-# Folders of the standard library that are not its own source: tests (and their data files, some of them
-# deliberately broken), IDLE's tests, and third-party packages.
-STDLIB_EXCLUDED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
 
 # Tuning knobs (module constants so tests can shrink them to exercise chunking and the worker pool).
 _CHUNK_BYTES = 1 << 20  # text handed to one worker at a time; bounds memory per worker
 _POOL_MIN_BYTES = 16 << 20  # below this, starting worker processes costs more than it saves
 _BPE_SAMPLE_BYTES = 20 << 20  # a trained BPE sees at most this much text (the start of the train split)
-_BINARY_PROBE_BYTES = 8192  # a NUL byte in a file's first 8 KB marks it as binary
-_HASH_BLOCK = 1 << 20
-
-
-class DataWarning(UserWarning):
-    """Something about the corpus the user should know (e.g. skipped binary files), but not an error."""
-
-
-# ---------------------------------------------------------------------------------------------------
-# Finding the documents: files, folders and named corpora.
-
-
-@dataclass(frozen=True)
-class Document:
-    path: Path  # absolute
-    size: int  # bytes
-    label: str  # the path relative to what the user named; orders the validation pick independently of location
-
-
-def _repo_root() -> Path:
-    import gpt
-
-    return Path(gpt.__file__).resolve().parents[1]
-
-
-def _shared_dir() -> Path:
-    return _repo_root().parent / "shared"
-
-
-def _is_binary(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return b"\0" in f.read(_BINARY_PROBE_BYTES)
-
-
-def _stdlib_documents() -> list[Document]:
-    root = Path(sysconfig.get_paths()["stdlib"]).resolve()
-    if not root.is_dir():
-        raise UserError(f"the Python standard library was not found at {root}: give a path to your own text instead")
-    docs = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in STDLIB_EXCLUDED_DIRS and not d.startswith("."))
-        for name in sorted(filenames):
-            if name.endswith(".py"):
-                path = Path(dirpath) / name
-                size = path.stat().st_size
-                if size:
-                    docs.append(Document(path, size, path.relative_to(root).as_posix()))
-    docs.sort(key=lambda d: d.label)
-    if not docs:
-        raise UserError(f"no .py files found in the standard library at {root}: give a path to your own text instead")
-    return docs
-
-
-def _shakespeare_path(data_dir: Path) -> Path:
-    local = data_dir / "shakespeare" / "input.txt"
-    if local.is_file():
-        return local
-    shared = _shared_dir() / "corpora" / "tinyshakespeare.txt"
-    if shared.is_file():
-        return shared
-    _download(SHAKESPEARE_URL, local, expected_size=SHAKESPEARE_BYTES)
-    return local
-
-
-def _download(url: str, dest: Path, *, expected_size: int | None = None) -> None:
-    """Fetch `url` into `dest` atomically; any failure is a UserError that says where to put the file by hand."""
-    where = f"put the file at {dest} (or ../shared/corpora/tinyshakespeare.txt beside the repository)"
-    try:
-        with urllib.request.urlopen(url, timeout=20) as response:
-            payload = response.read()
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        raise UserError(f"Tiny Shakespeare is not on this machine and downloading {url} failed ({reason}): {where}") from None
-    if expected_size is not None and len(payload) != expected_size:
-        raise UserError(f"downloaded {len(payload)} bytes from {url}, expected {expected_size}: {where}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes(dest, payload)
-
-
-def _folder_documents(root: Path, include: str | None, binaries: list[Path]) -> list[Document]:
-    docs = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        # Hidden folders (.git, .venv) and byte-code caches are never text the user meant.
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            path = Path(dirpath) / name
-            rel = path.relative_to(root).as_posix()
-            if include and not (fnmatch.fnmatch(rel, include) or fnmatch.fnmatch(name, include)):
-                continue
-            if not path.is_file():
-                continue
-            size = path.stat().st_size
-            if size == 0:
-                continue
-            if _is_binary(path):
-                binaries.append(path)
-                continue
-            docs.append(Document(path, size, rel))
-    docs.sort(key=lambda d: d.label)
-    return docs
-
-
-def resolve_sources(
-    data: str | list[str], include: str | None = None, data_dir: str | Path = "data"
-) -> tuple[str, list[Document]]:
-    """The corpus name and its documents (files), in a deterministic order.
-
-    Named corpora ("stdlib", "shakespeare") take precedence over a path of the same name: write ./stdlib for
-    the folder. The include glob filters the files found in folders (matched against the path relative to
-    the folder, and against the file name); a file named directly is always taken.
-    """
-    items = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-    # "a.txt,b.txt" names several paths (the trainer's data setting is one string), unless a path has the comma.
-    items = [part for item in items for part in
-             (str(item).split(",") if "," in str(item) and not Path(str(item)).exists() else [item]) if str(part)]
-    if not items:
-        raise UserError("no data given: name a text file, a folder, or a named corpus (stdlib, shakespeare)")
-    data_dir = Path(data_dir)
-    names: list[str] = []
-    docs: list[Document] = []
-    binaries: list[Path] = []
-    for item in items:
-        item = str(item)
-        if item in NAMED_CORPORA:
-            names.append(item)
-            if item == "stdlib":
-                docs += _stdlib_documents()
-            else:
-                path = _shakespeare_path(data_dir).resolve()
-                docs.append(Document(path, path.stat().st_size, "input.txt"))
-            continue
-        path = Path(item).expanduser()
-        if not path.exists():
-            raise UserError(
-                f"data path {item} not found: give a text file, a folder of text files, "
-                f"or a named corpus ({', '.join(NAMED_CORPORA)})"
-            )
-        path = path.resolve()
-        names.append(path.stem if path.is_file() else path.name)
-        if path.is_dir():
-            found = _folder_documents(path, include, binaries)
-            if not found:
-                matching = f" matching {include!r}" if include else ""
-                raise UserError(f"folder {item} has no (non-empty) text files{matching}: point to a folder that has some")
-            docs += found
-        else:
-            size = path.stat().st_size
-            if size == 0:
-                raise UserError(f"{item} is empty: give a file with some text in it")
-            if _is_binary(path):
-                binaries.append(path)
-                continue
-            docs.append(Document(path, size, path.name))
-    if binaries:
-        shown = ", ".join(str(p) for p in binaries[:10]) + (f" and {len(binaries) - 10} more" if len(binaries) > 10 else "")
-        warnings.warn(f"skipped {len(binaries)} binary file(s) (NUL bytes in the first 8 KB): {shown}", DataWarning, stacklevel=3)
-    if not docs:
-        raise UserError("no text to prepare: every file given is binary; give text files (UTF-8)")
-    name = re.sub(r"[^A-Za-z0-9._+-]", "_", "+".join(names))[:60].strip(".") or "corpus"
-    return name, docs
-
-
-def _file_hash(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            h.update(block)
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------------
-# Cutting text into chunks that tokenize the same apart as together.
-#
-# A byte-level BPE first splits text with a regex (GPT-2's, cl100k's) and encodes each piece alone. Two
-# kinds of position are never inside a piece and leave the pieces on both sides unchanged, so cutting there
-# gives the same tokens as encoding the text whole:
-#   - right after a newline with a printable ASCII character on each side ("x\n|y"): a line start;
-#   - between an ASCII letter or digit and a following space, tab or newline ("word| next").
-# A chunk is cut at the last line start in its second half, else at the last word end there. Only text
-# with neither (e.g. a long run of non-ASCII without spaces) is cut after any newline, or else at a UTF-8
-# character boundary: there a BPE may encode the few characters around the cut differently than it would
-# have uncut (a char tokenizer never does).
-
-
-def _is_printable_ascii(byte: int) -> bool:
-    return 0x21 <= byte <= 0x7E
-
-
-_ASCII_ALNUM = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-
-
-def _safe_cut(buf: bytes, lo: int) -> int:
-    """The last position in (lo, len(buf)) at which `buf` may be cut (see above); at least 1 when len(buf) > 1."""
-    n = len(buf)
-    lo = max(lo, 1)
-    i = buf.rfind(b"\n", lo, n - 1)
-    last_newline = i
-    while i >= lo:
-        if _is_printable_ascii(buf[i - 1]) and _is_printable_ascii(buf[i + 1]):
-            return i + 1
-        i = buf.rfind(b"\n", lo, i)
-    i = buf.rfind(b" ", lo, n)
-    while i >= lo:
-        if buf[i - 1] in _ASCII_ALNUM:
-            return i
-        i = buf.rfind(b" ", lo, i)
-    if last_newline >= lo:
-        return last_newline + 1
-    cut = n - 1
-    while cut > 0 and (buf[cut] & 0xC0) == 0x80:  # a UTF-8 continuation byte: back off to the character start
-        cut -= 1
-    return cut if cut > 0 else n
-
-
-def _read_chunks(path: Path, start: int, end: int, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """(file offset, bytes) pieces of path[start:end], each about chunk_bytes, cut at safe positions."""
-    with open(path, "rb") as f:
-        f.seek(start)
-        pos = start
-        carry = b""
-        while True:
-            data = f.read(max(0, min(chunk_bytes, end - pos)))
-            pos += len(data)
-            buf = carry + data if carry else data
-            if pos >= end or not data:  # the end of the segment (or the file shrank while we read it)
-                if buf:
-                    yield pos - len(buf), buf
-                return
-            cut = _safe_cut(buf, len(buf) // 2)
-            yield pos - len(buf), buf[:cut]
-            carry = buf[cut:]
-
-
-def _cut_near(path: Path, offset: int) -> int:
-    """A safe cut position in the file at or before `offset` (for splitting one document into train/val)."""
-    window = 1 << 20
-    lo = max(0, offset - window)
-    with open(path, "rb") as f:
-        f.seek(lo)
-        buf = f.read(offset + 1 - lo)
-    if len(buf) <= 1:
-        return offset
-    return lo + _safe_cut(buf, 0)
-
-
-def decode_utf8(data: bytes, path: str, offset: int = 0, errors: str = "strict") -> str:
-    """`data` (read from `path` at byte `offset`) as text; invalid UTF-8 is a UserError naming file and offset."""
-    try:
-        return data.decode("utf-8", errors=errors)
-    except UnicodeDecodeError as e:
-        raise UserError(
-            f"{path} is not valid UTF-8 at byte offset {offset + e.start} ({e.reason}): convert it to UTF-8, "
-            "or set on_invalid_utf8=replace to replace bad bytes with U+FFFD"
-        ) from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -779,110 +507,6 @@ def _build(tmp: Path, docs, sources, spec_or_tok, tok, key, key_inputs, corpus, 
     }
     _write_meta(tmp, meta)  # last: a folder without it is never trusted
     return meta
-
-
-# ---------------------------------------------------------------------------------------------------
-# Batches: random windows from the memmap, reproducible and resumable.
-
-
-class Batches:
-    """Random windows of block_size + 1 tokens: x is the first block_size, y the last block_size.
-
-    Every rank runs the same generator (seeded with `seed`) and each call draws one global batch of
-    world_size * batch_size windows, of which rank r takes the r-th slice: ranks see different windows, and
-    since drawing 4B start positions equals drawing B four times, world_size ranks see together exactly the
-    windows one process would see in world_size consecutive calls (results do not depend on the number of
-    processes). `state_dict` / `load_state_dict` resume the stream exactly.
-    """
-
-    def __init__(self, bin_path, block_size: int, batch_size: int, *, seed: int, device="cpu",
-                 rank: int = 0, world_size: int = 1, dtype=None):
-        self.bin_path = Path(bin_path)
-        if not self.bin_path.is_file():
-            raise UserError(f"token file {self.bin_path} not found: prepare the corpus first (python -m gpt.data ...)")
-        if dtype is None:
-            meta_path = self.bin_path.parent / "meta.json"
-            if not meta_path.is_file():
-                raise UserError(f"no meta.json beside {self.bin_path} to say its dtype: pass dtype (uint16 or uint32)")
-            dtype = json.loads(meta_path.read_text(encoding="utf-8"))["dtype"]
-        if block_size < 1 or batch_size < 1:
-            raise UserError(f"block_size and batch_size must be at least 1, got {block_size} and {batch_size}")
-        if not 0 <= rank < world_size:
-            raise UserError(f"rank {rank} is outside world_size {world_size}")
-        self.dtype = np.dtype(dtype)
-        self.block_size = int(block_size)
-        self.batch_size = int(batch_size)
-        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
-        import torch  # here, not at the top: `python -m gpt.data` prepares without paying for torch's import
-
-        self.device = torch.device(device)
-        self.n_tokens = self.bin_path.stat().st_size // self.dtype.itemsize
-        needed = self.block_size + 1
-        if self.n_tokens < needed:
-            fix = "raise val_fraction" if self.bin_path.name == "val.bin" else "lower val_fraction"
-            raise UserError(
-                f"{self.bin_path.name} has {self.n_tokens} tokens but one block needs block_size + 1 = {needed}: "
-                f"lower block_size, {fix}, or give more text"
-            )
-        self.n_windows = self.n_tokens - self.block_size  # distinct start positions
-        if self.batch_size > self.n_windows:
-            raise UserError(
-                f"batch_size {self.batch_size} is larger than the {self.n_windows} distinct windows of "
-                f"block_size {self.block_size} in {self.bin_path.name} ({self.n_tokens} tokens): lower batch_size or block_size"
-            )
-        self.data = np.memmap(self.bin_path, dtype=self.dtype, mode="r", shape=(self.n_tokens,))
-        self._offsets = np.arange(self.block_size + 1, dtype=np.int64)
-        self.rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(self.seed)))
-        self.batches_drawn = 0
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        global_starts = self.rng.integers(0, self.n_windows, size=self.batch_size * self.world_size)
-        starts = global_starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-        windows = self.data[starts[:, None] + self._offsets].astype(np.int64)
-        self.batches_drawn += 1
-        import torch
-
-        x = torch.from_numpy(np.ascontiguousarray(windows[:, :-1]))
-        y = torch.from_numpy(np.ascontiguousarray(windows[:, 1:]))
-        if self.device.type == "cuda":
-            # Page-locked host memory lets the copy overlap with the GPU's work on the previous step.
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
-        if self.device.type != "cpu":
-            return x.to(self.device), y.to(self.device)
-        return x, y
-
-    __next__ = next
-
-    def __iter__(self) -> "Batches":
-        return self
-
-    def state_dict(self) -> dict:
-        return {
-            "version": 1,
-            "seed": self.seed,
-            "rank": self.rank,
-            "world_size": self.world_size,
-            "block_size": self.block_size,
-            "batch_size": self.batch_size,
-            "n_tokens": self.n_tokens,
-            "batches_drawn": self.batches_drawn,
-            # As a JSON string: the generator state holds 128-bit integers, which torch.load(weights_only) refuses.
-            "rng": json.dumps(self.rng.bit_generator.state),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        try:
-            rng_state = json.loads(state["rng"])
-            drawn = int(state["batches_drawn"])
-        except (KeyError, TypeError, ValueError):
-            raise UserError("the saved batch sampler state is damaged or from another version: start the run afresh") from None
-        mismatched = [k for k in ("block_size", "batch_size", "n_tokens") if state.get(k) != getattr(self, k)]
-        if mismatched:
-            warnings.warn(
-                f"resuming the batch sampler with different {', '.join(mismatched)} than the saved run: "
-                "its batches will not match the ones the saved run would have drawn", DataWarning, stacklevel=2)
-        self.rng.bit_generator.state = rng_state
-        self.batches_drawn = drawn
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -305,16 +305,15 @@ def save_hf_gpt2(model: torch.nn.Module, path: str | Path) -> Path:
     `transformers.GPT2LMHeadModel.from_pretrained(path)` loads it and computes the same logits. A model
     without biases (bias=False) is written with zero biases, which computes the same thing.
     """
-    from gpt.checkpoint import clean_state_dict  # checkpoint imports this module lazily: no import cycle
-
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder} is a file: give a folder to write the Hugging Face model into")
-    config: GPTConfig = getattr(model, "_orig_mod", getattr(model, "module", model)).config
+    model = _unwrapped(model)
+    config: GPTConfig = model.config
     if config.attention_only:
         raise UserError("an attention-only model (no MLPs) cannot be written as GPT-2: Hugging Face's GPT-2 always "
                         "has an MLP in every block")
-    state = clean_state_dict(model)
+    state = model.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     for our_key, shape in _hf_keys(config):
         if our_key in state:
@@ -359,6 +358,13 @@ def save_hf_gpt2(model: torch.nn.Module, path: str | Path) -> Path:
     write_safetensors(tensors, folder / SAFETENSORS_NAME, metadata={"format": "pt"})
     write_bytes(folder / CONFIG_NAME, (json.dumps(hf_config, indent=2) + "\n").encode("utf-8"))
     return folder
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The GPT inside torch.compile's and DDP's wrappers (their state_dict names carry prefixes)."""
+    while hasattr(model, "_orig_mod") or (hasattr(model, "module") and isinstance(model.module, torch.nn.Module)):
+        model = getattr(model, "_orig_mod", None) or model.module
+    return model
 
 
 def _hf_keys(config: GPTConfig) -> list[tuple[str, tuple[int, ...]]]:

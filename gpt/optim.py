@@ -35,6 +35,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
+    """AdamW over param_groups, with the run's learning rate, betas and weight decay."""
     groups = param_groups(model, cfg.weight_decay)
     # The fused kernel updates each parameter in one pass instead of about ten separate operations: fewer
     # launches on a GPU, 1.1x a whole training step on the CPU for small models (BENCHMARKS.md). Devices
@@ -43,3 +44,15 @@ def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
         return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
+
+
+def set_hyperparameters(optimizer: torch.optim.Optimizer, cfg) -> None:
+    """Put the run's betas and weight decay into the optimizer's groups.
+
+    Loading a saved optimizer state (on resume) brings back the saved groups' hyperparameters; the settings of
+    the resumed run (which the command line may change) must win, or they would be recorded but not applied.
+    The learning rate is set at every step by the schedule. The groups are param_groups' two: decay, no decay.
+    """
+    for group, weight_decay in zip(optimizer.param_groups, (cfg.weight_decay, 0.0)):
+        group["betas"] = (cfg.beta1, cfg.beta2)
+        group["weight_decay"] = weight_decay

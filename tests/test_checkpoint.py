@@ -1,11 +1,14 @@
 """Checkpoints: atomic saves, safe loads (no code runs), and resolving --ckpt specs."""
 
+import errno
 import os
+import stat
 
 import pytest
 import torch
 
 from gpt.checkpoint import (
+    SaveError,
     clean_state_dict,
     load_checkpoint,
     load_model,
@@ -55,14 +58,28 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     def broken_save(obj, f, *args, **kwargs):
         f.write(b"half a file")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(SaveError, match=r"cannot save .*ckpt\.pt: no space left on the device \(it needs about [\d.]+ MB"):
         save_checkpoint({**state, "step": 8}, path)
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 7
     assert os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def test_saved_files_get_the_permissions_a_plain_write_gives(tmp_path):
+    _, _, state = make_state()
+    previous = os.umask(0o027)
+    try:
+        save_checkpoint(state, tmp_path / "new.pt")
+        assert stat.S_IMODE((tmp_path / "new.pt").stat().st_mode) == 0o640  # 0666 less the umask
+        (tmp_path / "old.pt").write_bytes(b"")
+        os.chmod(tmp_path / "old.pt", 0o644)
+        save_checkpoint(state, tmp_path / "old.pt")
+        assert stat.S_IMODE((tmp_path / "old.pt").stat().st_mode) == 0o644  # a replaced file keeps its mode
+    finally:
+        os.umask(previous)
 
 
 class RunsCode:

@@ -1,4 +1,4 @@
-"""Tests for gpt/data.py: preparing corpora into token bins, the cache, and the Batches sampler."""
+"""Tests for gpt/data.py: preparing corpora into token bins, the cache, and the prepare command."""
 
 from __future__ import annotations
 
@@ -6,17 +6,15 @@ import json
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import gpt.data as data
-from conftest import REPO, shared_path
-from gpt.data import Batches, DataWarning, Prepared, load_prepared, prepare, resolve_sources
+from conftest import REPO
+from gpt.corpus import DataWarning, resolve_sources
+from gpt.data import Prepared, load_prepared, prepare
 from gpt.errors import UserError
 from gpt.tokenizer import CharTokenizer, load_tokenizer
 
@@ -175,35 +173,6 @@ def test_bpe_single_file_round_trip(tmp_path):
     assert train + val == text
 
 
-def gpt2_encoding():
-    import tiktoken
-    from tiktoken.load import load_tiktoken_bpe
-
-    ranks = load_tiktoken_bpe(str(shared_path("gpt2", "r50k_base.tiktoken")))
-    pattern = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-    return tiktoken.Encoding("r50k_test", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
-
-
-def test_chunk_cuts_keep_gpt2_encoding(tmp_path):
-    """Cutting at the chosen positions never changes GPT-2's encoding (for text that has such newlines)."""
-    enc = gpt2_encoding()
-    text = "".join(Path(f).read_text(encoding="utf-8") for f in sorted(Path(data.__file__).parent.glob("*.py")))
-    text += make_text(5, 500) + "x\n\n\ny\r\nz\n  w\n"
-    src = tmp_path / "t.txt"
-    src.write_bytes(text.encode("utf-8"))
-    chunks = [c for _, c in data._read_chunks(src, 0, src.stat().st_size, 2000)]
-    assert len(chunks) > 20 and b"".join(chunks) == text.encode("utf-8")
-    pieces = [t for c in chunks for t in enc.encode_ordinary(c.decode("utf-8"))]
-    assert pieces == enc.encode_ordinary(text)
-
-
-def test_chunks_without_newlines_cut_at_character_boundaries(tmp_path):
-    text = "é日🙂a" * 500  # no newline at all: cuts fall back to UTF-8 boundaries
-    src = tmp_path / "t.txt"
-    src.write_text(text, encoding="utf-8")
-    chunks = [c for _, c in data._read_chunks(src, 0, src.stat().st_size, 100)]
-    assert len(chunks) > 10
-    assert "".join(c.decode("utf-8") for c in chunks) == text
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -357,160 +326,6 @@ def test_val_fraction_zero(tmp_path):
     p = prepare(str(src), "char", val_fraction=0, data_dir=tmp_path / "d", progress=False)
     assert p.meta["splits"]["val"]["tokens"] == 0 and p.val_bin.stat().st_size == 0
 
-
-# ---------------------------------------------------------------------------------------------------
-# Named corpora
-
-
-def test_stdlib_corpus_documents():
-    name, docs = resolve_sources("stdlib")
-    assert name == "stdlib"
-    labels = [d.label for d in docs]
-    assert labels == sorted(labels) and all(label.endswith(".py") for label in labels)
-    parts = {part for label in labels for part in label.split("/")[:-1]}
-    assert not parts & {"test", "tests", "idle_test", "site-packages", "__pycache__"}
-    assert sum(d.size for d in docs) > 3_000_000
-
-
-def test_stdlib_prepares_with_char(tmp_path):
-    p = prepare("stdlib", "char", data_dir=tmp_path, progress=False)
-    assert p.meta["split"]["method"] == "documents"
-    assert p.meta["splits"]["train"]["tokens"] > 2_000_000
-    assert p.meta["vocab_size"] < 1000 and p.dtype == np.uint16
-    x, y = Batches(p.train_bin, 64, 4, seed=0).next()
-    assert x.shape == (4, 64)
-
-
-def test_shakespeare_from_data_dir_then_shared(tmp_path, monkeypatch):
-    local = tmp_path / "shakespeare" / "input.txt"
-    local.parent.mkdir(parents=True)
-    local.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20)
-    _, docs = resolve_sources("shakespeare", data_dir=tmp_path)
-    assert docs[0].path == local.resolve()
-    shared = shared_path("corpora", "tinyshakespeare.txt")
-    _, docs = resolve_sources("shakespeare", data_dir=tmp_path / "elsewhere")
-    assert docs[0].path == shared.resolve() and docs[0].size == data.SHAKESPEARE_BYTES
-
-
-def test_shakespeare_offline_and_absent(tmp_path, monkeypatch):
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(data, "_shared_dir", lambda: tmp_path / "no-shared")
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(UserError, match=r"put the file at .*shakespeare/input\.txt") as e:
-        prepare("shakespeare", "char", data_dir=tmp_path / "d", progress=False)
-    assert "\n" not in str(e.value)
-    assert not (tmp_path / "d" / "shakespeare" / "input.txt").exists()
-
-
-def test_shakespeare_download_is_atomic(tmp_path, monkeypatch):
-    payload = b"x" * data.SHAKESPEARE_BYTES
-
-    class Response:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def read(self):
-            return payload
-
-    monkeypatch.setattr(data, "_shared_dir", lambda: tmp_path / "no-shared")
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Response())
-    _, docs = resolve_sources("shakespeare", data_dir=tmp_path / "d")
-    assert docs[0].path.read_bytes() == payload
-    assert sorted(p.name for p in (tmp_path / "d" / "shakespeare").iterdir()) == ["input.txt"]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Batches
-
-
-@pytest.fixture
-def arange_bin(tmp_path) -> Path:
-    path = tmp_path / "train.bin"
-    np.arange(5000, dtype=np.uint16).tofile(path)
-    return path
-
-
-def test_batches_windows_match_memmap(arange_bin):
-    b = Batches(arange_bin, 32, 8, seed=1, dtype=np.uint16)
-    for _ in range(5):
-        x, y = b.next()
-        assert x.dtype == torch.int64 and x.shape == (8, 32) and y.shape == (8, 32)
-        assert x.is_contiguous() and y.is_contiguous()
-        assert torch.equal(y[:, :-1], x[:, 1:])
-        starts = x[:, 0]
-        assert bool((starts >= 0).all()) and bool((starts + 33 <= 5000).all())
-        assert torch.equal(x, starts[:, None] + torch.arange(32))  # the window is the memmap's tokens
-        assert torch.equal(y, x + 1)
-
-
-def test_batches_reproducible_and_ranks_differ(arange_bin):
-    def draws(**kw):
-        b = Batches(arange_bin, 16, 4, dtype=np.uint16, **kw)
-        return [b.next()[0] for _ in range(3)]
-
-    a, again = draws(seed=7), draws(seed=7)
-    assert all(torch.equal(u, v) for u, v in zip(a, again))
-    assert not torch.equal(draws(seed=8)[0], a[0])
-    r0, r1 = draws(seed=7, rank=0, world_size=2), draws(seed=7, rank=1, world_size=2)
-    assert not any(torch.equal(u, v) for u, v in zip(r0, r1))
-    # Two ranks together see what one process sees in two consecutive calls: one global draw, sliced.
-    b = Batches(arange_bin, 16, 4, seed=7, dtype=np.uint16)
-    one_process = [b.next()[0] for _ in range(6)]
-    assert all(torch.equal(r0[i], one_process[2 * i]) and torch.equal(r1[i], one_process[2 * i + 1]) for i in range(3))
-
-
-def test_batches_resume_exactly(arange_bin, tmp_path):
-    b = Batches(arange_bin, 16, 4, seed=3, dtype=np.uint16)
-    for _ in range(3):
-        b.next()
-    state = b.state_dict()
-    expected = [b.next() for _ in range(4)]
-    torch.save(state, tmp_path / "s.pt")
-    loaded = torch.load(tmp_path / "s.pt", weights_only=True)
-    for restored_state in (state, loaded):
-        c = Batches(arange_bin, 16, 4, seed=999, dtype=np.uint16)
-        c.load_state_dict(restored_state)
-        got = [c.next() for _ in range(4)]
-        assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(expected, got))
-    assert c.state_dict()["batches_drawn"] == 7
-
-
-def test_batches_dtype_from_meta(tmp_path):
-    src = tmp_path / "t.txt"
-    src.write_text(make_text(0, 100), encoding="utf-8")
-    p = prepare(str(src), "char", data_dir=tmp_path / "d", progress=False)
-    x, _ = Batches(p.train_bin, 8, 2, seed=0).next()
-    assert int(x.max()) < p.tokenizer.vocab_size
-    with pytest.raises(UserError, match="no meta.json"):
-        Batches(tmp_path / "t.txt", 8, 2, seed=0)
-
-
-def test_batches_errors(tmp_path, arange_bin):
-    small = tmp_path / "val.bin"
-    np.arange(10, dtype=np.uint16).tofile(small)
-    with pytest.raises(UserError, match=r"val.bin has 10 tokens but one block needs block_size \+ 1 = 33.*lower block_size"):
-        Batches(small, 32, 1, seed=0, dtype=np.uint16)
-    with pytest.raises(UserError, match=r"batch_size 8 is larger than the 2 distinct windows"):
-        Batches(small, 8, 8, seed=0, dtype=np.uint16)
-    with pytest.raises(UserError, match="not found"):
-        Batches(tmp_path / "missing.bin", 8, 2, seed=0, dtype=np.uint16)
-    with pytest.raises(UserError, match="rank"):
-        Batches(arange_bin, 8, 2, seed=0, rank=2, world_size=2, dtype=np.uint16)
-    with pytest.raises(UserError, match="damaged"):
-        Batches(arange_bin, 8, 2, seed=0, dtype=np.uint16).load_state_dict({})
-
-
-def test_corpus_too_small_for_a_block(tmp_path):
-    src = tmp_path / "tiny.txt"
-    src.write_text("a tiny corpus\n" * 3)
-    p = prepare(str(src), "char", data_dir=tmp_path / "d", progress=False)
-    with pytest.raises(UserError, match=r"val.bin has \d+ tokens but one block needs block_size \+ 1 = 65"):
-        Batches(p.val_bin, 64, 1, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------------

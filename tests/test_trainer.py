@@ -7,6 +7,7 @@ The command line as a user types it (subprocesses, exact resume, DDP, signals) i
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import random
@@ -88,8 +89,11 @@ def test_weight_decay_applies_to_matrices_and_embeddings_only():
 
 def test_default_config_file_matches_the_built_in_defaults():
     # `python train.py` without a file runs configs/default.toml's settings.
-    assert load_toml(REPO / "configs" / "default.toml") == {
-        k: v for k, v in dataclasses.asdict(TrainConfig()).items() if v is not None}
+    from gpt.config import from_dict
+
+    in_file = load_toml(REPO / "configs" / "default.toml")
+    assert set(in_file) == {k for k, v in dataclasses.asdict(TrainConfig()).items() if v is not None}
+    assert from_dict(TrainConfig, in_file) == TrainConfig()
 
 
 @pytest.mark.parametrize("name", ["default", "shakespeare_char", "shakespeare_char_cpu", "gpt2_124m",
@@ -114,7 +118,11 @@ def test_a_run_writes_its_out_dir(tiny, tmp_path):
     assert [r["step"] for r in train] == [1, 2, 3, 4]
     assert all(set(r) >= {"step", "loss", "lr", "tokens", "tok_per_s", "mfu", "elapsed"} for r in train)
     assert train[-1]["tokens"] == 4 * 4 * 16
-    (evaluation,) = records(out, "eval")
+    before, evaluation = records(out, "eval")
+    # The "before" number: at initialisation the model guesses about uniformly, a loss of ln(vocab_size).
+    vocab_size = ckpt_io.load_checkpoint(out / "ckpt.pt")["model_config"]["vocab_size"]
+    assert before["step"] == 0 and before["val_loss"] == pytest.approx(math.log(vocab_size), abs=0.1)
+    assert evaluation["step"] == 4 and evaluation["val_loss"] < before["val_loss"]
     # Bits per byte: nats per token x tokens / bytes / ln 2; one char token is one byte of this ASCII text.
     assert evaluation["val_bpb"] == pytest.approx(evaluation["val_loss"] / math.log(2), rel=1e-4)
     state = ckpt_io.load_checkpoint(out / "ckpt.pt")
@@ -127,7 +135,7 @@ def test_evaluations_use_the_same_windows_each_time(tiny, tmp_path):
     # Learning rate 0 (after warmup 0): the weights never change, so every evaluation must give the same numbers.
     assert main(tiny("out", "--learning_rate=1e-9", "--min_lr=0", "--weight_decay=0", "--eval_interval=2")) == 0
     evals = records(tmp_path / "out", "eval")
-    assert len(evals) == 2
+    assert [e["step"] for e in evals] == [0, 2, 4]
     assert evals[0]["val_loss"] == pytest.approx(evals[1]["val_loss"], abs=1e-6)
     assert evals[0]["train_loss"] == pytest.approx(evals[1]["train_loss"], abs=1e-6)
 
@@ -153,24 +161,52 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_pat
     assert all(torch.isfinite(t).all() for t in state["model"].values())
 
 
-def test_a_failed_save_leaves_the_previous_checkpoint_whole(tiny, tmp_path, monkeypatch):
+def _disk_full_on(monkeypatch, failing: set[int]) -> dict[str, int]:
+    """torch.save writes half a file, then fails as a full disk does, on the given calls (1, 2, ...)."""
     real_save = torch.save
     saves = {"n": 0}
 
-    def failing_save(obj, f, *a, **kw):
+    def save(obj, f, *a, **kw):
         saves["n"] += 1
-        if saves["n"] == 2:  # the second ckpt.pt: half-written, then the disk "fails"
+        if saves["n"] in failing:
             f.write(b"PK\x03\x04 half a zip")
-            raise OSError("No space left on device")
+            raise RuntimeError("[enforce fail] file write failed") from OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *a, **kw)
 
-    monkeypatch.setattr(torch, "save", failing_save)
-    # eval_interval 100: only ckpt.pt saves (no best.pt) until the end, checkpoint every 2 steps.
-    with pytest.raises(OSError, match="No space"):
-        main(tiny("out", "--eval_interval=100", "--checkpoint_interval=2", "--max_iters=4"))
-    out = tmp_path / "out"
-    assert ckpt_io.load_checkpoint(out / "ckpt.pt")["step"] == 2
-    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+    monkeypatch.setattr(torch, "save", save)
+    return saves
+
+
+def test_a_full_disk_during_a_periodic_save_is_one_line_and_training_goes_on(tiny, tmp_path, monkeypatch, capsys):
+    # eval_interval 100: only ckpt.pt saves (no best.pt) until the end; checkpoints at steps 2, 4, 6.
+    _disk_full_on(monkeypatch, {2})  # the save at step 4
+    assert main(tiny("out", "--eval_interval=100", "--checkpoint_interval=2", "--max_iters=6")) == 0
+    out = capsys.readouterr().out
+    (warning,) = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert "ckpt.pt" in warning and "no space left" in warning and "MB" in warning and "step 2" in warning
+    state = ckpt_io.load_checkpoint(tmp_path / "out" / "ckpt.pt")
+    assert state["step"] == 6  # the next save succeeded
+    assert [p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_failed_last_save_exits_non_zero_naming_the_latest_good_checkpoint(tiny, tmp_path, monkeypatch, capsys):
+    _disk_full_on(monkeypatch, {2, 3, 4})  # every save after the first (ckpt.pt at step 2)
+    assert main(tiny("out", "--eval_interval=100", "--checkpoint_interval=2", "--max_iters=4")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "step 2" in err[0] and "could not be saved" in err[0]
+    assert ckpt_io.load_checkpoint(tmp_path / "out" / "ckpt.pt")["step"] == 2
+    assert [p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_save_that_cannot_fit_is_refused_before_writing(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(ckpt_io.SaveError, match=r"needs about 0\.0 MB.*has 0\.0 MB free|needs about") as e:
+        ckpt_io.save_checkpoint({"model": {"w": torch.zeros(10_000)}, "model_config": {}}, tmp_path / "c.pt")
+    assert "c.pt" in str(e.value) and list(tmp_path.iterdir()) == []
 
 
 def test_fine_tuning_takes_shape_and_tokenizer_from_init_from_and_crops_the_context(tiny, tmp_path):

@@ -1,0 +1,145 @@
+"""What a training run shows and records: the lines on screen, log.jsonl, and loss.png.
+
+Its place in the flow: beside the training loop (gpt/trainer.py), which hands it each logged step and
+each evaluation. Only rank 0 of a distributed run writes anything.
+
+On a terminal the progress is a tqdm bar with the latest figures, the elapsed time and an estimate of the
+time left; anywhere else (a log file, a pipe, CI) it is one plain line per logged step, never `\\r` bars.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gpt.atomic import atomic_write, write_text
+
+MFU_EXPLAINED = ("MFU (model FLOPs utilisation) = the FLOP/s the model's arithmetic needs at this speed, as a share "
+                 "of the device's peak FLOP/s")
+
+
+class RunLog:
+    """log.jsonl and the loss curve."""
+
+    def __init__(self, out_dir: Path, enabled: bool, plot: bool):
+        self.path = out_dir / "log.jsonl"
+        self.out_dir = out_dir
+        self.enabled = enabled
+        self.plot = plot
+        self.records: list[dict[str, Any]] = []
+        self.plot_skipped_said = False
+
+    def keep_until(self, step: int) -> None:
+        """On resume: drop entries written after the checkpoint (a run killed after saving it)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(record)
+        self.records = kept
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.records.append(record)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def draw(self) -> str | None:
+        """Write loss.png; returns a one-time note when it cannot (matplotlib missing), else None."""
+        if not (self.enabled and self.plot):
+            return None
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            if self.plot_skipped_said:
+                return None
+            self.plot_skipped_said = True
+            return ("loss.png skipped: matplotlib is not installed (pip install -e \".[plot]\", or --plot=false "
+                    "to stop this note)")
+        steps = [(r["step"], r["loss"]) for r in self.records if r.get("kind") == "train"]
+        evals = [(r["step"], r["train_loss"], r["val_loss"]) for r in self.records
+                 if r.get("kind") == "eval" and "train_loss" in r]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        if steps:
+            ax.plot(*zip(*steps), lw=0.8, alpha=0.6, label="train (batch)")
+        if evals:
+            s, tr, va = zip(*evals)
+            ax.plot(s, tr, "o-", ms=3, label="train (eval)")
+            ax.plot(s, va, "o-", ms=3, label="val (eval)")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        with atomic_write(self.out_dir / "loss.png") as f:
+            fig.savefig(f, format="png", dpi=100)
+        plt.close(fig)
+        return None
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class Progress:
+    """A tqdm bar on a terminal, plain lines elsewhere; `say` prints a line either way.
+
+    Elapsed time counts this process's training (evaluations and saves included); the estimate of the time
+    left extrapolates the time per step since this process started.
+    """
+
+    def __init__(self, enabled: bool, show_bar: bool, start: int, total: int):
+        self.enabled = enabled
+        self.start_step, self.total = start, total
+        self.started = time.perf_counter()
+        self.bar = None
+        if enabled and show_bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def say(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, flush=True)
+
+    def timing(self, step: int) -> str:
+        elapsed = time.perf_counter() - self.started
+        done = step - self.start_step
+        left = elapsed / done * (self.total - step) if done > 0 else None
+        return f"elapsed {format_duration(elapsed)}" + ("" if left is None else f", left ~{format_duration(left)}")
+
+    def update(self, step: int, fields: dict[str, str] | None) -> None:
+        """A logged step (fields given) or a step in between (None: only a bar moves)."""
+        if self.bar is not None:
+            self.bar.n = step
+            if fields:
+                self.bar.set_postfix(fields, refresh=False)
+            self.bar.refresh()
+        elif fields:
+            self.say(f"step {step}/{self.total}: " + ", ".join(f"{k} {v}" for k, v in fields.items())
+                     + f" ({self.timing(step)})")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
