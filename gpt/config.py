@@ -230,7 +230,9 @@ def parse_args(
             key = name.replace("-", "_")
             is_bool = _unwrap_optional(types_.get(key, str))[0] is bool
             next_is_value = i + 1 < len(argv) and not (argv[i + 1].startswith("--") and len(argv[i + 1]) > 2)
-            if key == "config" or (key in types_ and not is_bool):
+            # An unknown name takes the next word as its value too, so that a mistyped `--max_new_token 10`
+            # is reported as the unknown setting it is (with a suggestion), not as a stray '10'.
+            if key == "config" or (key not in types_ and next_is_value) or (key in types_ and not is_bool):
                 if not next_is_value:
                     raise UserError(f"setting {key} needs a value: --{key}=VALUE")
                 value = argv[i + 1]
@@ -270,14 +272,15 @@ def help_text(cls: type, *, prog: str = "", description: str = "") -> str:
     types_ = _field_types(cls)
     lines = []
     if prog:
-        lines.append(f"usage: {prog} [CONFIG.toml] [--name=value ...]")
+        lines.append(f"usage: {prog} [CONFIG.toml] [--name=value | --name value ...]")
     if description:
         lines += ["", description.strip()]
-    lines += ["", "settings (default in brackets):"]
+    lines += ["", "settings (type; default):"]
     width = max(len(f.name) for f in dataclasses.fields(cls)) + 2
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not _MISSING else f.default_factory()  # type: ignore[misc]
-        shown = _toml_value(default) if default is not None else "none"
-        lines.append(f"  --{f.name:<{width}}{f.metadata.get('help', '')} [{shown}] ({_type_name(types_[f.name])})")
-    lines += ["", "A TOML file may set any of these; flags on the command line override it."]
+        shown = _toml_value(default) if default not in (None, []) else "none"
+        lines.append(f"  --{f.name:<{width}}{f.metadata.get('help', '')} [{_type_name(types_[f.name])}; {shown}]")
+    lines += ["", "A TOML file may set any of these; flags on the command line override it. A true/false setting",
+              "given alone (--name) means true. Dashes may stand for underscores (--max-iters)."]
     return "\n".join(lines)

@@ -212,6 +212,26 @@ def _plan_split(docs: list[Document], val_fraction: float) -> tuple[list[Segment
     return segments, info
 
 
+def split_texts(data: str | list[str], split: str, *, include: str | None = None, val_fraction: float = 0.1,
+                data_dir: str | Path = "data", on_invalid_utf8: str = "error") -> Iterator[str]:
+    """The text of each document of `data` ("all"), or of the part that `prepare` puts in one split ("train",
+    "val") for this val_fraction: the same cut, so a model can be scored on exactly the text it was held out from."""
+    if split not in ("all", "train", "val"):
+        raise UserError(f"split must be all, train or val, got {split!r}")
+    errors = "strict" if on_invalid_utf8 == "error" else "replace"
+    _, docs = resolve_sources(data, include, data_dir)
+    if split == "all":
+        segments = [Segment(i, 0, d.size, "all") for i, d in enumerate(docs)]
+    else:
+        if not 0 < val_fraction < 1:
+            raise UserError(f"val_fraction must be between 0 and 1 to pick a {split} split, got {val_fraction}")
+        segments = [seg for seg in _plan_split(docs, val_fraction)[0] if seg.split == split]
+    for seg in segments:
+        with open(docs[seg.doc].path, "rb") as f:
+            f.seek(seg.start)
+            yield decode_utf8(f.read(seg.end - seg.start), str(docs[seg.doc].path), seg.start, errors)
+
+
 def _jobs(docs: list[Document], segments: list[Segment], errors: str, dtype, only: str | None = None) -> Iterator[tuple]:
     for index, seg in enumerate(segments):
         if only is not None and seg.split != only:

@@ -52,7 +52,9 @@ from gpt.tokenizer import Tokenizer
 @dataclass
 class EvalConfig:
     ckpt: str = setting("", "the model: an out_dir (best.pt, else ckpt.pt), a .pt checkpoint, or a local Hugging Face GPT-2 folder")
-    data: list[str] = setting([], "the text: a file, a folder (its text files), or a named corpus (stdlib, shakespeare); repeat for several")
+    data: list[str] = setting([], "the text: a file, a folder (its text files), or a named corpus (stdlib, shakespeare); several: repeat --data or join with ','")
+    split: str = setting("all", "all (every document), or the train or val part exactly as training cut it (same val_fraction)")
+    val_fraction: float | None = setting(None, "with --split train/val: the held-out share (none = the checkpoint's training setting, else 0.1)")
     include: str | None = setting(None, "glob that files found in folders must match, e.g. '*.md'")
     stride: int = setting(0, "tokens between window starts; each token is scored once with >= block_size - stride tokens of context (0 = block_size // 2)")
     batch_size: int = setting(4, "windows per forward pass (lower it if memory runs out)")
@@ -62,7 +64,7 @@ class EvalConfig:
     data_dir: str = setting("data", "where a named corpus is looked for (and downloaded to, for shakespeare)")
     on_invalid_utf8: str = setting("error", "a file that is not UTF-8: error (with file and byte offset) or replace (bad bytes become U+FFFD)")
     json: bool = setting(False, "print one JSON object (loss, perplexity, bits_per_byte, tokens, bytes, stride) instead of a report")
-    progress: bool = setting(True, "show a progress bar (on stderr)")
+    progress: bool | None = setting(None, "a progress bar on stderr (none = when stderr is a terminal)")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -181,51 +183,52 @@ def evaluate(
 
 
 def read_documents(data: str | list[str], include: str | None = None, data_dir: str | Path = "data",
-                   on_invalid_utf8: str = "error") -> Iterator[str]:
-    """The text of each document (file) of `data`, in the order the data preparation uses."""
-    from gpt.data import decode_utf8, resolve_sources
+                   on_invalid_utf8: str = "error", split: str = "all", val_fraction: float = 0.1) -> Iterator[str]:
+    """The text of each document (file) of `data`, in the order the data preparation uses.
+
+    split "train" or "val" gives only that part of the text, cut exactly as `gpt.data.prepare` cuts it for
+    training with the same val_fraction (whole documents, or the end of the text); "all" gives everything.
+    """
+    from gpt.data import split_texts
 
     if on_invalid_utf8 not in ("error", "replace"):
         raise UserError(f"on_invalid_utf8 must be error or replace, got {on_invalid_utf8!r}")
-    _, docs = resolve_sources(data, include=include, data_dir=data_dir)
-    for doc in docs:
-        yield decode_utf8(Path(doc.path).read_bytes(), str(doc.path),
-                          errors="strict" if on_invalid_utf8 == "error" else "replace")
+    yield from split_texts(data, split, include=include, val_fraction=val_fraction, data_dir=data_dir,
+                           on_invalid_utf8=on_invalid_utf8)
 
 
 def encode_documents(texts: Iterable[str], tokenizer: Tokenizer, max_tokens: int = 0) -> tuple[np.ndarray, int]:
-    """Token ids of the documents, and the UTF-8 bytes of the text they cover.
+    """Token ids of the documents, and the UTF-8 bytes of exactly the tokens that will be scored.
 
-    <|endoftext|> (where the tokenizer has it) goes before the first document and between documents; the
-    separators count as tokens but not as bytes. With max_tokens, only enough text for that many scored
-    tokens is kept (the first token is context only).
+    <|endoftext|> (where the tokenizer has it) goes before the first document and between documents. The first
+    token is context only (nothing predicts it), so its bytes do not count; separators count as tokens scored
+    but as no bytes. With max_tokens, only enough text for that many scored tokens is kept.
     """
     eot = tokenizer.eot_id
     limit = max_tokens + 1 if max_tokens > 0 else None
     parts: list[np.ndarray] = []
     length = 0
-    num_bytes = 0
-
-    def add(ids: list[int]) -> None:
-        nonlocal length
-        parts.append(np.asarray(ids, dtype=np.int64))
-        length += len(ids)
-
-    for index, text in enumerate(texts):
-        if eot is not None:
-            add([eot])
-        doc = tokenizer.encode(text)
-        if limit is not None and length + len(doc) >= limit:
-            keep = doc[: max(0, limit - length)]
-            add(keep)
-            num_bytes += len(tokenizer.decode_bytes(keep))
+    for text in texts:
+        doc = ([eot] if eot is not None else []) + tokenizer.encode(text)
+        parts.append(np.asarray(doc, dtype=np.int64))
+        length += len(doc)
+        if limit is not None and length >= limit:
             break
-        add(doc)
-        num_bytes += len(text.encode("utf-8"))
     ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     if limit is not None:
         ids = ids[:limit]
-    return ids, num_bytes
+    return ids, scored_bytes(ids, tokenizer)
+
+
+def scored_bytes(ids: np.ndarray, tokenizer: Tokenizer) -> int:
+    """The UTF-8 bytes the scored tokens ids[1:] stand for (<|endoftext|> stands for none)."""
+    if len(ids) < 2:
+        return 0
+    scored = ids[1:]
+    used = np.unique(scored)
+    lengths = {int(i): 0 if int(i) == tokenizer.eot_id else len(tokenizer.decode_bytes([int(i)])) for i in used}
+    per_id = np.array([lengths[int(i)] for i in used], dtype=np.int64)
+    return int(per_id[np.searchsorted(used, scored)].sum())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -257,20 +260,30 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(cfg.ckpt, device)
     block_size = loaded.model.config.block_size
 
-    texts = read_documents(cfg.data, include=cfg.include, data_dir=cfg.data_dir, on_invalid_utf8=cfg.on_invalid_utf8)
+    val_fraction = cfg.val_fraction
+    if val_fraction is None:
+        val_fraction = float(((loaded.checkpoint or {}).get("config") or {}).get("val_fraction", 0.1))
+    texts = read_documents(cfg.data, include=cfg.include, data_dir=cfg.data_dir, on_invalid_utf8=cfg.on_invalid_utf8,
+                           split=cfg.split, val_fraction=val_fraction)
     ids, num_bytes = encode_documents(texts, loaded.tokenizer, cfg.max_tokens)
     started = time.perf_counter()
+    progress = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     result = evaluate(loaded.model, ids, block_size=block_size, stride=cfg.stride, batch_size=cfg.batch_size,
-                      device=device, dtype=dtype, num_bytes=num_bytes, progress=cfg.progress)
+                      device=device, dtype=dtype, num_bytes=num_bytes, progress=progress)
     seconds = time.perf_counter() - started
 
     if cfg.json:
         keys = ("loss", "perplexity", "bits_per_byte", "tokens", "bytes", "stride", "block_size")
-        print(json.dumps({k: result[k] for k in keys}))
+        print(json.dumps({**{k: result[k] for k in keys}, "split": cfg.split}))
         return 0
     stride = result["stride"]
     print(f"model          {loaded.path} ({loaded.tokenizer.name} tokenizer, block_size {block_size})")
-    print(f"text           {', '.join(cfg.data)}: {result['tokens']:,} tokens scored, {num_bytes:,} bytes")
+    if cfg.split == "all":
+        what = "all of it (a model trained on this text is scored on its training text too: --split val scores only " \
+               "the part training held out)"
+    else:
+        what = f"its {cfg.split} split only, cut as training cuts it with val_fraction {val_fraction:g}"
+    print(f"text           {', '.join(cfg.data)}, {what}: {result['tokens']:,} tokens scored, {num_bytes:,} bytes")
     print(f"stride         {stride} ({result['windows']:,} window(s); each token scored once, with at least "
           f"{block_size - stride} tokens of context after the first window)")
     print(f"loss           {result['loss']:.4f} nats/token")

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,7 @@ class SampleConfig:
     stop: list[str] = setting([], "end a sample when this string appears (not printed; \\n, \\t and \\\\ are read as newline, tab and backslash); repeat for several")
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = setting("auto", "auto (bf16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16")
-    stream: bool | None = setting(None, "print tokens as they are generated (first sample); default: on when stdout is a terminal")
+    stream: bool | None = setting(None, "flush the first sample's text at every token (default on a terminal); otherwise it is written line by line as it is generated")
     interactive: bool = setting(False, "read prompts line by line from stdin until end of input; print a completion for each")
     no_kv_cache: bool = setting(
         False,
@@ -91,11 +92,13 @@ class SampleConfig:
 
 DESCRIPTION = """Generate text from a trained model.
 
-Examples:
-  python sample.py --ckpt out/shakespeare_char --prompt "ROMEO:" --max_new_tokens 300
-  python sample.py --ckpt out/shakespeare_char --prompt "ROMEO:" --temperature 0 --stop "JULIET:"
-  python sample.py --ckpt out/shakespeare_char --prompt "Listen to your" --show_probs 10 --steps 3
-  echo "First Citizen:" | python sample.py --ckpt out/shakespeare_char"""
+Examples (out/default is what `python train.py` makes; out/shakespeare_char_cpu is what
+`python train.py configs/shakespeare_char_cpu.toml` makes, in about two minutes on a CPU):
+  python sample.py --prompt "def " --max_new_tokens 300
+  python sample.py --ckpt out/shakespeare_char_cpu --prompt "ROMEO:" --max_new_tokens 300
+  python sample.py --ckpt out/shakespeare_char_cpu --prompt "ROMEO:" --temperature 0 --stop "\n\n"
+  python sample.py --ckpt out/shakespeare_char_cpu --prompt "Listen to your" --show_probs 10 --steps 3
+  echo "First Citizen:" | python sample.py --ckpt out/shakespeare_char_cpu"""
 
 
 def unescape(text: str) -> str:
@@ -114,8 +117,8 @@ def unescape(text: str) -> str:
 
 def check_settings(cfg: SampleConfig) -> None:
     """Reject settings that make no sense, with one line that says what to do."""
-    if cfg.temperature < 0:
-        raise UserError(f"temperature must be >= 0 (0 = greedy), got {cfg.temperature}")
+    if not (0 <= cfg.temperature < math.inf):
+        raise UserError(f"temperature must be a finite number >= 0 (0 = greedy), got {cfg.temperature}")
     if cfg.top_k < 0:
         raise UserError(f"top_k must be >= 1, or 0 to turn it off; got {cfg.top_k}")
     if not 0 < cfg.top_p <= 1:
@@ -150,7 +153,9 @@ def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int 
     logits = logits.float()
     if temperature == 0:
         return torch.zeros_like(logits).scatter_(1, logits.argmax(dim=-1, keepdim=True), 1.0)
-    logits = logits / temperature
+    # Shifting the largest logit to 0 first changes no probability, and keeps the division safe for any
+    # temperature: with a tiny one the others overflow to -inf (probability 0), never to inf - inf = nan.
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if 0 < top_k < logits.shape[-1]:  # k >= the vocabulary keeps every token: nothing to filter
         logits = top_k_filter(logits, top_k)
     if top_p < 1.0:
@@ -345,17 +350,23 @@ def show_token(tokenizer: Tokenizer, token_id: int) -> str:
 def read_prompt(cfg: SampleConfig, stdin: TextIO) -> str:
     if cfg.prompt is not None:
         return cfg.prompt
+    # One rule for every source: the bytes as they are (no newline translation), decoded as UTF-8.
     if cfg.prompt_file is not None:
         path = Path(cfg.prompt_file)
         if not path.is_file():
             raise UserError(f"prompt file {path} not found")
-        try:
-            return path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise UserError(f"prompt file {path} is not UTF-8 text") from None
+        return _utf8(path.read_bytes(), f"prompt file {path}")
     if not stdin.isatty():
-        return stdin.read()
+        buffer = getattr(stdin, "buffer", None)
+        return _utf8(buffer.read(), "standard input") if buffer is not None else stdin.read()
     return ""
+
+
+def _utf8(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} is not UTF-8 text (byte offset {e.start}): convert it to UTF-8") from None
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
@@ -396,39 +407,45 @@ class Sampler:
             self.write_samples(prompt, ids)
 
     def write_samples(self, prompt: str, ids: list[int]) -> None:
+        """Generate num_samples samples as one batch. The first is written as it is produced (every token on a
+        terminal or with --stream, else every line), the others when the batch ends. On Ctrl-C what was generated
+        so far is written before the interruption goes on (exit 130)."""
         cfg, out = self.cfg, self.out
         B = cfg.num_samples
         prompt_ids = torch.tensor([ids] * B, dtype=torch.long, device=self.device)
         texts = [TextStream(self.tokenizer, cfg.stop) for _ in range(B)]
         eot = self.tokenizer.eot_id
         heading = "" if cfg.interactive else prompt  # interactive: the prompt was just typed
-        if self.stream:
-            out.write(heading)
-            out.flush()
+        self._emit(heading)
         tokens = generate_tokens(self.model, prompt_ids, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
                                  self._generators(B), not cfg.no_kv_cache, self.dtype, self.tokenizer.vocab_size)
-        for next_ids in tokens:
-            for b, token in enumerate(next_ids.tolist()):
-                if texts[b].done:
-                    continue
-                if token == eot:
-                    piece = texts[b].finish()
-                else:
-                    piece = texts[b].push(token)
-                if self.stream and b == 0 and piece:
-                    out.write(piece)
-                    out.flush()
-            if all(t.done for t in texts):
-                break
-        for b, text in enumerate(texts):
-            piece = text.finish()
-            if self.stream and b == 0:
-                out.write(piece + "\n")
-            else:
-                out.write(heading + text.text + "\n")
-            if b < B - 1:
-                out.write("-" * 15 + "\n")
+        interrupted = False
+        try:
+            for next_ids in tokens:
+                for b, token in enumerate(next_ids.tolist()):
+                    if texts[b].done:
+                        continue
+                    piece = texts[b].finish() if token == eot else texts[b].push(token)
+                    if b == 0:
+                        self._emit(piece)
+                if all(t.done for t in texts):
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+        self._emit(texts[0].finish() + "\n", flush=True)
+        for text in texts[1:]:
+            text.finish()
+            out.write("-" * 15 + "\n" + heading + text.text + "\n")
         out.flush()
+        if interrupted:
+            raise KeyboardInterrupt
+
+    def _emit(self, text: str, flush: bool = False) -> None:
+        """Write the first sample's text: flushed at every token when streaming, else at each line's end."""
+        if text:
+            self.out.write(text)
+        if flush or (text and (self.stream or "\n" in text)):
+            self.out.flush()
 
     def show_probs(self, prompt: str, ids: list[int]) -> None:
         """The next-token distribution as a table; with --steps, at each generated step, marking the pick."""

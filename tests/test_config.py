@@ -63,6 +63,7 @@ def test_to_toml_round_trips(tmp_path):
     [
         (["--n_layers=3"], "unknown setting 'n_layers' on the command line (did you mean n_layer?)"),
         (["--zzz=1"], "unknown setting 'zzz' on the command line (see --help for the list)"),
+        (["--n_layers", "3"], "unknown setting 'n_layers' on the command line (did you mean n_layer?)"),
         (["--n_layer=3.5"], "setting n_layer expects an integer, got '3.5'"),
         (["--learning_rate=fast"], "setting learning_rate expects a number, got 'fast'"),
         (["--compile=maybe"], "setting compile expects a true/false, got 'maybe'"),
@@ -97,6 +98,8 @@ def test_help_lists_every_setting_with_default_and_meaning(capsys):
         parse_args(Example, ["--help"], prog="x.py")
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for line in ["--n_layer", "number of layers [4]", "peak learning rate [0.001]", '"stdlib"', "[none]"]:
+    for line in ["usage: x.py [CONFIG.toml] [--name=value | --name value ...]", "--n_layer",
+                 "number of layers [integer; 4]", "peak learning rate [number; 0.001]", '"stdlib"',
+                 "[integer or none; none]", "[list of strings; none]"]:
         assert line in out
     assert help_text(Example).count("\n  --") == 6

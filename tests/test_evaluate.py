@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -153,17 +154,20 @@ class WithEot(CharTokenizer):
         self.vocab_size += 1
 
 
-def test_encode_documents_joins_with_eot_and_counts_text_bytes():
+def test_encode_documents_joins_with_eot_and_counts_the_bytes_of_scored_tokens():
     plain = CharTokenizer("abcé")
     ids, nbytes = encode_documents(["abé", "ca"], plain)
-    assert ids.tolist() == plain.encode("abéca") and nbytes == 6
+    # The first token is context only: 'a' is never predicted, so its byte does not count ('béca': 5 bytes).
+    assert ids.tolist() == plain.encode("abéca") and nbytes == 5
     eot = WithEot("abcé")
     ids, nbytes = encode_documents(["abé", "ca"], eot)
     assert ids.tolist() == [4, 0, 1, 3, 4, 2, 0] and nbytes == 6  # separators are tokens, not bytes
     ids, nbytes = encode_documents(["abé", "ca"], plain, max_tokens=2)  # 2 scored = 3 tokens of text
-    assert ids.tolist() == plain.encode("abé") and nbytes == 4
+    assert ids.tolist() == plain.encode("abé") and nbytes == 3
     ids, nbytes = encode_documents(["abé", "ca"], eot, max_tokens=4)
     assert ids.tolist() == [4, 0, 1, 3, 4] and nbytes == 4
+    _, nbytes = encode_documents(["ab"], plain)  # two characters: one scored, one byte (not two)
+    assert nbytes == 1
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -188,10 +192,10 @@ def test_cli_json(checkpoint, model, ids):
     result = run_cli("--ckpt", checkpoint, "--data", checkpoint / "text.txt", "--stride=4", "--json", "--device=cpu")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    expected = evaluate(model, ids, stride=4, num_bytes=len(TEXT.encode()))
+    expected = evaluate(model, ids, stride=4, num_bytes=len(TEXT.encode()) - 1)
     for key in ("loss", "perplexity", "bits_per_byte", "tokens", "bytes", "stride"):
         assert out[key] == pytest.approx(expected[key], rel=1e-6), key
-    assert out["bytes"] == len(TEXT.encode()) and out["tokens"] == len(TEXT) - 1
+    assert out["bytes"] == len(TEXT.encode()) - 1 and out["tokens"] == len(TEXT) - 1 and out["split"] == "all"
     assert out["bits_per_byte"] == pytest.approx(out["loss"] * out["tokens"] / (out["bytes"] * math.log(2)))
 
 
@@ -245,3 +249,21 @@ def test_invalid_utf8_is_named_with_its_offset_or_replaced(tmp_path):
     with pytest.raises(UserError, match="bad.txt is not valid UTF-8 at byte offset 6"):
         list(read_documents(str(bad)))
     assert list(read_documents(str(bad), on_invalid_utf8="replace")) == ["hello \ufffd world"]
+
+
+def test_split_val_scores_exactly_the_text_training_held_out(checkpoint, tmp_path, capsys):
+    from gpt.data import prepare, split_texts
+
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT * 3, encoding="utf-8")
+    prepared = prepare(str(text), "char", data_dir=tmp_path / "data", val_fraction=0.2, progress=False)
+    val_ids = np.fromfile(prepared.val_bin, dtype=prepared.dtype)
+    assert "".join(split_texts(str(text), "val", val_fraction=0.2)) == prepared.tokenizer.decode(val_ids.tolist())
+    assert "".join(split_texts(str(text), "all")) == TEXT * 3
+
+    code = main(["--ckpt", str(checkpoint), "--data", str(text), "--split", "val", "--val_fraction", "0.2",
+                 "--device=cpu", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["split"] == "val" and out["tokens"] == len(val_ids) - 1
+    code = main(["--ckpt", str(checkpoint), "--data", str(text), "--split", "val", "--device=cpu"])
+    assert code == 0 and "its val split only" in capsys.readouterr().out

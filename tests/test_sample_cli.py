@@ -156,6 +156,46 @@ def test_prompt_file_and_stdin_give_the_same_text_as_prompt(sample_text, tmp_pat
     assert sample_text(*GREEDY, stdin_text="the bird ") == expected
 
 
+def test_prompt_bytes_are_read_as_they_are_from_every_source(tmp_path):
+    from gpt.generate import SampleConfig, read_prompt
+
+    text = "line one\r\nline two\rthree\n"
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_bytes(text.encode("utf-8"))
+
+    class Piped(io.StringIO):
+        def __init__(self, data: bytes):
+            super().__init__()
+            self.buffer = io.BytesIO(data)
+
+    assert read_prompt(SampleConfig(prompt_file=str(prompt_file)), io.StringIO()) == text
+    assert read_prompt(SampleConfig(), Piped(text.encode("utf-8"))) == text
+    assert read_prompt(SampleConfig(prompt=text), io.StringIO()) == text
+
+
+def test_a_tiny_temperature_is_greedy_not_a_crash(sample_text):
+    assert sample_text("--prompt", "the dog ", "--temperature", "1e-39", "--max_new_tokens", "40") == \
+        sample_text("--prompt", "the dog ", *GREEDY)
+
+
+def test_piped_output_comes_line_by_line_and_ctrl_c_keeps_it(ckpt):
+    import signal
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "sample.py", "--ckpt", ckpt, "--prompt", "the ", "--temperature", "1",
+                             "--max_new_tokens", "1000000"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, encoding="utf-8", env=env)
+    try:
+        first_line = proc.stdout.readline()  # arrives long before the million tokens are done
+        assert first_line.startswith("the ") and first_line.endswith("\n")
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err.strip() == "interrupted"
+    assert rest.endswith("\n") and "Traceback" not in err  # what was generated after the first line is kept
+
+
 def test_empty_prompt_starts_from_a_newline(sample_text):
     out = sample_text("--prompt", "", *GREEDY)
     assert len(out) == 40 + 1  # the start newline itself is not printed
@@ -234,6 +274,7 @@ def test_help_documents_the_window_policy(capsys):
     (("--max_new_tokens", "-1"), "max_new_tokens"),
     (("--num_samples", "0"), "num_samples"),
     (("--temperature", "-0.5"), "temperature"),
+    (("--temperature", "inf"), "temperature"),
     (("--prompt_file", "/nonexistent/prompt.txt"), "prompt file"),
     (("--steps", "3"), "show_probs"),
     (("--stop", ""), "stop"),
