@@ -5,6 +5,8 @@ The content goes to a temp file in the same folder, which then replaces the targ
 any instant leaves the old file or the new one, never half of one. The file gets the permissions a plain
 write would give it: those of the file it replaces, or for a new file 0666 less the process's umask
 (a temp file is created private, 0600, which would hide checkpoints and data caches from teammates).
+
+`check_writable` tells, before any work starts, whether a folder the work will write into can be written.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+from gpt.errors import UserError
 
 
 @contextlib.contextmanager
@@ -55,3 +59,33 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def check_writable(folder: Path, setting: str) -> None:
+    """A UserError naming the setting when `folder` cannot be created or written (nothing is created here)."""
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise UserError(f"{setting} {folder} cannot be created: {existing} is a file, not a folder")
+    if existing == folder:
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise UserError(f"cannot write to {setting} {folder}: {e.strerror or e} (choose a writable "
+                            f"--{setting})") from None
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = "read-only file system" if _read_only_fs(existing) else "permission denied"
+        raise UserError(f"cannot create {setting} {folder}: {existing} is not writable ({why}); choose a writable "
+                        f"--{setting}")
+
+
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False

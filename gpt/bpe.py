@@ -167,9 +167,9 @@ def train_bpe(text: str, vocab_size: int, *, progress: bool = False) -> list[byt
     target = vocab_size - 1
     bar = None
     if progress:
-        from tqdm import tqdm
+        from gpt.runlog import progress_bar
 
-        bar = tqdm(total=target - 256, desc="bpe merges", unit="tok")
+        bar = progress_bar(target - 256, "bpe merges", "tok")
     try:
         while len(vocab) < target:
             best = None

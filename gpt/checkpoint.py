@@ -29,7 +29,7 @@ from gpt.atomic import atomic_write
 from gpt.errors import UserError
 from gpt.hf import load_hf_gpt2
 from gpt.model import GPT, GPTConfig
-from gpt.tokenizer import Tokenizer, tokenizer_from_dict
+from gpt.tokenizer import Tokenizer, load_hf_tokenizer, load_tokenizer, tokenizer_from_dict
 
 FORMAT_VERSION = 1
 
@@ -183,16 +183,22 @@ def is_hf_folder(path: str | Path) -> bool:
 def load_model(spec: str | Path, device: torch.device | str = "cpu") -> Loaded:
     """Load a model and its tokenizer from an out_dir, a checkpoint file, or a local Hugging Face GPT-2 folder."""
     if is_hf_folder(spec):
-        from gpt.tokenizer import load_gpt2_from_hf_folder, load_tokenizer
-
         model = load_hf_gpt2(spec)
-        # The folder's own vocab.json + merges.txt when it has them, else GPT-2's files found offline.
-        tokenizer = load_gpt2_from_hf_folder(spec) or load_tokenizer("gpt2")
+        # The tokenizer saved beside the weights (ours, or vocab.json + merges.txt), else GPT-2's found offline.
+        tokenizer = load_hf_tokenizer(spec) or load_tokenizer("gpt2")
+        _check_vocabularies(tokenizer, model, Path(spec))
         return Loaded(model.to(device).eval(), tokenizer, Path(spec), None)
     path = resolve_checkpoint_path(spec)
     state = load_checkpoint(path)
     model = model_from_checkpoint(state)
     tokenizer = tokenizer_from_dict(state["tokenizer"])
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise UserError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}")
+    _check_vocabularies(tokenizer, model, path)
     return Loaded(model.to(device).eval(), tokenizer, path, state)
+
+
+def _check_vocabularies(tokenizer: Tokenizer, model: GPT, where: Path) -> None:
+    """Every token id the tokenizer can produce must have a row in the model (the model may have spare rows)."""
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise UserError(f"{where}: the {tokenizer.name} tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                        f"{model.config.vocab_size}: they do not belong together (a Hugging Face folder without its "
+                        "own tokenizer files is read with GPT-2's)")

@@ -110,8 +110,12 @@ def _download(url: str, dest: Path, *, expected_size: int | None = None) -> None
         raise UserError(f"Tiny Shakespeare is not on this machine and downloading {url} failed ({reason}): {where}") from None
     if expected_size is not None and len(payload) != expected_size:
         raise UserError(f"downloaded {len(payload)} bytes from {url}, expected {expected_size}: {where}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes(dest, payload)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(dest, payload)
+    except OSError as e:
+        raise UserError(f"cannot save the downloaded Tiny Shakespeare to {dest}: {e.strerror or e}; choose a writable "
+                        "--data_dir") from None
 
 
 def _folder_documents(root: Path, include: str | None, binaries: list[Path]) -> list[Document]:

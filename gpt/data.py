@@ -15,9 +15,10 @@ Command line: `python -m gpt.data <data...> --tokenizer char` prepares and print
 
 from __future__ import annotations
 
-import base64
 import collections
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -34,11 +35,11 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from gpt.atomic import write_text
+from gpt.atomic import check_writable, write_text
 from gpt.config import parse_args, setting
 from gpt.corpus import Document, _file_hash, _read_chunks, _cut_near, decode_utf8, resolve_sources
 from gpt.errors import UserError, exit_on_user_error
-from gpt.tokenizer import CharTokenizer, Tokenizer, load_tokenizer, tokenizer_from_dict
+from gpt.tokenizer import CharTokenizer, Tokenizer, from_json_data, load_tokenizer, to_json_data, tokenizer_from_dict
 
 FORMAT_VERSION = 1  # bump when the bin layout or the meta changes: old caches are then prepared again
 
@@ -243,40 +244,8 @@ def _jobs(docs: list[Document], segments: list[Segment], errors: str, dtype, onl
             first = False
 
 
-# ---------------------------------------------------------------------------------------------------
-# Plain-data (JSON) form of a tokenizer's to_dict(), which may hold bytes and non-string keys.
-
-
-def _to_json(obj: Any) -> Any:
-    if isinstance(obj, (bytes, bytearray)):
-        return {"__bytes_b64__": base64.b64encode(bytes(obj)).decode("ascii")}
-    if isinstance(obj, dict):
-        if all(isinstance(k, str) for k in obj):
-            return {k: _to_json(v) for k, v in obj.items()}
-        return {"__items__": [[_to_json(k), _to_json(v)] for k, v in obj.items()]}
-    if isinstance(obj, (list, tuple)):
-        return [_to_json(v) for v in obj]
-    return obj
-
-
-def _from_json(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        if set(obj) == {"__bytes_b64__"}:
-            return base64.b64decode(obj["__bytes_b64__"])
-        if set(obj) == {"__items__"}:
-            return {_hashable(_from_json(k)): _from_json(v) for k, v in obj["__items__"]}
-        return {k: _from_json(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_from_json(v) for v in obj]
-    return obj
-
-
-def _hashable(key: Any) -> Any:
-    return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
-
-
 def _tokenizer_digest(tokenizer: Tokenizer) -> str:
-    text = json.dumps(_to_json(tokenizer.to_dict()), sort_keys=True, ensure_ascii=True)
+    text = json.dumps(to_json_data(tokenizer.to_dict()), sort_keys=True, ensure_ascii=True)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
@@ -336,7 +305,7 @@ def load_prepared(folder: str | Path) -> Prepared:
 def _open(folder: Path, meta: dict, tokenizer: Tokenizer | None, reused: bool) -> Prepared:
     if tokenizer is None:
         tokenizer_data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
-        tokenizer = tokenizer_from_dict(_from_json(tokenizer_data))
+        tokenizer = tokenizer_from_dict(from_json_data(tokenizer_data))
     return Prepared(
         dir=folder,
         meta=meta,
@@ -423,11 +392,35 @@ def prepare(
     if meta is not None:
         return _open(final, meta, tokenizer=tok, reused=True)
 
-    corpus_dir.mkdir(parents=True, exist_ok=True)
+    # Nothing cached: check the folder can be written before any work, and take the corpus's lock, so that two
+    # prepares of the same inputs at once do the work once (the second waits, then finds the first's result).
+    check_writable(data_dir, "data_dir")
+    made = [folder for folder in (data_dir, corpus_dir) if not folder.exists()]
+    try:
+        corpus_dir.mkdir(parents=True, exist_ok=True)
+        with _prepare_lock(corpus_dir / f".{key}.lock"):
+            meta = _trusted(final, key)
+            if meta is not None:
+                return _open(final, meta, tokenizer=tok, reused=True)
+            meta = _build_into(final, key, docs, sources, tokenizer, tok, key_inputs, corpus, val_fraction, include,
+                               on_invalid_utf8, errors, progress, started)
+    except BaseException:
+        # A refused or failed prepare leaves nothing behind: the folders it made go again if they are empty.
+        for folder in reversed(made):
+            if folder.is_dir() and not [p for p in folder.iterdir() if not p.name.endswith(".lock")]:
+                shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return _open(final, meta, tokenizer=tok, reused=False)
+
+
+def _build_into(final: Path, key: str, docs, sources, tokenizer, tok, key_inputs, corpus, val_fraction, include,
+                on_invalid_utf8, errors, progress, started) -> dict:
+    """Build the cache folder under a temporary name and rename it into place when complete."""
+    corpus_dir = final.parent
     _remove_dead_temporaries(corpus_dir)
     tmp = corpus_dir / f".tmp-{key}-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         meta = _build(tmp, docs, sources, tokenizer, tok, key, key_inputs, corpus, val_fraction, include,
                       on_invalid_utf8, errors, progress, started)
         if final.exists() and _trusted(final, key) is None:
@@ -435,23 +428,51 @@ def prepare(
         try:
             os.replace(tmp, final)
         except OSError:
-            # Another process (e.g. another rank) finished the same folder first: use theirs.
+            # Another process finished the same folder first (without our lock: e.g. an older version): use theirs.
             other = _trusted(final, key)
             if other is None:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
             meta = other
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            free = shutil.disk_usage(corpus_dir).free if corpus_dir.exists() else 0
+            raise UserError(f"cannot prepare {corpus}: no space left on the device holding {corpus_dir} "
+                            f"({free / 1e6:,.1f} MB free; the bins take about 2-4 bytes per token): free some space "
+                            "or choose another --data_dir") from None
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise UserError(f"cannot prepare {corpus} in {corpus_dir}: {e.strerror}; choose a writable "
+                            "--data_dir") from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return _open(final, meta, tokenizer=tok, reused=False)
+    return meta
+
+
+@contextlib.contextmanager
+def _prepare_lock(path: Path):
+    """An OS lock on `path` for the time of a prepare (released by the kernel if the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; concurrent prepares still never trust a half-made folder
+        yield
+        return
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process that is preparing the same corpus ({path.parent})", file=sys.stderr,
+                  flush=True)
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def _progress_bar(total: int, desc: str, progress: bool):
-    from tqdm import tqdm
+    from gpt.runlog import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1000,
-                disable=not progress, mininterval=0.5, leave=False)
+    return progress_bar(total, desc, "B", progress)
 
 
 def _build(tmp: Path, docs, sources, spec_or_tok, tok, key, key_inputs, corpus, val_fraction, include,
@@ -473,7 +494,7 @@ def _build(tmp: Path, docs, sources, spec_or_tok, tok, key, key_inputs, corpus, 
             sample_bytes += len(data)
             if sample_bytes >= _BPE_SAMPLE_BYTES:
                 break
-        tok = load_tokenizer(spec_or_tok, corpus="".join(sample))
+        tok = load_tokenizer(spec_or_tok, corpus="".join(sample), progress=progress)
         fitted_on = f"the first {sample_bytes} bytes of the train split"
         del sample
 
@@ -497,7 +518,7 @@ def _build(tmp: Path, docs, sources, spec_or_tok, tok, key, key_inputs, corpus, 
                 s["tokens"] += int(ids.size)
                 s["characters"] += n_chars
                 s["bytes"] += n_bytes
-    _write_json(tmp / "tokenizer.json", _to_json(tok.to_dict()))
+    _write_json(tmp / "tokenizer.json", to_json_data(tok.to_dict()))
     meta = {
         "format": FORMAT_VERSION,
         "key": key,
@@ -541,7 +562,7 @@ class PrepareConfig:
     val_fraction: float = setting(0.1, "share of the text kept for validation (whole documents when there are several)")
     data_dir: str = setting("data", "where prepared corpora are cached (data_dir/<corpus>/<key>/)")
     on_invalid_utf8: str = setting("error", "error (with file and byte offset) or replace (bad bytes become U+FFFD)")
-    progress: bool = setting(True, "show a progress bar (MB) while preparing")
+    progress: bool = setting(True, "report progress on stderr (a bar on a terminal, else a line every 10 s)")
 
 
 def _positional_to_data(argv: list[str]) -> list[str]:

@@ -7,11 +7,18 @@ and how fast the device's matmuls can go (the denominator of MFU, model FLOPs ut
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import platform
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from gpt.errors import UserError
+from gpt.atomic import write_text
+from gpt.config import parse_args, setting
+from gpt.errors import UserError, exit_on_user_error
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -123,12 +130,87 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float3
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype, override: float = 0.0) -> tuple[float | None, str]:
-    """The device's peak FLOP/s for MFU and where the number came from ("n/a" when unknown)."""
+    """The device's peak FLOP/s for MFU and where the number came from ("n/a" when unknown).
+
+    On a CPU there is no datasheet figure, so a matmul is timed: once per machine, thread count, torch version and
+    dtype, and cached (`peak_cache_path()`), because a single timing on a busy machine reads low and would make
+    every MFU after it too high. `override` (--peak_flops) pins it.
+    """
     if override > 0:
         return override, "setting"
     if device.type == "cuda":
         flops = gpu_peak_flops(device)
         return (flops, "datasheet") if flops else (None, "n/a")
     if device.type == "cpu":
-        return measure_matmul_flops(device, dtype), "measured matmul"
+        return cpu_peak_flops(dtype)
     return None, "n/a"
+
+
+def peak_cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "gpt" / "peak_flops.json"
+
+
+def _cpu_key(dtype: torch.dtype) -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} | {torch.get_num_threads()} threads | torch {torch.__version__} | {str(dtype).replace('torch.', '')}"
+
+
+def cpu_peak_flops(dtype: torch.dtype, recalibrate: bool = False) -> tuple[float, str]:
+    """The CPU's matmul peak: cached, else measured (best of several timings over about 2 s) and cached."""
+    path, key = peak_cache_path(), _cpu_key(dtype)
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    if not recalibrate and isinstance(cache.get(key), (int, float)) and cache[key] > 0:
+        return float(cache[key]), f"measured on this machine, cached in {path}"
+    flops = max(measure_matmul_flops(torch.device("cpu"), dtype, seconds=0.5) for _ in range(4))
+    if recalibrate and isinstance(cache.get(key), (int, float)):
+        flops = max(flops, float(cache[key]))  # a busy machine only ever reads low: keep the best seen
+    cache[key] = flops
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps(cache, indent=1) + "\n")
+        where = f"measured now, cached in {path}"
+    except OSError:
+        where = "measured now (not cached: the cache folder is not writable)"
+    return flops, where
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    """python -m gpt.device: the device training would use, and its peak FLOP/s (--calibrate measures again)."""
+    cfg, _ = parse_args(DeviceConfig, argv, prog="python -m gpt.device",
+                        description="Show the device, dtype and peak FLOP/s that training would use (the denominator "
+                                    "of MFU). On a CPU the peak is a matmul timed once and cached: run with "
+                                    "--calibrate on a quiet machine to measure it again.")
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    if cfg.calibrate and device.type == "cpu":
+        flops, source = cpu_peak_flops(dtype, recalibrate=True)
+    else:
+        flops, source = peak_flops(device, dtype)
+    print(f"device  {device} ({str(dtype).replace('torch.', '')}, {torch.get_num_threads()} threads)")
+    print(f"peak    {'n/a' if flops is None else f'{flops / 1e9:,.0f} GFLOP/s'} ({source})")
+    return 0
+
+
+@dataclass
+class DeviceConfig:
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = setting("auto", "auto, float32, bfloat16 or float16")
+    calibrate: bool = setting(False, "on a CPU: time the matmul again (on a quiet machine) and replace the cached figure")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -64,7 +64,7 @@ class EvalConfig:
     data_dir: str = setting("data", "where a named corpus is looked for (and downloaded to, for shakespeare)")
     on_invalid_utf8: str = setting("error", "a file that is not UTF-8: error (with file and byte offset) or replace (bad bytes become U+FFFD)")
     json: bool = setting(False, "print one JSON object (loss, perplexity, bits_per_byte, tokens, bytes, stride) instead of a report")
-    progress: bool | None = setting(None, "a progress bar on stderr (none = when stderr is a terminal)")
+    progress: bool = setting(True, "report progress on stderr (a bar on a terminal, else a line every 10 s)")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -130,14 +130,13 @@ def evaluate(
     width = min(block_size, num_predictions)  # every window is this long; only the last may need padding
     inputs, targets = ids[:-1], ids[1:]
 
-    from tqdm import tqdm
+    from gpt.runlog import progress_bar
 
     was_training = model.training
     model.eval()
     total_nats = 0.0
     scored = 0
-    bar = tqdm(total=num_predictions, unit="tok", unit_scale=True, desc="evaluating", file=sys.stderr,
-               disable=not progress, mininterval=0.5, leave=False)
+    bar = progress_bar(num_predictions, "evaluating", "tok", progress)
     try:
         with torch.inference_mode():
             for first in range(0, len(windows), batch_size):
@@ -267,9 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                            split=cfg.split, val_fraction=val_fraction)
     ids, num_bytes = encode_documents(texts, loaded.tokenizer, cfg.max_tokens)
     started = time.perf_counter()
-    progress = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     result = evaluate(loaded.model, ids, block_size=block_size, stride=cfg.stride, batch_size=cfg.batch_size,
-                      device=device, dtype=dtype, num_bytes=num_bytes, progress=progress)
+                      device=device, dtype=dtype, num_bytes=num_bytes, progress=cfg.progress)
     seconds = time.perf_counter() - started
 
     if cfg.json:

@@ -31,14 +31,17 @@ import re
 import struct
 import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gpt.atomic import atomic_write, write_bytes
-from gpt.errors import UserError
+from gpt.config import parse_args, setting
+from gpt.errors import UserError, exit_on_user_error
 from gpt.model import GPT, GPTConfig
+from gpt.tokenizer import Tokenizer, save_hf_tokenizer
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -299,17 +302,22 @@ def convert_from_hf(tensors: dict[str, torch.Tensor], model: GPT, where: Path | 
 # Writing
 
 
-def save_hf_gpt2(model: torch.nn.Module, path: str | Path) -> Path:
+def save_hf_gpt2(model: torch.nn.Module, path: str | Path, tokenizer: Tokenizer | None = None) -> Path:
     """Write `model` as a Hugging Face GPT-2 folder (config.json + model.safetensors); returns the folder.
 
     `transformers.GPT2LMHeadModel.from_pretrained(path)` loads it and computes the same logits. A model
-    without biases (bias=False) is written with zero biases, which computes the same thing.
+    without biases (bias=False) is written with zero biases, which computes the same thing. The tokenizer, when
+    given, goes beside the weights (gpt/tokenizer.py:save_hf_tokenizer): without it, a folder is read back with
+    GPT-2's tokenizer, which is only right for a model trained with it.
     """
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder} is a file: give a folder to write the Hugging Face model into")
     model = _unwrapped(model)
     config: GPTConfig = model.config
+    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
+        raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}: "
+                        "they do not belong together")
     if config.attention_only:
         raise UserError("an attention-only model (no MLPs) cannot be written as GPT-2: Hugging Face's GPT-2 always "
                         "has an MLP in every block")
@@ -356,6 +364,8 @@ def save_hf_gpt2(model: torch.nn.Module, path: str | Path) -> Path:
     }
     folder.mkdir(parents=True, exist_ok=True)
     write_safetensors(tensors, folder / SAFETENSORS_NAME, metadata={"format": "pt"})
+    if tokenizer is not None:
+        save_hf_tokenizer(tokenizer, folder)
     write_bytes(folder / CONFIG_NAME, (json.dumps(hf_config, indent=2) + "\n").encode("utf-8"))
     return folder
 
@@ -434,3 +444,36 @@ def _byteswapped(tensor: torch.Tensor) -> torch.Tensor:
     return raw.view(tensor.dtype).reshape(tensor.shape)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Command line: python -m gpt.hf --ckpt OUT --out FOLDER
+
+
+@dataclass
+class ExportConfig:
+    ckpt: str = setting("", "the model to export: an out_dir (best.pt, else ckpt.pt) or a .pt checkpoint")
+    out: str = setting("", "the Hugging Face folder to write (config.json, model.safetensors and the tokenizer)")
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    from gpt.checkpoint import load_model  # gpt.checkpoint imports this module: only the command line needs it
+
+    cfg, _ = parse_args(ExportConfig, argv, prog="python -m gpt.hf",
+                        description="Export a checkpoint as a Hugging Face GPT-2 folder, with its tokenizer.")
+    if not cfg.ckpt or not cfg.out:
+        raise UserError("give the checkpoint and the folder: python -m gpt.hf --ckpt OUT_DIR --out FOLDER")
+    out = Path(cfg.out)
+    if (out / CONFIG_NAME).exists() or (out / SAFETENSORS_NAME).exists():
+        raise UserError(f"{out} already holds a model: choose another --out (nothing is overwritten)")
+    loaded = load_model(cfg.ckpt)
+    save_hf_gpt2(loaded.model, out, loaded.tokenizer)
+    from gpt.tokenizer import OUR_TOKENIZER_FILE
+
+    formats = "vocab.json + merges.txt and " + OUR_TOKENIZER_FILE if (out / "vocab.json").exists() \
+        else OUR_TOKENIZER_FILE + " (Hugging Face has no GPT-2 form of a " + loaded.tokenizer.name + " tokenizer)"
+    print(f"wrote {out}: config.json, model.safetensors; tokenizer as {formats}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

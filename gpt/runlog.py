@@ -143,3 +143,55 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def progress_bar(total: float, desc: str, unit: str = "B", enabled: bool = True, interval: float = 10.0):
+    """Progress of a long task (preparing, evaluating, training a BPE): a tqdm bar when standard error is a terminal,
+    else a plain line every `interval` seconds and one at the end, so logs never fill with `\r` bars."""
+    if enabled and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1000, file=sys.stderr,
+                    mininterval=0.5, leave=False)
+    return PlainProgress(total, desc, unit, enabled, interval)
+
+
+class PlainProgress:
+    """The part of tqdm's interface the progress_bar users need, as plain lines on standard error."""
+
+    def __init__(self, total: float, desc: str, unit: str, enabled: bool, interval: float):
+        self.total, self.desc, self.unit, self.enabled, self.interval = total, desc, unit, enabled, interval
+        self.n = 0.0
+        self.started = self.last = time.perf_counter()
+
+    def update(self, n: float = 1) -> None:
+        self.n += n
+        now = time.perf_counter()
+        if self.enabled and now - self.last >= self.interval:
+            self.last = now
+            self._line(now)
+
+    def _line(self, now: float) -> None:
+        share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        print(f"{self.desc}: {_human(self.n)}{self.unit} of {_human(self.total)}{self.unit}{share}, "
+              f"{format_duration(now - self.started)} elapsed", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        now = time.perf_counter()
+        if self.enabled and now - self.started >= self.interval:  # a quick task needs no closing line
+            self._line(now)
+        self.enabled = False
+
+    def __enter__(self) -> "PlainProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _human(n: float) -> str:
+    for unit in ("", "k", "M", "G"):
+        if abs(n) < 1000:
+            return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
+        n /= 1000
+    return f"{n:.1f}T"

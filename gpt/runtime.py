@@ -15,7 +15,6 @@ import random
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,37 +108,7 @@ def end_process_group(dist: Dist, orderly: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The out_dir: one live run at a time, and folders that can be written before any work starts.
-
-
-def check_writable(folder: Path, setting: str) -> None:
-    """A UserError naming the setting when `folder` cannot be created or written (nothing is created here)."""
-    existing = folder
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise UserError(f"{setting} {folder} cannot be created: {existing} is a file, not a folder")
-    if existing == folder:
-        try:
-            fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as e:
-            raise UserError(f"cannot write to {setting} {folder}: {e.strerror or e} (choose a writable "
-                            f"--{setting})") from None
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        why = "read-only file system" if _read_only_fs(existing) else "permission denied"
-        raise UserError(f"cannot create {setting} {folder}: {existing} is not writable ({why}); choose a writable "
-                        f"--{setting}")
-
-
-def _read_only_fs(path: Path) -> bool:
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):
-        return False
+# The out_dir: one live run at a time.
 
 
 class OutDirLock:
@@ -425,9 +394,9 @@ class Run:
                         "mfu": None if mfu is None or mfu > 1 else round(mfu, 4), "elapsed": round(self.elapsed(), 3)})
         if mfu is not None and mfu > 1 and not self.mfu_capped_said:
             self.mfu_capped_said = True
-            self.progress.say(f"note: MFU measured above 100% ({100 * mfu:.0f}%), which cannot be: the peak FLOP/s "
-                              "was measured low (a busy machine). MFU is shown as n/a; pin the peak with "
-                              "--peak_flops=<FLOP/s>, or delete the cached calibration (see python -m gpt.device)")
+            self.progress.say(f"note: MFU came out above 100% ({100 * mfu:.0f}%), which cannot be: the peak FLOP/s was "
+                              "measured on a busy machine. MFU is shown as n/a; pin the peak with --peak_flops, or "
+                              "measure it again on a quiet machine: python -m gpt.device --calibrate")
         fields = {"loss": f"{value:.4f}", "lr": f"{lr:.2e}", "tok/s": f"{tok_per_s:,.0f}",
                   "mfu": "n/a" if mfu is None or mfu > 1 else f"{100 * mfu:.1f}%"}
         self.progress.update(self.step, fields)

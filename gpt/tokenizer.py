@@ -18,6 +18,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import os
 import tempfile
 from abc import ABC, abstractmethod
@@ -406,6 +407,108 @@ def load_gpt2_from_hf_folder(folder: str | os.PathLike[str]) -> TiktokenTokenize
 
 
 # ---------------------------------------------------------------------------------------------------
+# A tokenizer beside a model exported as a Hugging Face folder (gpt/hf.py).
+#
+# OUR_TOKENIZER_FILE holds any tokenizer exactly (its to_dict() as JSON) and is what we read back first. A
+# byte-level BPE with GPT-2's pre-split pattern (gpt2, bpe:<N>) is also written as vocab.json + merges.txt, the
+# files Hugging Face's GPT2Tokenizer reads; a char tokenizer has no such form, so it is written in ours only.
+
+OUR_TOKENIZER_FILE = "gpt_tokenizer.json"
+
+
+def save_hf_tokenizer(tokenizer: Tokenizer, folder: str | os.PathLike[str]) -> str:
+    """Write `tokenizer` into a Hugging Face model folder; returns which formats were written (for the user)."""
+    folder = Path(folder)
+    write_bytes(folder / OUR_TOKENIZER_FILE,
+                (json.dumps(to_json_data(tokenizer.to_dict()), ensure_ascii=False) + "\n").encode("utf-8"))
+    if not (isinstance(tokenizer, TiktokenTokenizer) and tokenizer.pat_str == GPT2_PATTERN):
+        return f"{OUR_TOKENIZER_FILE} only (a {tokenizer.name} tokenizer has no Hugging Face GPT-2 form)"
+    spell = _gpt2_byte_to_char()
+    spelled = ["".join(spell[b] for b in token) for token in tokenizer.ranks]
+    vocab = {text: rank for rank, text in enumerate(spelled)}
+    vocab.update(tokenizer.special_tokens)
+    merges = ["#version: 0.2"] + [" ".join("".join(spell[b] for b in part) for part in pair)
+                                  for pair in _merges_of(tokenizer.ranks)]
+    write_bytes(folder / "vocab.json", json.dumps(vocab, ensure_ascii=False).encode("utf-8"))
+    write_bytes(folder / "merges.txt", ("\n".join(merges) + "\n").encode("utf-8"))
+    specials = sorted(tokenizer.special_tokens, key=tokenizer.special_tokens.get)
+    config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": 1_000_000_000, "add_prefix_space": False}
+    if EOT in tokenizer.special_tokens:
+        config.update(bos_token=EOT, eos_token=EOT, unk_token=EOT)
+    extra = [t for t in specials if t != EOT]
+    if extra:
+        config["additional_special_tokens"] = extra
+    write_bytes(folder / "tokenizer_config.json", (json.dumps(config, indent=2) + "\n").encode("utf-8"))
+    return f"vocab.json + merges.txt (Hugging Face's GPT2Tokenizer reads them) and {OUR_TOKENIZER_FILE}"
+
+
+def _merges_of(ranks: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """The merge rules that rebuild each token of rank >= 256 from two tokens of lower rank: the pair a rank-based
+    BPE (tiktoken) ends with when it encodes the token's bytes using only the tokens ranked before it."""
+    rank_of = {token: rank for rank, token in enumerate(ranks)}
+    merges = []
+    for rank in range(256, len(ranks)):
+        parts = [bytes([b]) for b in ranks[rank]]
+        while len(parts) > 2:
+            candidates = [(rank_of.get(parts[i] + parts[i + 1], math.inf), i) for i in range(len(parts) - 1)]
+            best, i = min(candidates)
+            if best >= rank:
+                break
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        if len(parts) != 2:  # not reachable in rank order: any split into two known tokens stands for it
+            token = ranks[rank]
+            parts = next([token[:k], token[k:]] for k in range(1, len(token))
+                         if token[:k] in rank_of and token[k:] in rank_of)
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def load_hf_tokenizer(folder: str | os.PathLike[str]) -> Tokenizer | None:
+    """The tokenizer saved beside a Hugging Face model: ours exactly when present, else vocab.json + merges.txt
+    (GPT-2's format), else None."""
+    folder = Path(folder)
+    ours = folder / OUR_TOKENIZER_FILE
+    if ours.is_file():
+        try:
+            data = from_json_data(json.loads(ours.read_text(encoding="utf-8")))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(f"{ours} is damaged ({e}): delete it to use the folder's vocab.json + merges.txt") from None
+        return tokenizer_from_dict(data)
+    return load_gpt2_from_hf_folder(folder)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plain-data (JSON) form of a tokenizer's to_dict(), which may hold bytes and non-string keys.
+
+
+def to_json_data(obj: Any) -> Any:
+    """`to_dict()` data as JSON-ready data: bytes as base64, dicts with non-string keys as item lists."""
+    if isinstance(obj, (bytes, bytearray)):
+        return {"__bytes_b64__": base64.b64encode(bytes(obj)).decode("ascii")}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: to_json_data(v) for k, v in obj.items()}
+        return {"__items__": [[to_json_data(k), to_json_data(v)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [to_json_data(v) for v in obj]
+    return obj
+
+
+def from_json_data(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__bytes_b64__"}:
+            return base64.b64decode(obj["__bytes_b64__"])
+        if set(obj) == {"__items__"}:
+            return {_hashable(from_json_data(k)): from_json_data(v) for k, v in obj["__items__"]}
+        return {k: from_json_data(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_json_data(v) for v in obj]
+    return obj
+
+
+def _hashable(key: Any) -> Any:
+    return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
+
 
 
 def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:

@@ -40,7 +40,8 @@ from gpt.device import autocast, peak_flops, pick_dtype
 from gpt.errors import UserError, exit_on_user_error
 from gpt.optim import learning_rate_at, make_optimizer, param_groups, set_hyperparameters  # noqa: F401 (re-exported)
 from gpt.runlog import MFU_EXPLAINED
-from gpt.runtime import (Dist, OutDirLock, Run, check_writable, dist_from_env, end_process_group, new_model,
+from gpt.atomic import check_writable
+from gpt.runtime import (Dist, OutDirLock, Run, dist_from_env, end_process_group, new_model,
                          restore_rng, restore_sampler, seed_everything, setup_device, starting_model)
 
 # The settings fixed when a run starts: a resumed run must keep them. The shape of the weights; the rounding of
@@ -206,7 +207,7 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
     # broadcasts rank 0's); rank 0 prepares the corpus, the others then find it in the cache.
     seed_everything(cfg.seed)
     model, tokenizer, cfg = starting_model(cfg, resume_state, log)
-    data = open_training_data(cfg, tokenizer, progress=show_bar) if dist.master else None
+    data = open_training_data(cfg, tokenizer, progress=cfg.progress is not False) if dist.master else None
     dist.barrier()
     if data is None:
         data = open_training_data(cfg, tokenizer, progress=False)

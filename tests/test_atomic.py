@@ -1,10 +1,11 @@
-"""Atomic writes: the target holds the old content or the new, never a part, and no temp file stays."""
+"""Atomic writes (the target holds the old content or the new, never a part; no temp file stays) and writable checks."""
 
 import os
 
 import pytest
 
-from gpt.atomic import atomic_write, write_bytes, write_text
+from gpt.atomic import atomic_write, check_writable, write_bytes, write_text
+from gpt.errors import UserError
 
 
 def test_new_content_replaces_old_whole(tmp_path):
@@ -30,3 +31,18 @@ def test_nothing_appears_when_the_first_write_fails(tmp_path):
             f.write(b"x")
             raise KeyboardInterrupt
     assert os.listdir(tmp_path) == []
+
+
+def test_check_writable_names_the_setting_and_creates_nothing(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="out_dir .* is a file"):
+        check_writable(tmp_path / "file" / "run", "out_dir")
+    check_writable(tmp_path / "new" / "deeper", "data_dir")  # creatable: fine, and nothing made
+    assert not (tmp_path / "new").exists()
+    if os.geteuid() != 0:  # root writes anywhere: permissions cannot be seen as root
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(UserError, match="data_dir .* not writable"):
+            check_writable(locked / "d", "data_dir")
+        with pytest.raises(UserError, match="cannot write to data_dir"):
+            check_writable(locked, "data_dir")

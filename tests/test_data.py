@@ -234,7 +234,7 @@ def test_interrupted_prepare_leaves_nothing_trusted(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "_write_meta", killed)
     with pytest.raises(KeyboardInterrupt):
         prepare(str(src), "char", data_dir=d, progress=False)
-    assert list((d / "t").iterdir()) == []
+    assert not d.exists()  # nothing is left behind: not even the folders the prepare made
     monkeypatch.undo()
     good = prepare(str(src), "char", data_dir=d, progress=False)
     assert not good.reused
@@ -355,3 +355,51 @@ def test_cli_summary_and_bad_input(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: data path") and bad.stderr.count("\n") == 1
     assert "Traceback" not in bad.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# Faults of the machine
+
+
+def test_two_prepares_of_one_corpus_at_once_give_one_complete_result(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text(make_text(3, 3000), encoding="utf-8")
+    code = ("import sys; from gpt.data import prepare; "
+            "p = prepare(sys.argv[1], 'bpe:300', data_dir=sys.argv[2], progress=False); print(p.dir, p.reused)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(src), str(tmp_path / "d")], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), results
+    folders = {out.split()[0] for out, _ in results}
+    assert len(folders) == 1  # the same cache folder, complete (loadable) for both
+    assert sorted(out.split()[1] for out, _ in results) == ["False", "True"]  # built once; the other waited
+    prepared = load_prepared(folders.pop())
+    assert prepared.meta["complete"] and not list((tmp_path / "d" / "t").glob(".tmp-*"))
+
+
+def test_a_refused_prepare_leaves_no_folder_behind(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text("tiny text\n" * 20, encoding="utf-8")
+    with pytest.raises(UserError, match="bpe:"):
+        prepare(str(src), "bpe:4096", data_dir=tmp_path / "data", progress=False)
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_full_disk_while_preparing_is_one_line_and_nothing_is_trusted(tmp_path, monkeypatch):
+    import errno
+
+    src = tmp_path / "t.txt"
+    src.write_text(make_text(0, 200), encoding="utf-8")
+    (tmp_path / "d").mkdir()
+    real_write_json = data._write_json
+
+    def full(path, payload):
+        if path.name == "tokenizer.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write_json(path, payload)
+
+    monkeypatch.setattr(data, "_write_json", full)
+    with pytest.raises(UserError, match="no space left on the device holding") as e:
+        prepare(str(src), "char", data_dir=tmp_path / "d", progress=False)
+    assert "\n" not in str(e.value)
+    assert list((tmp_path / "d").iterdir()) == []  # the data_dir existed before; nothing inside it is left

@@ -38,3 +38,18 @@ def test_peak_flops_sources():
     assert peak_flops(torch.device("cpu"), torch.float32, override=1e12) == (1e12, "setting")
     flops = measure_matmul_flops(torch.device("cpu"), n=128, seconds=0.05)
     assert flops > 1e8
+
+
+def test_the_cpu_peak_is_measured_once_and_cached(monkeypatch, tmp_path):
+    import gpt.device as device_mod
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    readings = iter([50e9, 60e9, 55e9, 40e9, 10e9, 10e9, 10e9, 10e9])
+    monkeypatch.setattr(device_mod, "measure_matmul_flops", lambda *a, **kw: next(readings))
+    flops, source = peak_flops(torch.device("cpu"), torch.float32)
+    assert flops == 60e9 and "measured now" in source  # the best of several timings
+    assert device_mod.peak_cache_path().is_file()
+    flops, source = peak_flops(torch.device("cpu"), torch.float32)
+    assert flops == 60e9 and "cached" in source  # no new timing (the iterator is not touched)
+    # Recalibrating on a busy machine (10 GFLOP/s readings) never lowers the figure.
+    assert device_mod.cpu_peak_flops(torch.float32, recalibrate=True)[0] == 60e9

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -269,3 +270,66 @@ def test_attention_only_model_is_refused(tmp_path):
     with pytest.raises(UserError, match="attention-only"):
         save_hf_gpt2(model, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The tokenizer travels with the weights
+
+
+def test_a_char_model_comes_back_with_its_own_tokenizer(tmp_path):
+    from gpt.checkpoint import load_model
+    from gpt.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer("abcdefgh \n")
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    save_hf_gpt2(model, tmp_path / "hf", tokenizer)
+    loaded = load_model(tmp_path / "hf")
+    assert loaded.tokenizer.to_dict() == tokenizer.to_dict()
+    assert not (tmp_path / "hf" / "vocab.json").exists()  # Hugging Face has no char-level GPT-2 tokenizer
+
+
+def test_a_folder_whose_tokenizer_outgrows_the_model_is_a_one_line_error(tmp_path, monkeypatch):
+    from gpt.checkpoint import load_model
+
+    gpt2_dir = Path(__file__).resolve().parents[2] / "shared" / "gpt2"
+    if not (gpt2_dir / "encoder.json").is_file():
+        pytest.skip(f"{gpt2_dir} is absent (GPT-2's tokenizer files, beside the checkout); this test needs them")
+    monkeypatch.setenv("GPT2_TOKENIZER_DIR", str(gpt2_dir))
+    model = GPT(GPTConfig(vocab_size=65, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    save_hf_gpt2(model, tmp_path / "hf")  # no tokenizer: read back with GPT-2's, 50,257 tokens
+    with pytest.raises(UserError, match="50257 tokens but the model only 65") as e:
+        load_model(tmp_path / "hf")
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="do not belong together"):
+        from gpt.tokenizer import load_tokenizer
+
+        save_hf_gpt2(model, tmp_path / "hf2", load_tokenizer("gpt2"))
+
+
+def test_gpt2s_merges_are_recovered_exactly_from_its_ranks():
+    from gpt.tokenizer import _gpt2_byte_to_char, _merges_of, load_gpt2
+
+    gpt2_dir = Path(__file__).resolve().parents[2] / "shared" / "gpt2"
+    if not (gpt2_dir / "vocab.bpe").is_file():
+        pytest.skip(f"{gpt2_dir} is absent (GPT-2's tokenizer files, beside the checkout); this test needs them")
+    spell = _gpt2_byte_to_char()
+    ours = [" ".join("".join(spell[b] for b in part) for part in pair) for pair in _merges_of(load_gpt2(gpt2_dir).ranks)]
+    official = [line for line in (gpt2_dir / "vocab.bpe").read_text(encoding="utf-8").split("\n")
+                if line and not line.startswith("#version")]
+    assert ours == official
+
+
+def test_a_bpe_model_exports_a_tokenizer_transformers_reads(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from gpt.checkpoint import load_model
+    from gpt.tokenizer import load_tokenizer
+
+    text = ("The quick brown fox jumps over the lazy dog. Les élèves naïfs; 日本語 text, tabs\tand  spaces.\n" * 40
+            + "def f(x):\n    return x ** 2  # squares\n" * 40)
+    tokenizer = load_tokenizer("bpe:330", corpus=text)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    save_hf_gpt2(model, tmp_path / "hf", tokenizer)
+    theirs = transformers.GPT2Tokenizer.from_pretrained(tmp_path / "hf")
+    sample = "The lazy fox returns x ** 2; naïve élèves 日本 tabs\tand  spaces.\n<|endoftext|>def g(y):\n"
+    assert theirs.encode(sample) == tokenizer.encode(sample)
+    assert load_model(tmp_path / "hf").tokenizer.to_dict() == tokenizer.to_dict()

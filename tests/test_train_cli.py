@@ -110,7 +110,7 @@ def _batches_deal_slices_of_one_global_draw(prepared_bin: Path) -> bool:
 
 
 def test_two_processes_match_one_with_the_same_global_batch(corpus, tmp_path):
-    steps = ("--max_iters=4", "--eval_interval=4", "--gradient_accumulation_steps=2")
+    steps = ("--max_iters=4", "--eval_interval=4", "--gradient_accumulation_steps=2", "--eval_iters=3")
     one = run(*tiny_args(corpus, tmp_path / "one", *steps))
     assert one.returncode == 0, one.stderr
     two = subprocess.run(
@@ -130,6 +130,13 @@ def test_two_processes_match_one_with_the_same_global_batch(corpus, tmp_path):
                      "see other windows than 1 process; the loss comparison needs it")
     for (s1, l1), (s2, l2) in zip(losses(tmp_path / "one"), losses(tmp_path / "two")):
         assert s1 == s2 and l1 == pytest.approx(l2, abs=1e-4)
+    # Evaluations score the same batches on 2 processes as on 1 (3 batches: one process takes 2, the other 1).
+    evals = [[r for r in map(json.loads, (tmp_path / run_dir / "log.jsonl").read_text().splitlines())
+              if r["kind"] == "eval"] for run_dir in ("one", "two")]
+    assert [e["step"] for e in evals[0]] == [e["step"] for e in evals[1]] == [0, 4]
+    for a, b in zip(*evals):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
 
 
 def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(corpus, tmp_path):

@@ -10,6 +10,7 @@ import dataclasses
 import errno
 import json
 import math
+import os
 import random
 from pathlib import Path
 
@@ -261,3 +262,96 @@ def test_existing_runs_are_never_overwritten(tiny, tmp_path, capsys):
     _fails(tiny("out", "--resume", "--n_embd=32"), capsys, "n_embd")
     _fails(tiny("out", "--resume", "--tokenizer=bpe:300"), capsys, "tokenizer")
     assert (ckpt.read_bytes(), (tmp_path / "out" / "log.jsonl").read_text()) == before
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a run shows, and settings a resumed run must apply (or refuse)
+
+
+def test_mfu_is_never_shown_above_100_percent(tiny, tmp_path, capsys):
+    assert main(tiny("out", "--peak_flops=1")) == 0  # a peak of 1 FLOP/s: any real speed is "above 100%"
+    out = capsys.readouterr().out
+    assert out.count("MFU came out above 100%") == 1 and "mfu n/a" in out
+    assert "MFU (model FLOPs utilisation) = " in out  # said once, where MFU first appears
+    assert all(r["mfu"] is None for r in records(tmp_path / "out", "train"))
+
+
+def test_resume_applies_the_optimizer_settings_it_records(tiny, tmp_path):
+    assert main(tiny("out", "--weight_decay=0.1")) == 0
+    seen = {}
+    original = torch.optim.AdamW.step
+
+    def step(self, *a, **kw):
+        seen["groups"] = [(g["weight_decay"], g["betas"]) for g in self.param_groups]
+        return original(self, *a, **kw)
+
+    torch.optim.AdamW.step = step
+    try:
+        assert main(tiny("out", "--resume", "--max_iters=5", "--weight_decay=0", "--beta1=0", "--beta2=0.5")) == 0
+    finally:
+        torch.optim.AdamW.step = original
+    assert seen["groups"] == [(0.0, (0.0, 0.5)), (0.0, (0.0, 0.5))]
+    saved = ckpt_io.load_checkpoint(tmp_path / "out" / "ckpt.pt")["config"]
+    assert (saved["weight_decay"], saved["beta1"], saved["beta2"]) == (0.0, 0.0, 0.5)
+
+
+@pytest.mark.parametrize("flag", ["--vocab_multiple=64", "--seed=7", "--init_from=elsewhere"])
+def test_resume_refuses_settings_fixed_at_the_start(tiny, tmp_path, capsys, flag):
+    assert main(tiny()) == 0
+    capsys.readouterr()
+    before = (tmp_path / "out" / "ckpt.pt").read_bytes()
+    _fails(tiny("out", "--resume", flag), capsys, flag.split("=")[0][2:], "keeps")
+    assert (tmp_path / "out" / "ckpt.pt").read_bytes() == before
+
+
+def test_fine_tuning_logs_the_starting_models_val_loss(tiny, tmp_path, capsys):
+    assert main(tiny("base")) == 0
+    capsys.readouterr()
+    assert main(tiny("tuned", "--max_iters=2", f"--init_from={tmp_path / 'base'}")) == 0
+    out = capsys.readouterr().out
+    base_val = records(tmp_path / "base", "eval")[-1]["val_loss"]
+    (line,) = [line for line in out.splitlines() if line.startswith("step 0")]
+    assert "the starting model, before fine-tuning" in line and f"val loss {base_val:.4f}" in line
+
+
+# ---------------------------------------------------------------------------------------------------
+# Faults of the machine: an out_dir in use, folders that cannot be written
+
+
+def test_an_out_dir_in_use_is_refused_naming_the_process(tiny, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); f.write('process 4242: python train.py (test)'); f.flush(); "
+         "print('locked', flush=True); time.sleep(60)", str(out / ".lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        _fails(tiny(), capsys, "in use", "process 4242")
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    # The lock dies with its process: the same command now runs.
+    assert main(tiny()) == 0
+
+
+def test_a_refused_run_leaves_no_out_dir_behind(tiny, tmp_path, capsys):
+    _fails(tiny("fresh", "--batch_size=100000"), capsys, "batch_size")
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_an_unwritable_out_dir_is_refused_before_any_work(tiny, tmp_path, capsys, monkeypatch):
+    import gpt.data
+
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setattr(gpt.data, "prepare", lambda *a, **kw: pytest.fail("prepared before checking out_dir"))
+    _fails(tiny("file/out"), capsys, "out_dir", "is a file")
+    if os.geteuid() != 0:  # root writes anywhere: the permission check cannot be seen as root
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        _fails(tiny("locked/out"), capsys, "out_dir", "not writable")
