@@ -391,7 +391,7 @@ class Run:
         mfu = self.flops_per_token * tok_per_s / (self.peak * self.dist.world_size) if self.peak else None
         self.log.write({"kind": "train", "step": self.step, "loss": value, "lr": lr,
                         "tokens": self.step * self.tokens_per_step, "tok_per_s": round(tok_per_s, 1),
-                        "mfu": None if mfu is None or mfu > 1 else round(mfu, 4), "elapsed": round(self.elapsed(), 3)})
+                        "mfu": None if mfu is None or mfu > 1 else round(mfu, 6), "elapsed": round(self.elapsed(), 3)})
         if mfu is not None and mfu > 1 and not self.mfu_capped_said:
             self.mfu_capped_said = True
             self.progress.say(f"note: MFU came out above 100% ({100 * mfu:.0f}%), which cannot be: the peak FLOP/s was "

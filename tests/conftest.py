@@ -35,5 +35,6 @@ def shared_path(*parts: str) -> Path:
     """A file under ../shared, or skip the test saying it is absent."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"{path} is absent (the shared files sit beside the checkout); this test needs it")
+        pytest.skip(f"{path} is absent: this test needs the optional folder ../shared beside the checkout, which "
+                    "holds Tiny Shakespeare and GPT-2's tokenizer files (README, 'Start here')")
     return path

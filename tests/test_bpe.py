@@ -183,12 +183,9 @@ def test_trains_a_real_vocabulary_on_shakespeare(shakespeare):
 
 @pytest.fixture(scope="module")
 def shakespeare():
-    from pathlib import Path
+    from conftest import shared_path
 
-    path = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "tinyshakespeare.txt"
-    if not path.is_file():
-        pytest.skip(f"{path} is absent (the shared corpora folder is not mounted)")
-    return path.read_text(encoding="utf-8")
+    return shared_path("corpora", "tinyshakespeare.txt").read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------------

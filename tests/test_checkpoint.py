@@ -143,3 +143,26 @@ def test_hf_folder_loads_with_its_own_tokenizer_files(tmp_path):
     (tmp_path / "hf" / "merges.txt").write_text("#version: 0.2\nx y\n")
     with pytest.raises(UserError, match="not GPT-2's tokenizer files"):
         load_model(tmp_path / "hf")
+
+
+def test_a_reader_never_sees_half_a_checkpoint_while_it_is_rewritten(tmp_path):
+    import threading
+
+    _, _, state = make_state()
+    path = tmp_path / "best.pt"
+    save_checkpoint(state, path)
+    errors = []
+
+    def write():
+        for step in range(30):
+            save_checkpoint({**state, "step": step}, path)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    while writer.is_alive():
+        try:
+            load_checkpoint(path)
+        except Exception as e:  # a half-written file would fail to load
+            errors.append(e)
+    writer.join()
+    assert errors == [] and load_checkpoint(path)["step"] == 29

@@ -49,15 +49,6 @@ def split_docs(ids: np.ndarray, eot: int | None) -> list[list[int]]:
     return docs
 
 
-def bpe_or_skip(corpus: str):
-    try:
-        return load_tokenizer("bpe:300", corpus=corpus)
-    except UserError as e:
-        if "unknown tokenizer" in str(e):
-            pytest.skip("gpt/tokenizer.py has no bpe:<N> kind yet (a teammate is adding it)")
-        raise
-
-
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of ~300 bytes and the worker pool even for tiny corpora, to exercise the streaming path."""
@@ -146,9 +137,8 @@ def test_include_glob_and_several_paths(tmp_path):
 
 def test_bpe_multi_file_round_trip_with_separators(tmp_path, small_chunks):
     texts = make_folder(tmp_path / "corpus", 8)
-    tok = bpe_or_skip("".join(texts.values()))
-    if tok.eot_id is None:
-        pytest.skip("this bpe tokenizer has no <|endoftext|>")
+    tok = load_tokenizer("bpe:300", corpus="".join(texts.values()))
+    assert tok.eot_id is not None
     p = prepare(str(tmp_path / "corpus"), "bpe:300", data_dir=tmp_path / "d", progress=False)
     assert p.tokenizer.vocab_size == 300 and p.meta["separator"] == "eot"
     assert "first" in p.meta["tokenizer"]["fitted_on"]
@@ -164,7 +154,7 @@ def test_bpe_multi_file_round_trip_with_separators(tmp_path, small_chunks):
 
 def test_bpe_single_file_round_trip(tmp_path):
     text = make_text(3, 300)
-    bpe_or_skip(text)
+    load_tokenizer("bpe:300", corpus=text)
     src = tmp_path / "one.txt"
     src.write_text(text, encoding="utf-8")
     p = prepare(str(src), "bpe:300", data_dir=tmp_path / "d", progress=False)
@@ -195,6 +185,20 @@ def test_cache_reused_without_tokenizing(tmp_path, monkeypatch):
     assert second.tokenizer.to_dict() == first.tokenizer.to_dict()
     assert second.meta == first.meta
     assert load_prepared(first.dir).meta == first.meta
+
+
+def test_cache_files_get_the_permissions_a_plain_write_gives(tmp_path):
+    import stat
+
+    src = tmp_path / "t.txt"
+    src.write_text(make_text(0, 50), encoding="utf-8")
+    previous = os.umask(0o022)
+    try:
+        p = prepare(str(src), "char", data_dir=tmp_path / "d", progress=False)
+    finally:
+        os.umask(previous)
+    for name in ("meta.json", "tokenizer.json", "train.bin", "val.bin"):
+        assert stat.S_IMODE((p.dir / name).stat().st_mode) == 0o644, name  # readable by a teammate
 
 
 def test_cache_invalidated_by_any_change(tmp_path):

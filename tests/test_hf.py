@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import struct
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import shared_path
 from gpt.errors import UserError
 from gpt.hf import load_hf_gpt2, read_safetensors, save_hf_gpt2, write_safetensors
 from gpt.model import GPT, GPTConfig
@@ -291,9 +291,7 @@ def test_a_char_model_comes_back_with_its_own_tokenizer(tmp_path):
 def test_a_folder_whose_tokenizer_outgrows_the_model_is_a_one_line_error(tmp_path, monkeypatch):
     from gpt.checkpoint import load_model
 
-    gpt2_dir = Path(__file__).resolve().parents[2] / "shared" / "gpt2"
-    if not (gpt2_dir / "encoder.json").is_file():
-        pytest.skip(f"{gpt2_dir} is absent (GPT-2's tokenizer files, beside the checkout); this test needs them")
+    gpt2_dir = shared_path("gpt2", "encoder.json").parent
     monkeypatch.setenv("GPT2_TOKENIZER_DIR", str(gpt2_dir))
     model = GPT(GPTConfig(vocab_size=65, block_size=8, n_layer=1, n_head=2, n_embd=8))
     save_hf_gpt2(model, tmp_path / "hf")  # no tokenizer: read back with GPT-2's, 50,257 tokens
@@ -309,9 +307,7 @@ def test_a_folder_whose_tokenizer_outgrows_the_model_is_a_one_line_error(tmp_pat
 def test_gpt2s_merges_are_recovered_exactly_from_its_ranks():
     from gpt.tokenizer import _gpt2_byte_to_char, _merges_of, load_gpt2
 
-    gpt2_dir = Path(__file__).resolve().parents[2] / "shared" / "gpt2"
-    if not (gpt2_dir / "vocab.bpe").is_file():
-        pytest.skip(f"{gpt2_dir} is absent (GPT-2's tokenizer files, beside the checkout); this test needs them")
+    gpt2_dir = shared_path("gpt2", "vocab.bpe").parent
     spell = _gpt2_byte_to_char()
     ours = [" ".join("".join(spell[b] for b in part) for part in pair) for pair in _merges_of(load_gpt2(gpt2_dir).ranks)]
     official = [line for line in (gpt2_dir / "vocab.bpe").read_text(encoding="utf-8").split("\n")

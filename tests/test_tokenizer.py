@@ -74,8 +74,10 @@ def offline(monkeypatch, tmp_path_factory):
 
 
 def need_gpt2_files() -> Path:
-    if not all((GPT2_DIR / n).is_file() for n in ("encoder.json", "vocab.bpe", "r50k_base.tiktoken")):
-        pytest.skip(f"GPT-2's tokenizer files are not in {GPT2_DIR} (the shared folder is not mounted)")
+    from conftest import shared_path
+
+    for name in ("encoder.json", "vocab.bpe", "r50k_base.tiktoken"):
+        shared_path("gpt2", name)
     return GPT2_DIR
 
 

@@ -355,3 +355,44 @@ def test_an_unwritable_out_dir_is_refused_before_any_work(tiny, tmp_path, capsys
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
         _fails(tiny("locked/out"), capsys, "out_dir", "not writable")
+
+
+def test_a_data_cache_deleted_before_a_resume_is_prepared_again(tiny, tmp_path):
+    import shutil
+
+    assert main(tiny()) == 0
+    shutil.rmtree(tmp_path / "data")
+    assert main(tiny("out", "--resume", "--max_iters=6")) == 0
+    assert ckpt_io.load_checkpoint(tmp_path / "out" / "ckpt.pt")["step"] == 6
+
+
+def test_without_matplotlib_the_skipped_plot_is_said_once(tiny, tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    assert main(tiny("out", "--plot=true", "--eval_interval=2")) == 0
+    out = capsys.readouterr().out
+    assert out.count("loss.png skipped: matplotlib is not installed") == 1 and 'pip install -e ".[plot]"' in out
+    assert not (tmp_path / "out" / "loss.png").exists()
+
+
+def test_a_stop_whose_save_fails_says_so_and_names_the_latest_good_checkpoint(tiny, tmp_path, monkeypatch, capsys):
+    import signal
+
+    from gpt import runtime
+
+    assert main(tiny("out", "--max_iters=2", "--eval_interval=100")) == 0  # ckpt.pt at step 2
+    capsys.readouterr()
+    monkeypatch.setattr(runtime.StopRequest, "install", lambda self: setattr(self, "signum", signal.SIGINT))
+    _disk_full_on(monkeypatch, {1, 2, 3})
+    assert main(tiny("out", "--resume", "--max_iters=6")) == 128 + signal.SIGINT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "SIGINT" in err[0] and "could not be saved" in err[0] and "step 2" in err[0]
+    assert ckpt_io.load_checkpoint(tmp_path / "out" / "ckpt.pt")["step"] == 2
