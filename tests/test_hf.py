@@ -329,3 +329,24 @@ def test_a_bpe_model_exports_a_tokenizer_transformers_reads(tmp_path):
     sample = "The lazy fox returns x ** 2; naïve élèves 日本 tabs\tand  spaces.\n<|endoftext|>def g(y):\n"
     assert theirs.encode(sample) == tokenizer.encode(sample)
     assert load_model(tmp_path / "hf").tokenizer.to_dict() == tokenizer.to_dict()
+
+
+def test_export_command_writes_a_folder_that_loads_back_the_same(tmp_path, capsys):
+    import dataclasses
+
+    from gpt.checkpoint import load_model, save_checkpoint
+    from gpt.hf import main
+    from gpt.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer("hello world\n")
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=8, bias=False))
+    save_checkpoint({"model_config": dataclasses.asdict(model.config), "model": model.state_dict(),
+                     "tokenizer": tokenizer.to_dict(), "step": 0}, tmp_path / "run" / "ckpt.pt")
+    assert main(["--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
+    assert "gpt_tokenizer.json" in capsys.readouterr().out
+    back = load_model(tmp_path / "hf")
+    idx = torch.tensor([tokenizer.encode("hello")])
+    torch.testing.assert_close(back.model(idx, all_logits=True)[0], model.eval()(idx, all_logits=True)[0])
+    assert back.tokenizer.to_dict() == tokenizer.to_dict()
+    assert main(["--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 2  # never overwrites
+    assert "already holds a model" in capsys.readouterr().err
