@@ -23,7 +23,8 @@ import os
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Iterable
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import tiktoken
@@ -44,9 +45,22 @@ class Tokenizer(ABC):
     name: str  # the spec that loads it again, e.g. "char", "bpe:4096", "gpt2"
     vocab_size: int
     eot_id: int | None  # the id of <|endoftext|>, where the tokenizer has one
+    # spelling -> id of the tokens that stand for no text (e.g. a chat template's markers); none by default
+    special_tokens: Mapping[str, int] = MappingProxyType({})
 
     @abstractmethod
     def encode(self, text: str) -> list[int]: ...
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """The ids of `text` as plain text: a special token's spelling in it ("<|end|>") is text, never that token.
+        What user-supplied text (a chat message) is encoded with, so that it cannot forge a template's markers."""
+        return self.encode(text)
+
+    def with_special_tokens(self, names: Iterable[str]) -> "Tokenizer":
+        """This tokenizer plus the special tokens `names` it lacks, at new ids after its vocabulary (in order);
+        the ids of everything it already had are unchanged."""
+        raise UserError(f"the {self.name} tokenizer cannot take special tokens (such as a chat template's): use "
+                        "a char, bpe:<N>, gpt2 or .tiktoken tokenizer")
 
     @abstractmethod
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
@@ -67,15 +81,21 @@ class CharTokenizer(Tokenizer):
     """One token per character: the vocabulary is the sorted set of the corpus's characters.
 
     Unknown-character policy: encoding a character outside the vocabulary is an error that lists them.
+    Special tokens (a chat template's markers) take the ids after the characters; text never encodes to them.
     """
 
-    def __init__(self, chars: str):
+    def __init__(self, chars: str, special_tokens: dict[str, int] | None = None):
         if not chars:
             raise UserError("cannot build a char tokenizer from an empty corpus: give it some text")
         self.chars = "".join(sorted(set(chars)))
         self.stoi = {c: i for i, c in enumerate(self.chars)}
+        self.special_tokens = dict(special_tokens or {})
+        if sorted(self.special_tokens.values()) != list(range(len(self.chars), len(self.chars) + len(self.special_tokens))):
+            raise UserError("a char tokenizer's special tokens must take the ids right after its characters: "
+                            "the saved tokenizer is damaged")
+        self.special_names = {i: name for name, i in self.special_tokens.items()}
         self.name = "char"
-        self.vocab_size = len(self.chars)
+        self.vocab_size = len(self.chars) + len(self.special_tokens)
         self.eot_id = None
 
     def encode(self, text: str) -> list[int]:
@@ -90,13 +110,23 @@ class CharTokenizer(Tokenizer):
             ) from None
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        return "".join(self.chars[i] for i in ids).encode("utf-8")
+        return self.decode(ids).encode("utf-8")
 
     def decode(self, ids: Iterable[int]) -> str:
-        return "".join(self.chars[i] for i in ids)
+        n = len(self.chars)
+        return "".join(self.chars[i] if i < n else self.special_names[i] for i in ids)
+
+    def with_special_tokens(self, names: Iterable[str]) -> "CharTokenizer":
+        added = dict(self.special_tokens)
+        for name in names:
+            added.setdefault(name, len(self.chars) + len(added))
+        return CharTokenizer(self.chars, added)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "char", "chars": self.chars}
+        data: dict[str, Any] = {"kind": "char", "chars": self.chars}
+        if self.special_tokens:  # absent when empty: older checkpoints and caches keep their exact form
+            data["special_tokens"] = dict(self.special_tokens)
+        return data
 
 
 class TiktokenTokenizer(Tokenizer):
@@ -106,6 +136,8 @@ class TiktokenTokenizer(Tokenizer):
     tokens, which is exactly what `to_dict` stores, so a checkpoint rebuilds it with no file or network.
     The literal text "<|endoftext|>" encodes to the end-of-text token (as in GPT-2's Hugging Face
     tokenizer), so documents joined with it keep their boundaries; decode gives the same text back.
+    No other special token (a chat template's markers) is ever produced from text, and `encode_ordinary`
+    produces none at all.
     """
 
     def __init__(
@@ -136,10 +168,19 @@ class TiktokenTokenizer(Tokenizer):
             )
         except ValueError as e:
             raise UserError(f"the {name} tokenizer's data is inconsistent ({e}): load or train it again") from None
-        self._specials = frozenset(self.special_tokens)
+        self._text_specials = frozenset(name for name in self.special_tokens if name == EOT)
 
     def encode(self, text: str) -> list[int]:
-        return self._encoding.encode(text, allowed_special=self._specials, disallowed_special=())
+        return self._encoding.encode(text, allowed_special=self._text_specials, disallowed_special=())
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return self._encoding.encode_ordinary(text)
+
+    def with_special_tokens(self, names: Iterable[str]) -> "TiktokenTokenizer":
+        added = dict(self.special_tokens)
+        for name in names:
+            added.setdefault(name, max([len(self.ranks) - 1, *added.values()]) + 1)
+        return TiktokenTokenizer(self.name, self.kind, self.ranks, pat_str=self.pat_str, special_tokens=added)
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         ids = [int(i) for i in ids]  # numpy/torch integers -> int, which tiktoken needs
@@ -515,7 +556,7 @@ def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
     """Rebuild a tokenizer from its `to_dict()` form (e.g. as stored in a checkpoint): no file or network."""
     kind = data.get("kind") if isinstance(data, dict) else None
     if kind == "char":
-        return CharTokenizer(data["chars"])
+        return CharTokenizer(data["chars"], data.get("special_tokens"))
     if kind in ("bpe", "gpt2", "tiktoken"):
         missing = [k for k in ("name", "pat_str", "token_bytes", "token_lengths", "special_tokens") if k not in data]
         if missing:
