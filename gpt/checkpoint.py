@@ -7,6 +7,7 @@ evaluation (gpt/evaluate.py) and fine-tuning load from here. One format, a dict 
     model_config    GPTConfig as a dict        model      the model's state_dict
     tokenizer       Tokenizer.to_dict()        step       optimizer steps taken
     config          the training settings      optimizer, rng, sampler, best_val_loss (for resuming)
+    chat_template   (models tuned on conversations) the template of gpt/chat.py, given back by load_model
 
 Saving is atomic (a temp file in the same folder, then a rename), so a kill at any instant leaves the
 previous checkpoint whole. Loading uses torch.load(weights_only=True), which refuses to unpickle anything
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 
 from gpt.atomic import atomic_write
+from gpt.chat import ChatTemplate
 from gpt.errors import UserError
 from gpt.hf import load_hf_gpt2
 from gpt.model import GPT, GPTConfig
@@ -153,12 +155,13 @@ def model_from_checkpoint(state: dict[str, Any]) -> GPT:
 
 @dataclass
 class Loaded:
-    """A model ready to use, the tokenizer it was trained with, and where they came from."""
+    """A model ready to use, the tokenizer it was trained with, its chat template, and where they came from."""
 
     model: GPT
     tokenizer: Tokenizer
     path: Path  # the checkpoint file, or the Hugging Face folder
     checkpoint: dict[str, Any] | None  # the full checkpoint; None for a Hugging Face folder
+    chat_template: ChatTemplate | None = None  # for a model tuned on conversations (gpt/chat.py); else None
 
 
 def resolve_checkpoint_path(spec: str | Path) -> Path:
@@ -193,7 +196,8 @@ def load_model(spec: str | Path, device: torch.device | str = "cpu") -> Loaded:
     model = model_from_checkpoint(state)
     tokenizer = tokenizer_from_dict(state["tokenizer"])
     _check_vocabularies(tokenizer, model, path)
-    return Loaded(model.to(device).eval(), tokenizer, path, state)
+    template = ChatTemplate.from_dict(state["chat_template"], tokenizer) if "chat_template" in state else None
+    return Loaded(model.to(device).eval(), tokenizer, path, state, template)
 
 
 def _check_vocabularies(tokenizer: Tokenizer, model: GPT, where: Path) -> None:

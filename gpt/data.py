@@ -385,12 +385,33 @@ def prepare(
         "val_fraction": float(val_fraction),
         "on_invalid_utf8": on_invalid_utf8,
     }
-    key = hashlib.blake2b(json.dumps(key_inputs, sort_keys=True).encode(), digest_size=8).hexdigest()
-    corpus_dir = data_dir / corpus
+    key = cache_key(key_inputs)
+    final, meta, reused = cached_folder(
+        data_dir, corpus, key, lambda tmp: _build(tmp, docs, sources, tokenizer, tok, key, key_inputs, corpus,
+                                                  val_fraction, include, on_invalid_utf8, errors, progress, started))
+    return _open(final, meta, tokenizer=tok, reused=reused)
+
+
+def cache_key(key_inputs: dict[str, Any]) -> str:
+    """The name of a cache folder: a hash of everything its content depends on."""
+    return hashlib.blake2b(json.dumps(key_inputs, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+def cached_folder(data_dir: Path, name: str, key: str, build: Callable[[Path], dict],
+                  trusted: Callable[[Path, str], dict | None] | None = None) -> tuple[Path, dict, bool]:
+    """The complete cache folder data_dir/name/key: (folder, meta, reused).
+
+    Found and trusted (`trusted(folder, key)` gives its meta; by default that of token bins), it is reused;
+    otherwise `build(tmp)` fills a temporary folder and returns the meta it wrote (meta.json last), and the
+    folder is renamed into place whole. Preparing text (`prepare`) and rendering conversations
+    (gpt/chat_data.py) share this mechanism.
+    """
+    trusted = trusted or _trusted
+    corpus_dir = data_dir / name
     final = corpus_dir / key
-    meta = _trusted(final, key)
+    meta = trusted(final, key)
     if meta is not None:
-        return _open(final, meta, tokenizer=tok, reused=True)
+        return final, meta, True
 
     # Nothing cached: check the folder can be written before any work, and take the corpus's lock, so that two
     # prepares of the same inputs at once do the work once (the second waits, then finds the first's result).
@@ -399,37 +420,35 @@ def prepare(
     try:
         corpus_dir.mkdir(parents=True, exist_ok=True)
         with _prepare_lock(corpus_dir / f".{key}.lock"):
-            meta = _trusted(final, key)
+            meta = trusted(final, key)
             if meta is not None:
-                return _open(final, meta, tokenizer=tok, reused=True)
-            meta = _build_into(final, key, docs, sources, tokenizer, tok, key_inputs, corpus, val_fraction, include,
-                               on_invalid_utf8, errors, progress, started)
+                return final, meta, True
+            meta = _build_into(final, key, name, build, trusted)
     except BaseException:
         # A refused or failed prepare leaves nothing behind: the folders it made go again if they are empty.
         for folder in reversed(made):
             if folder.is_dir() and not [p for p in folder.iterdir() if not p.name.endswith(".lock")]:
                 shutil.rmtree(folder, ignore_errors=True)
         raise
-    return _open(final, meta, tokenizer=tok, reused=False)
+    return final, meta, False
 
 
-def _build_into(final: Path, key: str, docs, sources, tokenizer, tok, key_inputs, corpus, val_fraction, include,
-                on_invalid_utf8, errors, progress, started) -> dict:
+def _build_into(final: Path, key: str, name: str, build: Callable[[Path], dict],
+                trusted: Callable[[Path, str], dict | None]) -> dict:
     """Build the cache folder under a temporary name and rename it into place when complete."""
     corpus_dir = final.parent
     _remove_dead_temporaries(corpus_dir)
     tmp = corpus_dir / f".tmp-{key}-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         tmp.mkdir()
-        meta = _build(tmp, docs, sources, tokenizer, tok, key, key_inputs, corpus, val_fraction, include,
-                      on_invalid_utf8, errors, progress, started)
-        if final.exists() and _trusted(final, key) is None:
+        meta = build(tmp)
+        if final.exists() and trusted(final, key) is None:
             shutil.rmtree(final)  # half-made by something else (e.g. copied partially): never trusted
         try:
             os.replace(tmp, final)
         except OSError:
             # Another process finished the same folder first (without our lock: e.g. an older version): use theirs.
-            other = _trusted(final, key)
+            other = trusted(final, key)
             if other is None:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
@@ -438,11 +457,11 @@ def _build_into(final: Path, key: str, docs, sources, tokenizer, tok, key_inputs
         shutil.rmtree(tmp, ignore_errors=True)
         if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
             free = shutil.disk_usage(corpus_dir).free if corpus_dir.exists() else 0
-            raise UserError(f"cannot prepare {corpus}: no space left on the device holding {corpus_dir} "
+            raise UserError(f"cannot prepare {name}: no space left on the device holding {corpus_dir} "
                             f"({free / 1e6:,.1f} MB free; the bins take about 2-4 bytes per token): free some space "
                             "or choose another --data_dir") from None
         if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise UserError(f"cannot prepare {corpus} in {corpus_dir}: {e.strerror}; choose a writable "
+            raise UserError(f"cannot prepare {name} in {corpus_dir}: {e.strerror}; choose a writable "
                             "--data_dir") from None
         raise
     except BaseException:

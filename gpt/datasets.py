@@ -9,7 +9,9 @@ Its place in the flow: between preparing the data (gpt/data.py: text -> token bi
 
 Each kind of data is one class here, picked from the form of the `data` setting by `open_training_data`:
 
-    TextData     plain text (files, folders, named corpora): random windows; loss = next-token cross-entropy
+    TextData     plain text (files, folders, named corpora, {"text"} JSONL): random windows; loss = next-token
+                 cross-entropy
+    ChatData     conversations in JSONL (gpt/chat_data.py): packed windows; loss on the assistant's tokens
 
 A new kind (conversations, preference pairs, ...) is a new class beside TextData and one more case in
 `open_training_data`; the loop does not change.
@@ -59,6 +61,14 @@ class TrainingData(ABC):
         """The loss in bits per byte of text, where the data knows its bytes (None otherwise)."""
         return None
 
+    @property
+    def chat_template(self) -> Any:
+        """The chat template (gpt/chat.py) checkpoints of this run record: the data's, or the one the tokenizer
+        carries the markers of (a chat model fine-tuned further on text keeps it); None for plain text."""
+        from gpt.chat import ChatTemplate
+
+        return ChatTemplate.of_tokenizer(self.tokenizer)
+
 
 class TextData(TrainingData):
     """Plain text, prepared into train.bin / val.bin; batches are random windows (gpt/batches.py)."""
@@ -102,10 +112,21 @@ class TextData(TrainingData):
 
 
 def open_training_data(cfg: Any, tokenizer: Tokenizer | str, *, progress: bool) -> TrainingData:
-    """The training data named by cfg.data, recognised by its form, prepared (or found in the cache)."""
+    """The training data named by cfg.data, recognised by its form, prepared (or found in the cache): .jsonl files
+    of conversations are ChatData; anything else, {"text"} JSONL included, is TextData."""
+    from gpt.chat_data import jsonl_files, jsonl_kind, jsonl_text_file, open_conversations
     from gpt.data import prepare
 
-    return TextData(prepare(cfg.data, tokenizer, include=cfg.include, val_fraction=cfg.val_fraction,
+    data = cfg.data
+    files = jsonl_files(cfg.data, cfg.include, cfg.data_dir)
+    if files is not None and jsonl_kind(files) == "conversations":
+        return open_conversations(files, cfg, tokenizer)
+    if getattr(cfg, "val_data", None):
+        raise UserError("val_data (a separate validation file) is for conversation data; plain text holds out "
+                        "val_fraction of itself")
+    if files is not None:
+        data = [str(jsonl_text_file(files, tokenizer, cfg.data_dir))]
+    return TextData(prepare(data, tokenizer, include=None if files else cfg.include, val_fraction=cfg.val_fraction,
                             data_dir=cfg.data_dir, on_invalid_utf8=cfg.on_invalid_utf8, progress=progress))
 
 

@@ -259,6 +259,38 @@ def starting_model(cfg: Any, resume_state: dict[str, Any] | None, log) -> tuple[
     return None, cfg.tokenizer, cfg
 
 
+def add_token_rows(model: GPT, known: int, needed: int, vocab_multiple: int = 1, log=lambda text: None) -> GPT:
+    """The model with embedding rows (and the tied LM head's) for tokens known..needed-1, which it never saw.
+
+    A new token's row starts at the mean of the known tokens' rows plus a little noise: its logit is then about
+    an average one, neither dominating the next-token distribution nor unreachable, and the new rows differ
+    from each other. The known rows are untouched, so every known token's logit is exactly what it was. Rows
+    that padding already provides (the vocabulary rounded up) are reused; otherwise the matrix grows.
+    """
+    if needed <= known:
+        return model
+    weights = ckpt_io.clean_state_dict(model)
+    size = max(model.config.vocab_size, -(-needed // vocab_multiple) * vocab_multiple)
+    generator = torch.Generator().manual_seed(needed)
+    grown: dict[int, torch.Tensor] = {}  # one new matrix per distinct tensor (tied: the embedding and the head)
+    for name in ("transformer.wte.weight", "lm_head.weight"):
+        old = weights[name]
+        if id(old) not in grown:
+            rows = torch.zeros(size, old.shape[1], dtype=old.dtype)
+            rows[: old.shape[0]] = old
+            base = old[:known].float()
+            noise = torch.randn(needed - known, old.shape[1], generator=generator) * base.std(dim=0) * 0.1
+            rows[known:needed] = (base.mean(dim=0) + noise).to(old.dtype)
+            grown[id(old)] = rows
+        weights[name] = grown[id(old)]
+    new = GPT(dataclasses.replace(model.config, vocab_size=size))
+    new.load_state_dict(weights)
+    room = f"grows from {model.config.vocab_size} to {size}" if size > model.config.vocab_size else "has room for them"
+    log(f"vocabulary: {needed - known} new token(s) for the data (ids {known}..{needed - 1}), started at the mean of "
+        f"the known tokens' embeddings; the model's vocabulary {room}")
+    return new
+
+
 def new_model(cfg: Any, vocab_size: int) -> GPT:
     padded = -(-vocab_size // cfg.vocab_multiple) * cfg.vocab_multiple
     return GPT(GPTConfig(vocab_size=padded, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
@@ -270,9 +302,11 @@ def new_model(cfg: Any, vocab_size: int) -> GPT:
 
 
 def training_state(model: GPT, tokenizer: Tokenizer, cfg: Any, *, step: int, best_val_loss: float,
-                   elapsed: float) -> dict[str, Any]:
-    """What every checkpoint of a run holds: enough to sample from it, evaluate it, or fine-tune it."""
-    return {
+                   elapsed: float, chat_template: Any = None) -> dict[str, Any]:
+    """What every checkpoint of a run holds: enough to sample from it, evaluate it, or fine-tune it (and, for a
+    model tuned on conversations, the chat template that gpt.checkpoint.load_model gives back)."""
+    extra = {} if chat_template is None else {"chat_template": chat_template.to_dict()}
+    return {**extra,
         "model_config": dataclasses.asdict(model.config),
         "model": ckpt_io.clean_state_dict(model),
         "tokenizer": tokenizer.to_dict(),
@@ -456,7 +490,8 @@ class Run:
     def _save(self, path: Path, full: bool) -> bool:
         """Write a checkpoint (rank 0); every process takes part, since the training state is gathered."""
         state = training_state(self.model, self.data.tokenizer, self.cfg, step=self.step,
-                               best_val_loss=self.best_val_loss, elapsed=self.elapsed())
+                               best_val_loss=self.best_val_loss, elapsed=self.elapsed(),
+                               chat_template=self.data.chat_template)
         if full:
             state.update(resumable_state(self.optimizer, self.scaler, self.batches, self.device, self.dist))
         if not self.dist.master:

@@ -41,8 +41,9 @@ from gpt.errors import UserError, exit_on_user_error
 from gpt.optim import learning_rate_at, make_optimizer, param_groups, set_hyperparameters  # noqa: F401 (re-exported)
 from gpt.runlog import MFU_EXPLAINED
 from gpt.atomic import check_writable
-from gpt.runtime import (Dist, OutDirLock, Run, dist_from_env, end_process_group, new_model,
+from gpt.runtime import (Dist, OutDirLock, Run, add_token_rows, dist_from_env, end_process_group, new_model,
                          restore_rng, restore_sampler, seed_everything, setup_device, starting_model)
+from gpt.tokenizer import Tokenizer
 
 # The settings fixed when a run starts: a resumed run must keep them. The shape of the weights; the rounding of
 # the vocabulary (also a shape); the seed (the random streams continue from the checkpoint); the starting model.
@@ -53,9 +54,11 @@ FIXED_AT_START = ("vocab_multiple", "seed", "init_from")
 @dataclass
 class TrainConfig:
     # data
-    data: list[str] = setting(["stdlib"], "the text: a file, a folder, or a named corpus (stdlib, shakespeare); several: repeat --data or join with ','")
+    data: list[str] = setting(["stdlib"], "the text: a file, a folder, or a named corpus (stdlib, shakespeare); .jsonl files of conversations train a chat model; several: repeat --data or join with ','")
     include: str | None = setting(None, "with a folder: only files matching this glob (e.g. '*.py')")
-    val_fraction: float = setting(0.1, "share of the text held out for validation")
+    val_fraction: float = setting(0.1, "share of the text (or of the conversations) held out for validation")
+    val_data: str | None = setting(None, "conversations only: a .jsonl file (or folder) to validate on instead of a val_fraction share")
+    loss_on: str = setting("assistant", "conversations only: assistant (the loss counts the answers and their end token) or all (every token)")
     data_dir: str = setting("data", "where prepared token bins are cached")
     on_invalid_utf8: str = setting("error", "a file that is not UTF-8: error (with file and byte offset) or replace (bad bytes become U+FFFD)")
     tokenizer: str = setting("char", "char, bpe:<vocab_size>, gpt2, or a .tiktoken file (ignored with init_from/resume: theirs is used)")
@@ -121,6 +124,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"beta1 and beta2 must be in [0, 1), got {cfg.beta1} and {cfg.beta2}")
     if cfg.weight_decay < 0 or cfg.grad_clip < 0 or cfg.peak_flops < 0:
         raise UserError("weight_decay, grad_clip and peak_flops must not be negative")
+    if cfg.loss_on not in ("assistant", "all"):
+        raise UserError(f"loss_on must be assistant (the answers only) or all (every token), got {cfg.loss_on!r}")
 
 
 def resolve_config(argv: list[str]) -> tuple[TrainConfig, dict[str, Any] | None]:
@@ -217,9 +222,9 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
     data.check_fits(cfg.block_size, cfg.batch_size, dist.world_size)
     if model is None:
         model = new_model(cfg, data.tokenizer.vocab_size)
-    elif data.tokenizer.vocab_size > model.config.vocab_size:
-        raise UserError(f"the tokenizer has {data.tokenizer.vocab_size} tokens but the model only "
-                        f"{model.config.vocab_size}")
+    else:  # the data may bring tokens the starting model never saw (a chat template's markers): rows for them
+        known = tokenizer.vocab_size if isinstance(tokenizer, Tokenizer) else data.tokenizer.vocab_size
+        model = add_token_rows(model, known, data.tokenizer.vocab_size, cfg.vocab_multiple, log)
     model.to(device)
 
     optimizer = make_optimizer(model, cfg)
