@@ -36,7 +36,10 @@ Other policies
 - An empty prompt starts from <|endoftext|> when the tokenizer has one (GPT-2, BPE), else from "\\n" (a
   character tokenizer); that start token is not printed.
 - A sample ends at max_new_tokens, at a stop string (which is not printed), or when the model produces
-  <|endoftext|> (not printed either). num_samples samples are generated together as one batch; each ends
+  <|endoftext|> or, for a model tuned on conversations, a marker of its chat template such as <|end|> (not
+  printed either). With --chat the prompt is the user's message in that template (gpt/chat.py), and only
+  the answer is printed; --interactive --chat keeps the conversation, dropping its oldest exchanges when
+  they leave less than min(max_new_tokens, block_size // 2) tokens of the context for the answer. num_samples samples are generated together as one batch; each ends
   on its own, and the loop ends when all have.
 - Output is decoded through the tokens' UTF-8 bytes and an incremental decoder, so a character split
   across byte-level tokens is printed only once it is whole. Text that could still be the start of a stop
@@ -55,6 +58,7 @@ from typing import Iterator, Sequence, TextIO
 
 import torch
 
+from gpt.chat import Message, trim_history
 from gpt.checkpoint import load_model
 from gpt.config import parse_args, setting
 from gpt.device import autocast, pick_device, pick_dtype
@@ -80,7 +84,9 @@ class SampleConfig:
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = setting("auto", "auto (bf16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16")
     stream: bool | None = setting(None, "flush the first sample's text at every token (default on a terminal); otherwise it is written line by line as it is generated")
-    interactive: bool = setting(False, "read prompts line by line from stdin until end of input; print a completion for each")
+    interactive: bool = setting(False, "read prompts line by line from stdin until end of input; print a completion for each (with --chat: a conversation)")
+    chat: bool = setting(False, "a model tuned on conversations: send the prompt as the user's message in its chat template, print only the answer, stop at the end of the turn")
+    system: str | None = setting(None, "with --chat: a system message that comes before the conversation")
     no_kv_cache: bool = setting(
         False,
         "recompute the whole window every step instead of using the KV cache (slow; the reference path). Both paths "
@@ -98,7 +104,9 @@ Examples (out/default is what `python train.py` makes; out/shakespeare_char_cpu 
   python sample.py --ckpt out/shakespeare_char_cpu --prompt "ROMEO:" --max_new_tokens 300
   python sample.py --ckpt out/shakespeare_char_cpu --prompt "ROMEO:" --temperature 0 --stop "\n\n"
   python sample.py --ckpt out/shakespeare_char_cpu --prompt "Listen to your" --show_probs 10 --steps 3
-  echo "First Citizen:" | python sample.py --ckpt out/shakespeare_char_cpu"""
+  echo "First Citizen:" | python sample.py --ckpt out/shakespeare_char_cpu
+  python sample.py --ckpt out/sft_tasks --chat --prompt "Reverse the word stone."
+  python sample.py --ckpt out/sft_tasks --chat --interactive         # a conversation, one message per line"""
 
 
 def unescape(text: str) -> str:
@@ -139,6 +147,10 @@ def check_settings(cfg: SampleConfig) -> None:
         raise UserError("give the prompt by --prompt or by --prompt_file, not both")
     if cfg.interactive and (cfg.prompt is not None or cfg.prompt_file is not None):
         raise UserError("--interactive reads its prompts from stdin: drop --prompt/--prompt_file")
+    if cfg.system is not None and not cfg.chat:
+        raise UserError("--system is a message of a conversation: add --chat")
+    if cfg.chat and cfg.interactive and cfg.num_samples > 1:
+        raise UserError("an interactive chat keeps one answer per turn: drop --num_samples")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -391,8 +403,16 @@ class Sampler:
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
         loaded = load_model(cfg.ckpt, self.device)
-        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.model, self.tokenizer, self.template = loaded.model, loaded.tokenizer, loaded.chat_template
         self.stream = out.isatty() if cfg.stream is None else cfg.stream
+        if cfg.chat and self.template is None:
+            raise UserError(f"{loaded.path} has no chat template (it was not tuned on conversations): drop --chat, "
+                            "or tune it first (python train.py --data=conversations.jsonl --init_from=...)")
+        # A sample ends at <|endoftext|>, and, for a chat model, at the end of a turn (any marker of the template).
+        self.stop_ids = set() if self.tokenizer.eot_id is None else {self.tokenizer.eot_id}
+        if self.template is not None:
+            self.stop_ids |= self.template.stop_ids
+        self.history: list[Message] = []  # an interactive chat's conversation so far
 
     def _generators(self, count: int) -> list[torch.Generator]:
         # Re-seeded for every prompt, so a prompt's text does not depend on what came before it; one stream
@@ -400,22 +420,39 @@ class Sampler:
         return sample_generators(self.cfg.seed, count, self.device)
 
     def run(self, prompt: str) -> None:
-        ids = encode_prompt(self.tokenizer, prompt)
+        if self.cfg.chat:
+            ids = self.chat_prompt(prompt)
+        else:
+            ids = encode_prompt(self.tokenizer, prompt)
         if self.cfg.show_probs:
             self.show_probs(prompt, ids)
         else:
-            self.write_samples(prompt, ids)
+            texts = self.write_samples(prompt, ids)
+            if self.cfg.chat and self.cfg.interactive:
+                self.history += [Message("user", prompt), Message("assistant", texts[0].text)]
 
-    def write_samples(self, prompt: str, ids: list[int]) -> None:
+    def chat_prompt(self, prompt: str) -> list[int]:
+        """The template's prompt for the user's message: after the system message and, in an interactive chat,
+        the turns so far, trimmed from the oldest when they leave too little of the context for the answer."""
+        if not prompt.strip():
+            raise UserError("the message is empty: type something to say to the model")
+        system = [Message("system", self.cfg.system)] if self.cfg.system else []
+        messages = system + self.history + [Message("user", prompt)]
+        block_size = self.model.config.block_size
+        room = min(self.cfg.max_new_tokens, block_size // 2)
+        messages = trim_history(self.template, messages, block_size - room)
+        self.history = messages[len(system):-1]
+        return self.template.prompt(messages)
+
+    def write_samples(self, prompt: str, ids: list[int]) -> list[TextStream]:
         """Generate num_samples samples as one batch. The first is written as it is produced (every token on a
         terminal or with --stream, else every line), the others when the batch ends. On Ctrl-C what was generated
-        so far is written before the interruption goes on (exit 130)."""
+        so far is written before the interruption goes on (exit 130). Returns the samples' texts."""
         cfg, out = self.cfg, self.out
         B = cfg.num_samples
         prompt_ids = torch.tensor([ids] * B, dtype=torch.long, device=self.device)
         texts = [TextStream(self.tokenizer, cfg.stop) for _ in range(B)]
-        eot = self.tokenizer.eot_id
-        heading = "" if cfg.interactive else prompt  # interactive: the prompt was just typed
+        heading = "" if cfg.interactive or cfg.chat else prompt  # interactive: just typed; chat: only the answer
         self._emit(heading)
         tokens = generate_tokens(self.model, prompt_ids, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
                                  self._generators(B), not cfg.no_kv_cache, self.dtype, self.tokenizer.vocab_size)
@@ -425,7 +462,7 @@ class Sampler:
                 for b, token in enumerate(next_ids.tolist()):
                     if texts[b].done:
                         continue
-                    piece = texts[b].finish() if token == eot else texts[b].push(token)
+                    piece = texts[b].finish() if token in self.stop_ids else texts[b].push(token)
                     if b == 0:
                         self._emit(piece)
                 if all(t.done for t in texts):
@@ -439,6 +476,7 @@ class Sampler:
         out.flush()
         if interrupted:
             raise KeyboardInterrupt
+        return texts
 
     def _emit(self, text: str, flush: bool = False) -> None:
         """Write the first sample's text: flushed at every token when streaming, else at each line's end."""
@@ -518,8 +556,12 @@ def main(argv: list[str] | None = None) -> int:
         sampler.run(prompt)
         return 0
     if stdin.isatty():
-        print("type a prompt and press Enter (end with Ctrl-D)", file=sys.stderr)
+        what = "a message" if cfg.chat else "a prompt"
+        print(f"type {what} and press Enter (end with Ctrl-D)", file=sys.stderr)
     for line in stdin:
-        sampler.run(line.rstrip("\r\n"))
+        line = line.rstrip("\r\n")
+        if cfg.chat and not line.strip():
+            continue  # an empty line says nothing to the model
+        sampler.run(line)
         out.flush()
     return 0
