@@ -10,9 +10,9 @@
 Both read the suite from data/tasks (python -m gpt.tasks make --out data/tasks) and write JSON to bench/results/.
 Examples, as BENCHMARKS.md records them:
 
-    python bench/sft.py curve --name scratch
-    python bench/sft.py curve --name scratch_all -- --loss_on=all
-    python bench/sft.py curve --name from_default -- --init_from=out/default
+    python bench/sft.py curve --name from_default --stages 250,500 --threads 1 --out out/curve_from_default
+    python bench/sft.py curve --name from_default_all --threads 1 -- --loss_on=all
+    python bench/sft.py curve --name scratch --threads 1 -- --init_from=scratch
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p = sub.add_parser("curve")
     p.add_argument("--name", default="scratch")
-    p.add_argument("--stages", default="250,500,750,1000,1250,1500")
+    p.add_argument("--stages", default="250,500")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default="")
     args = parser.parse_args(argv)

@@ -190,7 +190,8 @@ def load_model(spec: str | Path, device: torch.device | str = "cpu") -> Loaded:
         # The tokenizer saved beside the weights (ours, or vocab.json + merges.txt), else GPT-2's found offline.
         tokenizer = load_hf_tokenizer(spec) or load_tokenizer("gpt2")
         _check_vocabularies(tokenizer, model, Path(spec))
-        return Loaded(model.to(device).eval(), tokenizer, Path(spec), None)
+        # An exported chat model's tokenizer carries the template's markers: the same template again.
+        return Loaded(model.to(device).eval(), tokenizer, Path(spec), None, ChatTemplate.of_tokenizer(tokenizer))
     path = resolve_checkpoint_path(spec)
     state = load_checkpoint(path)
     model = model_from_checkpoint(state)

@@ -80,6 +80,12 @@ def test_the_template_is_in_the_checkpoint_and_later_fine_tunes_keep_it(runs, tm
     again = ckpt_io.load_model(tmp_path / "again")
     assert again.chat_template is not None and again.tokenizer.to_dict() == loaded.tokenizer.to_dict()
     assert again.model.config.vocab_size == loaded.model.config.vocab_size  # nothing to grow
+    # Exported as a Hugging Face folder, the tokenizer beside the weights carries the markers: the same template.
+    from gpt.hf import save_hf_gpt2
+
+    save_hf_gpt2(loaded.model, tmp_path / "hf", loaded.tokenizer)
+    exported = ckpt_io.load_model(tmp_path / "hf")
+    assert exported.chat_template is not None and exported.chat_template.prompt(messages) == template.prompt(messages)
 
 
 def test_a_pretrained_model_grows_its_vocabulary_for_the_markers(tmp_path, capsys):
@@ -148,6 +154,29 @@ def test_chat_sampling_from_the_command_line(runs, capsys):
                          capture_output=True, timeout=120, input=stdin)
     assert run.returncode == 0, run.stderr
     assert len(run.stdout.splitlines()) == 3 and "<|" not in run.stdout
+
+
+def test_every_readme_chat_example_answers_and_stops(runs, monkeypatch, capsys):
+    import io
+
+    from gpt.generate import main as sample
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_readme import sample_examples
+
+    examples = [args for _, args in sample_examples() if "--chat" in args]
+    assert len(examples) >= 2
+    for args in examples:
+        args = list(args)
+        del args[args.index("--ckpt"): args.index("--ckpt") + 2]
+        if "--prompt" in args:  # the tiny suite's tasks: its char tokenizer knows only their characters
+            args[args.index("--prompt") + 1] = "length: abc"
+        monkeypatch.setattr(sys, "stdin", io.StringIO("length: abc\ncount a in banana\n"))
+        capsys.readouterr()
+        assert sample([*args, f"--ckpt={runs / 'tuned'}", "--max_new_tokens=8", "--device=cpu"]) == 0
+        out, err = capsys.readouterr()
+        lines = out.splitlines()
+        assert err == "" and "<|" not in out and len(lines) == (2 if "--interactive" in args else 1), (args, out)
 
 
 def test_sample_chat_refuses_a_model_without_a_template(tmp_path, capsys):
