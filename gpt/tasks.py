@@ -461,6 +461,8 @@ def score_main(argv: list[str]) -> int:
     if not path.is_file():
         raise UserError(f"{path} not found: give a .jsonl file of prompt/response lines (python -m gpt.tasks make "
                         "writes one)")
+    if cfg.answers and Path(cfg.answers).exists():
+        raise UserError(f"{cfg.answers} already exists: choose another --answers file or remove it")
     items = read_conversations([path])
     if cfg.limit:
         items = items[: cfg.limit]

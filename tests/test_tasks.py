@@ -138,3 +138,7 @@ def test_make_writes_the_three_files_and_refuses_to_overwrite(tmp_path, capsys):
     assert main(["make", f"--out={out}", "--tasks=nope"]) == 2 and "unknown task" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2 and "unknown subcommand" in capsys.readouterr().err
     assert main(["eval", f"--data={tmp_path / 'missing.jsonl'}"]) == 2 and "not found" in capsys.readouterr().err
+    taken = tmp_path / "answers.jsonl"
+    taken.write_text("kept\n")
+    assert main(["eval", f"--data={out / 'test.jsonl'}", f"--answers={taken}"]) == 2
+    assert "already exists" in capsys.readouterr().err and taken.read_text() == "kept\n"
