@@ -15,6 +15,7 @@ hs = head size = C / nh, V = vocab_size, L = number of positions held in the KV 
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -50,6 +51,10 @@ class KVCache:
     Without a cache, generating each new token re-runs the whole sequence through the model. With it,
     a step feeds only the new token: its query attends to the stored keys and values of the earlier
     ones, which never change (attention is causal). The buffers are allocated once, full size.
+
+    Each row of the batch is a sequence of its own length (`lengths`): a server decodes requests that
+    started at different times side by side. A row's new tokens go to its own next positions, and its
+    queries see only its own keys (`positions`, and the mask in CausalSelfAttention).
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=None):
@@ -57,10 +62,25 @@ class KVCache:
         shape = (batch_size, config.n_head, config.block_size, head_size)  # [B, nh, block_size, hs]
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.length = 0  # positions filled so far
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # [B] positions filled in each row
+        self.length = 0  # the longest row's: attention reads positions 0..length-1 (plus the new ones)
         self.capacity = config.block_size
 
+    def positions(self, T: int) -> torch.Tensor:
+        """Where T new tokens of each row go: [B, T], each row continuing from its own length."""
+        return self.lengths[:, None] + torch.arange(T, device=self.lengths.device)
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """Rows start..stop-1 as a cache of their own that shares this one's memory (to fill some rows only)."""
+        view = copy.copy(self)
+        view.keys = [k[start:stop] for k in self.keys]
+        view.values = [v[start:stop] for v in self.values]
+        view.lengths = self.lengths[start:stop]
+        view.length = int(view.lengths.max()) if stop > start else 0
+        return view
+
     def reset(self) -> None:
+        self.lengths.zero_()
         self.length = 0
 
 
@@ -92,36 +112,33 @@ class CausalSelfAttention(nn.Module):
         self.plain = False
         self.weights: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                pos: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         qkv = self.c_attn(x)  # [B, T, 3C]: queries, keys and values of all heads side by side
         # Split into q, k, v and the channels into heads: [B, T, 3, nh, hs] -> 3 x [B, nh, T, hs]
         q, k, v = qkv.view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
 
-        start = 0
+        allowed = None  # without a cache: plain causal attention over these T tokens
         if cache is not None:
-            # Store this step's keys and values after the earlier ones, then attend over all L of them.
-            start = cache.length
-            cache.keys[layer][:, :, start : start + T] = k
-            cache.values[layer][:, :, start : start + T] = v
-            k = cache.keys[layer][:, :, : start + T]  # [B, nh, L, hs], L = start + T
-            v = cache.values[layer][:, :, : start + T]
+            # Store this step's keys and values at each row's positions pos [B, T], after its earlier ones,
+            # then attend over the first L positions. Rows may differ in length, so each query sees only
+            # its own row's keys up to its own position: allowed [B, 1, T, L].
+            rows = torch.arange(B, device=x.device)[:, None]  # [B, 1]
+            cache.keys[layer][rows, :, pos] = k.transpose(1, 2)  # [B, T, nh, hs] into [B, nh, block_size, hs]
+            cache.values[layer][rows, :, pos] = v.transpose(1, 2)
+            L = cache.length + T
+            k, v = cache.keys[layer][:, :, :L], cache.values[layer][:, :, :L]  # [B, nh, L, hs]
+            allowed = torch.arange(L, device=x.device) <= pos[:, None, :, None]
 
         dropout = self.dropout if self.training else 0.0
         if self.plain:
-            allowed = torch.arange(start + T, device=x.device)[None, :] <= torch.arange(start, start + T, device=x.device)[:, None]
+            if allowed is None:  # token t may look at tokens 0..t
+                allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             y, self.weights = plain_attention(q, k, v, allowed, dropout)
         else:
             # The same softmax(q @ k^T / sqrt(hs)) @ v as plain_attention, fused (flash attention where available).
-            if start == 0:  # token t attends to tokens 0..t
-                mask, is_causal = None, True
-            elif T == 1:  # one new token may see everything stored: no mask needed
-                mask, is_causal = None, False
-            else:  # new token i sits at position start + i and may see keys 0..start + i
-                query_pos = torch.arange(start, start + T, device=x.device)
-                mask = torch.arange(start + T, device=x.device)[None, :] <= query_pos[:, None]  # [T, L]
-                is_causal = False
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=allowed is None, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: [B, T, C]
         return self.resid_dropout(self.c_proj(y))
 
@@ -150,10 +167,11 @@ class Block(nn.Module):
         self.ln_2 = None if config.attention_only else nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = None if config.attention_only else MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                pos: torch.Tensor | None = None) -> torch.Tensor:
         # Each sub-layer adds to the residual stream x rather than replacing it, which keeps deep
         # stacks trainable: gradients flow straight through the additions.
-        x = x + self.attn(self.ln_1(x), cache, layer)
+        x = x + self.attn(self.ln_1(x), cache, layer, pos)
         if self.mlp is not None:
             x = x + self.mlp(self.ln_2(x))
         return x
@@ -211,13 +229,17 @@ class GPT(nn.Module):
         start = 0 if kv_cache is None else kv_cache.length
         self._check_input(idx, start)
 
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # [T]
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # [B, T, C] + [T, C] -> [B, T, C]
+        if kv_cache is None:
+            pos = torch.arange(T, device=idx.device)  # [T]
+        else:
+            pos = kv_cache.positions(T)  # [B, T]: each row continues its own sequence
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # [B, T, C] + [T, C] or [B, T, C] -> [B, T, C]
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, kv_cache, layer)  # [B, T, C]
+            x = block(x, kv_cache, layer, pos)  # [B, T, C]
         x = self.transformer.ln_f(x)
         if kv_cache is not None:
+            kv_cache.lengths += T
             kv_cache.length += T
 
         if targets is not None:

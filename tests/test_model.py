@@ -119,6 +119,26 @@ def test_kv_cache_matches_full_forward(chunks):
     torch.testing.assert_close(torch.cat(outputs, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_kv_cache_rows_of_different_lengths_match_each_row_alone():
+    # Three sequences of 3, 9 and 6 tokens filled row by row (through row views), then two steps together:
+    # each row's logits are those of its own sequence run alone, and no row sees another row's keys.
+    model = tiny().eval()
+    seqs = [torch.randint(0, 37, (1, n)) for n in (3, 9, 6)]
+    cache = model.new_kv_cache(batch_size=3)
+    for row, seq in enumerate(seqs):
+        model(seq, kv_cache=cache.rows(row, row + 1))
+    assert cache.lengths.tolist() == [3, 9, 6]
+    cache.length = 9
+    for step in range(2):
+        new = torch.randint(0, 37, (3, 1))
+        logits, _ = model(new, kv_cache=cache)
+        for row in range(3):
+            seqs[row] = torch.cat([seqs[row], new[row : row + 1]], dim=1)
+            alone, _ = model(seqs[row])
+            torch.testing.assert_close(logits[row], alone[0], atol=1e-5, rtol=1e-5)
+    assert cache.lengths.tolist() == [5, 11, 8] and cache.length == 11
+
+
 def test_kv_cache_reset_and_overflow():
     model = tiny().eval()
     cache = model.new_kv_cache(batch_size=1)
