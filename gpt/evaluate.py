@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from gpt.config import parse_args, setting
 from gpt.device import autocast, pick_device, pick_dtype
 from gpt.errors import UserError, exit_on_user_error
+from gpt.inference import WEIGHTS_HELP, prepare_for_inference
 from gpt.tokenizer import Tokenizer
 
 
@@ -61,6 +62,7 @@ class EvalConfig:
     max_tokens: int = setting(0, "score only the first this many tokens of the text (0 = all)")
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = setting("auto", "compute dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
+    weights: str = setting("float32", WEIGHTS_HELP + "; evaluating with it measures the quality it costs")
     data_dir: str = setting("data", "where a named corpus is looked for (and downloaded to, for shakespeare)")
     on_invalid_utf8: str = setting("error", "a file that is not UTF-8: error (with file and byte offset) or replace (bad bytes become U+FFFD)")
     json: bool = setting(False, "print one JSON object (loss, perplexity, bits_per_byte, tokens, bytes, stride) instead of a report")
@@ -257,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     loaded = load_model(cfg.ckpt, device)
+    model = prepare_for_inference(loaded.model, cfg.weights, dtype=dtype)
     block_size = loaded.model.config.block_size
 
     val_fraction = cfg.val_fraction
@@ -266,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                            split=cfg.split, val_fraction=val_fraction)
     ids, num_bytes = encode_documents(texts, loaded.tokenizer, cfg.max_tokens)
     started = time.perf_counter()
-    result = evaluate(loaded.model, ids, block_size=block_size, stride=cfg.stride, batch_size=cfg.batch_size,
+    result = evaluate(model, ids, block_size=block_size, stride=cfg.stride, batch_size=cfg.batch_size,
                       device=device, dtype=dtype, num_bytes=num_bytes, progress=cfg.progress)
     seconds = time.perf_counter() - started
 
@@ -275,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({**{k: result[k] for k in keys}, "split": cfg.split}))
         return 0
     stride = result["stride"]
-    print(f"model          {loaded.path} ({loaded.tokenizer.name} tokenizer, block_size {block_size})")
+    weights = "" if cfg.weights == "float32" else f", {cfg.weights} weights"
+    print(f"model          {loaded.path} ({loaded.tokenizer.name} tokenizer, block_size {block_size}{weights})")
     if cfg.split == "all":
         what = "all of it (a model trained on this text is scored on its training text too: --split val scores only " \
                "the part training held out)"

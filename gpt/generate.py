@@ -63,6 +63,7 @@ from gpt.checkpoint import load_model
 from gpt.config import parse_args, setting
 from gpt.device import autocast, pick_device, pick_dtype
 from gpt.errors import UserError, exit_on_user_error
+from gpt.inference import COMPILE_HELP, WEIGHTS_HELP, prepare_for_inference
 from gpt.tokenizer import Tokenizer
 
 # ---------------------------------------------------------------------------------------------------
@@ -83,6 +84,8 @@ class SampleConfig:
     stop: list[str] = setting([], "end a sample when this string appears (not printed; \\n, \\t and \\\\ are read as newline, tab and backslash); repeat for several")
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = setting("auto", "auto (bf16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16")
+    weights: str = setting("float32", WEIGHTS_HELP)
+    compile: bool = setting(False, COMPILE_HELP)
     stream: bool | None = setting(None, "flush the first sample's text at every token (default on a terminal); otherwise it is written line by line as it is generated")
     interactive: bool = setting(False, "read prompts line by line from stdin until end of input; print a completion for each (with --chat: a conversation)")
     chat: bool = setting(False, "a model tuned on conversations: send the prompt as the user's message in its chat template, print only the answer, stop at the end of the turn")
@@ -229,50 +232,123 @@ def sample_generators(seed: int, count: int, device: torch.device | str = "cpu")
 # The decode loop
 
 
+@dataclass
+class Row:
+    """One sequence in the Decoder's batch."""
+
+    ids: list[int]  # the prompt and everything generated so far
+    start: int  # the first token the model sees (the window's start)
+    cached: int = -1  # tokens of the window held in the KV cache row (-1: to be prefilled)
+
+
 class Decoder:
-    """Feeds a growing batch of sequences to the model and returns the next-token logits.
+    """Feeds a batch of growing sequences to the model and returns the next-token logits of each.
 
     It owns the context-window policy (see the module docstring), the same with and without the KV cache:
-    the model sees the tokens from `self.start` on; when they would exceed block_size, `start` jumps so
-    that the last block_size // 2 tokens remain (and the cache, if any, is rebuilt from them).
+    the model sees a row's tokens from `row.start` on; when they would exceed block_size, `start` jumps so
+    that the last block_size // 2 tokens remain (and that row of the cache is rebuilt from them).
+
+    Rows may join (`add`) and leave (`remove`) between steps, and differ in length: this is how the server
+    (gpt/serve) decodes requests that arrive at different times in one batch. A step first fills the cache
+    of rows that are new or whose window restarted ("prefill", with all their tokens but the last), then
+    runs one batched forward pass over every row's newest token.
     """
 
-    def __init__(self, model, prompt_ids: torch.Tensor, use_kv_cache: bool = True,
-                 dtype: torch.dtype = torch.float32, vocab_size: int | None = None):
+    def __init__(self, model, prompt_ids: torch.Tensor | None = None, use_kv_cache: bool = True,
+                 dtype: torch.dtype = torch.float32, vocab_size: int | None = None, max_rows: int | None = None):
         self.model = model
-        self.ids = prompt_ids  # [B, n]: the prompt and everything generated so far
         self.block_size = model.config.block_size
         self.keep = max(1, self.block_size // 2)  # tokens kept when the window restarts
-        self.start = max(0, prompt_ids.shape[1] - self.block_size)  # first token the model sees
-        self.device = prompt_ids.device
+        self.device = next(model.parameters()).device if prompt_ids is None else prompt_ids.device
         self.dtype = dtype  # autocast dtype (float32: none)
         self.vocab_size = vocab_size or model.config.vocab_size  # ids beyond the tokenizer's are never picked
+        self.rows: list[Row] = []
+        self.max_rows = max_rows or (1 if prompt_ids is None else prompt_ids.shape[0])
         # The cache stores keys/values in the dtype the attention computes in (bf16 under autocast).
-        self.cache = model.new_kv_cache(prompt_ids.shape[0], dtype=None if dtype == torch.float32 else dtype) \
+        self.cache = model.new_kv_cache(self.max_rows, dtype=None if dtype == torch.float32 else dtype) \
             if use_kv_cache else None
-        self.cache_start = -1  # the value of `start` the cache was filled from (-1: not yet)
+        for ids in [] if prompt_ids is None else prompt_ids.tolist():
+            self.add(ids)
+
+    def add(self, ids: Sequence[int]) -> int:
+        """A new row that continues `ids` (at least one token); returns its index."""
+        if len(self.rows) == self.max_rows:
+            raise ValueError(f"the batch is full ({self.max_rows} rows)")
+        if not ids:
+            raise ValueError("a row needs at least one token to continue")
+        self.rows.append(Row(list(ids), start=max(0, len(ids) - self.block_size)))
+        return len(self.rows) - 1
+
+    def remove(self, index: int) -> None:
+        """Drop row `index`; the last row moves into its place (so remove from the highest index down)."""
+        last = len(self.rows) - 1
+        if index != last:
+            self.rows[index] = self.rows[last]
+            filled = self.rows[index].cached
+            if self.cache is not None and filled > 0:
+                for buffers in (self.cache.keys, self.cache.values):
+                    for layer in buffers:
+                        layer[index, :, :filled] = layer[last, :, :filled]
+                self.cache.lengths[index] = filled
+        self.rows.pop()
 
     @torch.inference_mode()  # like no_grad, and lighter per operation: a step is many small ops
     def next_logits(self) -> torch.Tensor:
-        """Logits [B, V] for the token after self.ids."""
-        n = self.ids.shape[1]
-        if n - self.start > self.block_size:
-            self.start = n - self.keep  # window full: restart from the last block_size // 2 tokens
+        """Logits [rows, V] for the token after each row's ids."""
+        for row in self.rows:
+            if len(row.ids) - row.start > self.block_size:
+                row.start = len(row.ids) - self.keep  # window full: restart from the last block_size // 2 tokens
+                row.cached = -1
         with autocast(self.device, self.dtype):
             if self.cache is None:
-                # The obvious path: the whole window, from scratch, every step.
-                logits, _ = self.model(self.ids[:, self.start:])
+                logits = self._recompute()
             else:
-                if self.cache_start != self.start:  # first step, or the window restarted: prefill
-                    self.cache.reset()
-                    self.cache_start = self.start
-                # Only the tokens the cache has not seen yet: one per step, after the prefill.
-                new = self.ids[:, self.start + self.cache.length:]
-                logits, _ = self.model(new, kv_cache=self.cache)
+                self._prefill()
+                # Every row now has exactly one token the cache has not seen: its newest. One step for all.
+                newest = torch.tensor([[row.ids[-1]] for row in self.rows], device=self.device)  # [rows, 1]
+                logits, _ = self.model(newest, kv_cache=self.cache.rows(0, len(self.rows)))
+                for row in self.rows:
+                    row.cached += 1
         return logits[:, -1, : self.vocab_size].float()
 
-    def append(self, next_ids: torch.Tensor) -> None:
-        self.ids = torch.cat([self.ids, next_ids.view(-1, 1).to(self.ids.device)], dim=1)
+    def _prefill(self) -> None:
+        """Fill the cache rows that are new or restarted with their window's tokens but the last, running
+        neighbouring rows that have the same number of tokens together (the samples of one prompt)."""
+        index = 0
+        while index < len(self.rows):
+            row = self.rows[index]
+            if row.cached >= 0:
+                index += 1
+                continue
+            window = len(row.ids) - row.start - 1
+            end = index + 1
+            while end < len(self.rows) and self.rows[end].cached < 0 and \
+                    len(self.rows[end].ids) - self.rows[end].start - 1 == window:
+                end += 1
+            cache = self.cache.rows(index, end)
+            cache.reset()
+            if window > 0:
+                tokens = torch.tensor([r.ids[r.start : r.start + window] for r in self.rows[index:end]],
+                                      device=self.device)  # [rows, window]
+                self.model(tokens, kv_cache=cache)
+            for r in self.rows[index:end]:
+                r.cached = window
+            index = end
+
+    def _recompute(self) -> torch.Tensor:
+        """The obvious path: each row's whole window, from scratch, every step (rows of equal windows together)."""
+        windows = [row.ids[row.start:] for row in self.rows]
+        if all(len(w) == len(windows[0]) for w in windows):
+            return self.model(torch.tensor(windows, device=self.device))[0]
+        return torch.cat([self.model(torch.tensor([w], device=self.device))[0] for w in windows])
+
+    def append(self, next_ids: torch.Tensor | Sequence[int]) -> None:
+        """Add one token to each row: next_ids [rows]."""
+        tokens = next_ids.view(-1).tolist() if isinstance(next_ids, torch.Tensor) else list(next_ids)
+        if len(tokens) != len(self.rows):
+            raise ValueError(f"{len(tokens)} tokens for {len(self.rows)} rows")
+        for row, token in zip(self.rows, tokens):
+            row.ids.append(token)
 
 
 def generate_tokens(model, prompt_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
@@ -403,7 +479,8 @@ class Sampler:
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
         loaded = load_model(cfg.ckpt, self.device)
-        self.model, self.tokenizer, self.template = loaded.model, loaded.tokenizer, loaded.chat_template
+        self.model = prepare_for_inference(loaded.model, cfg.weights, cfg.compile, self.dtype)
+        self.tokenizer, self.template = loaded.tokenizer, loaded.chat_template
         self.stream = out.isatty() if cfg.stream is None else cfg.stream
         if cfg.chat and self.template is None:
             raise UserError(f"{loaded.path} has no chat template (it was not tuned on conversations): drop --chat, "

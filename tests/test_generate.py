@@ -156,12 +156,56 @@ def test_cached_logits_match_recomputed_logits_step_by_step():
     for step in range(40):  # 5x block_size: several window restarts
         a, b = cached.next_logits(), plain.next_logits()
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-        assert cached.start == plain.start and cached.ids.shape[1] - cached.start <= 8
+        for a_row, b_row in zip(cached.rows, plain.rows):
+            assert a_row.start == b_row.start and len(a_row.ids) - a_row.start <= 8
         next_ids = a.argmax(-1)
         cached.append(next_ids)
         plain.append(next_ids)
     # the window restarted at the last block_size // 2 tokens each time it filled up
-    assert cached.start % 4 == 3 and cached.start > 8
+    assert cached.rows[0].start % 4 == 3 and cached.rows[0].start > 8
+
+
+@pytest.mark.parametrize("use_kv_cache", [True, False])
+def test_rows_joining_and_leaving_the_batch_decode_as_each_prompt_alone(tiny, use_kv_cache):
+    # What the server does: prompts of different lengths join the batch at different steps and leave it when
+    # done (the last row moving into the freed place). Each gets the greedy tokens it gets decoded alone,
+    # across window restarts too (block_size is 32).
+    model, tokenizer = tiny
+    prompts = ["the dog ", "la", "and then, the bird sang: ", "t", "the cat sat on the mat. the dog ate "]
+    lengths = [40, 10, 70, 25, 5]
+    joins = [0, 0, 3, 12, 12]
+    with one_thread():
+        alone = [greedy(model, tokenizer.encode(p), n, use_kv_cache) for p, n in zip(prompts, lengths)]
+        decoder = Decoder(model, None, use_kv_cache=use_kv_cache, max_rows=4)
+        active: list[tuple[int, list[int]]] = []  # (prompt, its tokens so far), in the decoder's row order
+        got: dict[int, list[int]] = {}
+        step = 0
+        while len(got) < len(prompts):
+            for i in (i for i, when in enumerate(joins) if when == step):
+                decoder.add(tokenizer.encode(prompts[i]))
+                active.append((i, []))
+            picks = decoder.next_logits().argmax(-1)
+            decoder.append(picks)
+            for (i, tokens), token in zip(active, picks.tolist()):
+                tokens.append(token)
+            for row in reversed(range(len(active))):
+                i, tokens = active[row]
+                if len(tokens) == lengths[i]:
+                    got[i] = tokens
+                    decoder.remove(row)
+                    active[row] = active[-1]
+                    active.pop()
+            step += 1
+    assert [got[i] for i in range(len(prompts))] == alone
+
+
+def test_a_full_batch_refuses_another_row():
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16)).eval()
+    decoder = Decoder(model, None, max_rows=2)
+    decoder.add([1, 2])
+    decoder.add([3])
+    with pytest.raises(ValueError, match="full"):
+        decoder.add([4])
 
 
 def test_a_prompt_longer_than_block_size_is_cut_to_its_last_block_size_tokens():

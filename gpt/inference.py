@@ -1,0 +1,72 @@
+"""Cheaper decoding for a loaded model: its weights in fewer bytes, and a compiled forward pass.
+
+Its place in the flow: after gpt/checkpoint.py's load_model and before decoding (sample.py, gpt.serve) or
+scoring (gpt.evaluate, which is how the quality an option costs is measured). Generating one token at a time
+reads every weight once per step and does only two operations with each, so on a CPU a step's time is set by
+the bytes of weights it reads (and, for small models, by the overhead of launching many small operations):
+
+  weights = "float32"   4 bytes a weight, as training saved them
+  weights = "bfloat16"  2 bytes: every weight rounded to bf16 (8 bits of mantissa), every operation in bf16
+  weights = "int8"      1 byte (CPU only): each Linear layer's weight, the LM head included, scaled into
+                        [-127, 127] and rounded, by torch.ao's dynamic quantization. Each matmul also rounds
+                        its input to int8 on the fly (one scale per call), multiplies in integers and rescales
+                        the result to float32: the fast integer kernels of x86 (VNNI) and ARM do the work.
+  compile = true        torch.compile fuses the small operations of a step into fewer kernels; the first
+                        calls pay for compiling (a minute or more on a CPU), so it suits a server or long runs
+
+The lossy options change the model's predictions a little: `python -m gpt.evaluate --weights int8` measures
+by how much, in bits per byte (BENCHMARKS.md has the figures, and the weight-only int8 kernel we measured and
+left out because it was slower than float32 on our CPU).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn as nn
+
+from gpt.errors import UserError
+
+WEIGHTS = ("float32", "bfloat16", "int8")
+WEIGHTS_HELP = ("how the weights are held for inference: float32; bfloat16 (half the bytes); int8 (a quarter: "
+                "dynamic int8 quantization of every Linear layer, CPU only, the fastest there)")
+COMPILE_HELP = "torch.compile the model's forward pass: faster steps after a slow first call (a minute or more on a CPU)"
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Every nn.Linear of `model` (the LM head included) with int8 weights, by torch.ao's dynamic quantization.
+
+    A tied LM head gets its own int8 copy of the embedding matrix; the embedding lookup keeps the float one
+    (it reads one row per token, which costs nothing next to the head's full read).
+    """
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():  # torch.ao points to torchao for the future; today's API does the job
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def prepare_for_inference(model: nn.Module, weights: str = "float32", compile: bool = False,
+                          dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The model as sampling, serving and evaluation run it: weights converted once, optionally compiled.
+
+    Call it after load_model; it returns the model to use (a compiled wrapper when compile is set). `dtype`
+    is the autocast dtype the caller computes in, checked to make sense with the weights.
+    """
+    if weights not in WEIGHTS:
+        raise UserError(f"unknown weights {weights!r}: use {', '.join(WEIGHTS)}")
+    if weights == "int8" and dtype != torch.float32:
+        raise UserError("weights = int8 computes in float32: drop --dtype (or set --dtype=float32)")
+    model.eval()
+    if weights == "bfloat16":
+        model.to(torch.bfloat16)
+    elif weights == "int8":
+        if next(model.parameters()).device.type != "cpu":
+            raise UserError("weights = int8 runs on the CPU only: use --device=cpu, or --weights=bfloat16 on a GPU")
+        model = quantize_int8(model)
+    if compile:
+        # dynamic=True: the batch, the prompt length and the number of cached positions change from call to
+        # call; without it every new length would compile again.
+        model = torch.compile(model, dynamic=True)
+    return model
