@@ -1,0 +1,483 @@
+"""The HTTP side: OpenAI-compatible endpoints over the engine, and the `python -m gpt.serve` command line.
+
+    GET  /health                 liveness and load (no API key needed)
+    GET  /v1/models              the one model served (and GET /v1/models/{id})
+    POST /v1/completions         text completion; "stream": true sends server-sent events
+    POST /v1/chat/completions    chat, through the checkpoint's chat template (400 for a model without one)
+
+A request is checked (gpt/serve/protocol.py), becomes one job per prompt, and waits on its events from the
+engine thread (gpt/serve/engine.py). A client that disconnects cancels its jobs at once, streaming or not,
+which frees their rows in the batch for the next step. SIGTERM (or Ctrl-C) stops accepting connections,
+lets requests in flight finish for up to shutdown_timeout seconds, cancels what is left, and exits with 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Protocol
+
+import anyio
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gpt.checkpoint import Loaded, load_model
+from gpt.config import parse_args, setting
+from gpt.device import pick_device, pick_dtype
+from gpt.errors import UserError, exit_on_user_error
+from gpt.generate import encode_prompt
+from gpt.inference import COMPILE_HELP, WEIGHTS_HELP, prepare_for_inference
+from gpt.serve import protocol
+from gpt.serve.engine import Busy, Done, Engine, Failed, Finished, Job, Piece, ShuttingDown, warm_up
+from gpt.serve.protocol import APIError, Limits
+
+API_KEY_ENV = "GPT_SERVE_API_KEY"
+MAX_BODY_BYTES = 8 * 2**20
+
+
+@dataclass
+class ServeConfig:
+    ckpt: str = setting("out/default", "an out_dir (best.pt, else ckpt.pt), a .pt checkpoint, or a local Hugging Face GPT-2 folder")
+    host: str = setting("127.0.0.1", "address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 opens it to the network (set an api_key)")
+    port: int = setting(8000, "port to listen on (0: any free port, printed at start)")
+    api_key: str | None = setting(None, f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_ENV} if set; the variable keeps it out of `ps`)")
+    model_name: str | None = setting(None, "the model id clients name in requests (default: the checkpoint's folder name)")
+    max_batch: int = setting(16, "samples decoded together, one batched step for all (KV-cache rows held in memory)")
+    max_waiting: int = setting(64, "requests that may wait for room in the batch; beyond that, 429")
+    max_prompt_tokens: int = setting(0, "longest prompt accepted, in tokens; longer ones get 400 (0 = the model's block_size; "
+                                        "above it, a prompt is cut to its last block_size tokens as sample.py does)")
+    max_tokens: int = setting(1024, "most tokens one request may ask to generate (max_tokens above it: 400)")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = setting("auto", "auto (bf16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16")
+    weights: str = setting("float32", WEIGHTS_HELP)
+    compile: bool = setting(False, COMPILE_HELP + "; the server compiles before it starts listening")
+    shutdown_timeout: float = setting(30.0, "on SIGTERM or Ctrl-C: seconds requests in flight may take to finish before they are cancelled")
+    log_level: str = setting("info", "uvicorn's log level: critical, error, warning, info (one line per request) or debug")
+
+
+DESCRIPTION = f"""Serve a checkpoint over the OpenAI API (completions, chat completions, models), with the requests
+in flight decoded together in one batch.
+
+Examples:
+  python -m gpt.serve --ckpt out/shakespeare_char_cpu
+  {API_KEY_ENV}=secret python -m gpt.serve --ckpt out/shakespeare_char_cpu --host 0.0.0.0 --port 8000
+  curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
+       -d '{{"model": "shakespeare_char_cpu", "prompt": "ROMEO:", "max_tokens": 50}}'"""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Chat: where the chat template plugs in
+
+
+class ChatFormat(Protocol):
+    """How a conversation becomes a prompt for an instruction-tuned model."""
+
+    stop_ids: frozenset[int]  # tokens that end the assistant's turn
+
+    def render(self, messages: list[dict]) -> list[int]:
+        """The conversation's token ids, ending where the assistant's next turn begins."""
+
+
+def chat_format(loaded: Loaded) -> ChatFormat | None:
+    """The checkpoint's chat template, or None for a model that was not instruction-tuned.
+
+    The one place the template plugs in: instruction tuning (the chat-template module) stores the template in
+    the checkpoint; return an object with `render` and `stop_ids` built from it here, and /v1/chat/completions
+    serves it. Until then no checkpoint has one, and chat answers 400.
+    """
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The application
+
+
+@dataclass
+class Server:
+    """What the endpoints need: the engine, the tokenizer, the limits, the key, the model's id."""
+
+    engine: Engine
+    loaded: Loaded
+    model_id: str
+    limits: Limits
+    api_key: str | None
+    chat: ChatFormat | None
+    created: int
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return encode_prompt(self.loaded.tokenizer, text)
+        except UserError as e:  # e.g. a character a char tokenizer never saw
+            raise APIError(400, f"the prompt cannot be tokenized: {e}", "prompt") from None
+
+
+def make_app(server: Server) -> Starlette:
+    async def health(request: HTTPRequest) -> Response:
+        return JSONResponse({"status": "ok", "model": server.model_id, **server.engine.stats()})
+
+    async def models(request: HTTPRequest) -> Response:
+        check_key(server, request)
+        return JSONResponse({"object": "list", "data": [model_card(server)]})
+
+    async def model(request: HTTPRequest) -> Response:
+        check_key(server, request)
+        if request.path_params["model"] != server.model_id:
+            raise APIError(404, f"The model `{request.path_params['model']}` does not exist", "model", "model_not_found")
+        return JSONResponse(model_card(server))
+
+    async def completions(request: HTTPRequest) -> Response:
+        check_key(server, request)
+        body = await read_json(request)
+        req = protocol.parse_completion(body, server.model_id, server.loaded.tokenizer, server.limits, server.encode)
+        return await answer(server, request, req)
+
+    async def chat_completions(request: HTTPRequest) -> Response:
+        check_key(server, request)
+        body = await read_json(request)
+        req = protocol.parse_chat(body, server.model_id, server.limits)
+        if server.chat is None:
+            raise APIError(400, f"the model `{server.model_id}` has no chat template (it was not instruction-tuned): "
+                           "use /v1/completions with a plain prompt, or serve an instruction-tuned checkpoint",
+                           "messages", "no_chat_template")
+        prompt = server.chat.render(req.messages)
+        if len(prompt) > server.limits.max_prompt_tokens:
+            raise APIError(400, f"the conversation is {len(prompt)} tokens long; this server takes at most "
+                           f"{server.limits.max_prompt_tokens}", "messages", "context_length_exceeded")
+        req.prompts = [prompt]
+        req.settings.stop_ids = frozenset(server.chat.stop_ids)
+        return await answer(server, request, req)
+
+    async def api_error(request: HTTPRequest, exc: Exception) -> Response:
+        assert isinstance(exc, APIError)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    async def http_error(request: HTTPRequest, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        message = {404: f"no such endpoint: {request.method} {request.url.path} (see /v1/models, /v1/completions, "
+                        "/v1/chat/completions)", 405: f"{request.method} is not allowed on {request.url.path}"}
+        error = APIError(exc.status_code, message.get(exc.status_code, str(exc.detail)))
+        return JSONResponse(error.body(), status_code=exc.status_code, headers=exc.headers)
+
+    async def server_error(request: HTTPRequest, exc: Exception) -> Response:
+        error = APIError(500, f"internal error ({type(exc).__name__}); the server log has the details")
+        return JSONResponse(error.body(), status_code=500)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        server.engine.close()  # after uvicorn let the requests in flight finish (or cancelled them)
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model, methods=["GET"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    ]
+    handlers = {APIError: api_error, HTTPException: http_error, Exception: server_error}
+    return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+
+
+def model_card(server: Server) -> dict:
+    return {"id": server.model_id, "object": "model", "created": server.created, "owned_by": "gpt"}
+
+
+def check_key(server: Server, request: HTTPRequest) -> None:
+    """Require the bearer token when the server has a key. Both sides are hashed first, so the comparison
+    takes the same time whatever the token's length and however much of it is right."""
+    if server.api_key is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise APIError(401, "You didn't provide an API key: send 'Authorization: Bearer YOUR_KEY'", None,
+                       "missing_api_key", "invalid_request_error")
+    given = hashlib.sha256(token.strip().encode()).digest()
+    expected = hashlib.sha256(server.api_key.encode()).digest()
+    if not hmac.compare_digest(given, expected):
+        raise APIError(401, "Incorrect API key provided", None, "invalid_api_key", "invalid_request_error")
+
+
+async def read_json(request: HTTPRequest) -> object:
+    size = 0
+    chunks = []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise APIError(413, f"the request body is larger than {MAX_BODY_BYTES // 2**20} MiB")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError):
+        raise APIError(400, "We could not parse the JSON body of your request: send valid JSON with "
+                       "'Content-Type: application/json'") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running a request
+
+
+async def answer(server: Server, request: HTTPRequest, req: protocol.Request) -> Response:
+    if req.settings.max_tokens == 0:  # nothing to generate: no need to queue
+        return JSONResponse(whole_answer(server, req, [_empty_result() for _ in range(len(req.prompts) * req.settings.n)],
+                                         sum(len(p) for p in req.prompts), 0))
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+    jobs = []
+    for index, prompt in enumerate(req.prompts):
+        def listener(event, index=index):
+            loop.call_soon_threadsafe(events.put_nowait, (index, event))
+        jobs.append(Job(prompt, req.settings, listener))
+    try:
+        server.engine.submit(jobs)
+    except Busy:
+        raise APIError(429, f"the server is busy: {server.engine.max_waiting} requests are already waiting; retry later",
+                       None, "rate_limit_exceeded") from None
+    except ShuttingDown:
+        raise APIError(503, "the server is shutting down", None, "shutting_down") from None
+    if req.stream:
+        return EventStream(stream_events(server, req, jobs, events))
+    return await run_until_disconnect(request, collect(server, req, jobs, events), jobs)
+
+
+async def job_events(jobs: list[Job], events: asyncio.Queue) -> AsyncIterator[tuple[int, object]]:
+    """The jobs' events as they come, until every job is done; cancels them if the consumer stops early."""
+    open_jobs = len(jobs)
+    try:
+        while open_jobs:
+            index, event = await events.get()
+            if isinstance(event, (Done, Failed)):
+                open_jobs -= 1
+            yield index, event
+    finally:
+        for job in jobs:
+            job.cancel()
+
+
+def _empty_result() -> dict:
+    return {"text": "", "finish_reason": "length", "logprobs": []}
+
+
+async def collect(server: Server, req: protocol.Request, jobs: list[Job], events: asyncio.Queue) -> Response:
+    n = req.settings.n
+    results = [{"text": "", "finish_reason": None, "logprobs": []} for _ in range(len(jobs) * n)]
+    offsets = [protocol.CompletionLogprobs(server.loaded.tokenizer) for _ in results]
+    prompt_tokens = completion_tokens = 0
+    async for job_index, event in job_events(jobs, events):
+        if isinstance(event, Piece):
+            choice = job_index * n + event.index
+            results[choice]["text"] += event.text
+            if event.logprob is not None:
+                results[choice]["logprobs"].append(
+                    protocol.chat_logprob_entry(server.loaded.tokenizer, event.logprob) if req.chat
+                    else offsets[choice].entry(event.logprob))
+        elif isinstance(event, Finished):
+            results[job_index * n + event.index]["finish_reason"] = event.reason
+        elif isinstance(event, Done):
+            prompt_tokens += event.prompt_tokens
+            completion_tokens += event.completion_tokens
+        elif isinstance(event, Failed):
+            raise APIError(500, f"generation failed: {event.message}")
+    return JSONResponse(whole_answer(server, req, results, prompt_tokens, completion_tokens))
+
+
+def whole_answer(server: Server, req: protocol.Request, results: list[dict], prompt_tokens: int,
+                 completion_tokens: int) -> dict:
+    want_logprobs = req.settings.logprobs is not None
+    usage = protocol.usage(prompt_tokens, completion_tokens)
+    if req.chat:
+        choices = [protocol.chat_choice(i, r["text"], r["finish_reason"], r["logprobs"] if want_logprobs else None)
+                   for i, r in enumerate(results)]
+        return protocol.chat_body(protocol.new_id("chatcmpl"), protocol.now(), server.model_id, choices, usage)
+    choices = [protocol.completion_choice(i, r["text"], r["finish_reason"],
+                                          protocol.CompletionLogprobs.merge(r["logprobs"]) if want_logprobs else None)
+               for i, r in enumerate(results)]
+    return protocol.completion_body(protocol.new_id("cmpl"), protocol.now(), server.model_id, choices, usage)
+
+
+async def stream_events(server: Server, req: protocol.Request, jobs: list[Job],
+                        events: asyncio.Queue) -> AsyncIterator[str]:
+    """Server-sent events: one chunk per piece of text, one with each choice's finish_reason, [DONE] last."""
+    n, tok = req.settings.n, server.loaded.tokenizer
+    id_ = protocol.new_id("chatcmpl" if req.chat else "cmpl")
+    created = protocol.now()
+    offsets = [protocol.CompletionLogprobs(tok) for _ in range(len(jobs) * n)]
+    want_logprobs = req.settings.logprobs is not None
+    prompt_tokens = completion_tokens = 0
+
+    def chunk(choices: list[dict], usage: dict | None = None) -> str:
+        build = protocol.chat_body if req.chat else protocol.completion_body
+        return "data: " + json.dumps(build(id_, created, server.model_id, choices, usage, chunk=True)) + "\n\n"
+
+    if req.chat:  # OpenAI's first chat chunk carries the role
+        yield chunk([protocol.chat_chunk_choice(i, {"role": "assistant", "content": ""}, None, None)
+                     for i in range(len(jobs) * n)])
+    async for job_index, event in job_events(jobs, events):
+        if isinstance(event, Piece):
+            choice = job_index * n + event.index
+            if not event.text and not (want_logprobs and event.logprob is not None):
+                continue  # text held back (a possible stop string, a split character): nothing to send yet
+            logprob = None
+            if want_logprobs and event.logprob is not None:
+                logprob = protocol.chat_logprob_entry(tok, event.logprob) if req.chat else offsets[choice].entry(event.logprob)
+            if req.chat:
+                yield chunk([protocol.chat_chunk_choice(choice, {"content": event.text}, None,
+                                                        [logprob] if logprob else ([] if want_logprobs else None))])
+            else:
+                yield chunk([protocol.completion_choice(choice, event.text, None, logprob)])
+        elif isinstance(event, Finished):
+            choice = job_index * n + event.index
+            if req.chat:
+                yield chunk([protocol.chat_chunk_choice(choice, {}, event.reason, None)])
+            else:
+                yield chunk([protocol.completion_choice(choice, "", event.reason, None)])
+        elif isinstance(event, Done):
+            prompt_tokens += event.prompt_tokens
+            completion_tokens += event.completion_tokens
+        elif isinstance(event, Failed):
+            yield "data: " + json.dumps(APIError(500, f"generation failed: {event.message}").body()) + "\n\n"
+            return
+    if req.include_usage:
+        yield chunk([], protocol.usage(prompt_tokens, completion_tokens))
+    yield "data: [DONE]\n\n"
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events that notice a client going away at once, not only at the next write: the stream
+    is cancelled, and with it the jobs, whose rows leave the batch before the next step."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, content):
+        super().__init__(content, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def __call__(self, scope, receive, send) -> None:
+        async with anyio.create_task_group() as group:
+            async def stream() -> None:
+                try:
+                    await self.stream_response(send)
+                except OSError:  # the client went away mid-write
+                    pass
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream)
+            await self.listen_for_disconnect(receive)
+            group.cancel_scope.cancel()
+
+
+async def run_until_disconnect(request: HTTPRequest, work, jobs: list[Job]) -> Response:
+    """Await `work`, unless the client disconnects first: then cancel the jobs and answer nobody."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    for job in jobs:
+        job.cancel()
+    return Response(status_code=499)  # nginx's "client closed request": never seen by the client
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command line
+
+
+class _Uvicorn(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, banner: str):
+        super().__init__(config)
+        self.banner = banner
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            print(self.banner, flush=True)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a taken port is a one-line error."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}): pick another --port or --host") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def check_config(cfg: ServeConfig) -> None:
+    for name in ("max_batch", "max_tokens"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.max_waiting < 0 or cfg.max_prompt_tokens < 0:
+        raise UserError("max_waiting and max_prompt_tokens must not be negative")
+    if not 0 <= cfg.port <= 65535:
+        raise UserError(f"port must be between 0 and 65535, got {cfg.port}")
+    if cfg.shutdown_timeout < 0:
+        raise UserError(f"shutdown_timeout must not be negative, got {cfg.shutdown_timeout}")
+    if cfg.log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
+        raise UserError(f"unknown log_level {cfg.log_level!r}: use critical, error, warning, info or debug")
+    if cfg.api_key == "":
+        raise UserError("api_key must not be empty: give a key, or leave it out to serve without one")
+
+
+def model_name(loaded: Loaded) -> str:
+    path = loaded.path
+    return path.parent.name if path.is_file() else path.name
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    cfg, _ = parse_args(ServeConfig, argv, prog="python -m gpt.serve", description=DESCRIPTION)
+    check_config(cfg)
+    api_key = cfg.api_key if cfg.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+    sock = bind(cfg.host, cfg.port)  # before loading: a taken port fails fast
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    loaded = load_model(cfg.ckpt, device)
+    model = prepare_for_inference(loaded.model, cfg.weights, cfg.compile, dtype)
+    engine = Engine(model, loaded.tokenizer, max_batch=cfg.max_batch, max_waiting=cfg.max_waiting, dtype=dtype)
+    if cfg.compile:
+        print("compiling the model (once, before listening)...", file=sys.stderr, flush=True)
+        seconds = warm_up(engine, encode_prompt(loaded.tokenizer, ""))
+        print(f"compiled in {seconds:.0f} s", file=sys.stderr, flush=True)
+    block_size = loaded.model.config.block_size
+    limits = Limits(max_prompt_tokens=cfg.max_prompt_tokens or block_size, max_tokens=cfg.max_tokens,
+                    max_n=cfg.max_batch)
+    server = Server(engine, loaded, cfg.model_name or model_name(loaded), limits, api_key, chat_format(loaded),
+                    protocol.now())
+    host, port = sock.getsockname()[:2]
+    shown_host = f"[{host}]" if ":" in host else host
+    banner = (f"serving {server.model_id} ({cfg.weights}{', compiled' if cfg.compile else ''}, {device.type}) at "
+              f"http://{shown_host}:{port}/v1" + (" (API key required)" if api_key else ""))
+    config = uvicorn.Config(make_app(server), log_level=cfg.log_level, timeout_graceful_shutdown=cfg.shutdown_timeout,
+                            lifespan="on")
+    # uvicorn re-raises the signal that stopped it once it has shut down gracefully; with this handler in place
+    # that re-raise does nothing, and the process exits with 0 after its orderly shutdown.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    _Uvicorn(config, banner).run(sockets=[sock])
+    engine.close()
+    return 0

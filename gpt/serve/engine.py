@@ -1,0 +1,299 @@
+"""The engine: one thread that decodes every request in flight together, one batched step at a time.
+
+Requests arrive at any moment, each asking for n samples of one prompt (a "job"). The engine keeps one
+`Decoder` (gpt/generate.py, the same decoding code as sample.py) whose rows are the samples being
+generated. Before each step, waiting jobs whose n rows fit in the batch join it; after the step, the rows
+that finished (max_tokens reached, a stop string, <|endoftext|>, or a client that went away) leave it. So
+eight clients cost about one batched forward pass per token, not eight passes, and a short request never
+waits for a long one to end ("continuous batching").
+
+                submit(job) ──▶ waiting queue (bounded) ──join──▶ Decoder rows ──step──▶ token per row
+                                                                       ▲                      │
+                                                                       └─leave when finished──┘
+
+Each token becomes events for the job's listener (`Piece`, `Finished`, `Done`), called from this thread:
+the HTTP layer (gpt/serve/app.py) hands them over to its event loop. Nothing here knows about HTTP.
+
+Sampling is sample.py's: `sample` and `next_token_probs` with the job's settings, one random stream per
+sample seeded with `sample_seeds(seed, i)`, and a `TextStream` per sample for stop strings and split UTF-8.
+A job decoded alone therefore gives exactly sample.py's text for the same seed and settings; batched with
+other jobs, the matmuls see more rows and may round differently in the last bit, which changes a sampled
+token only in a rare near-tie.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from gpt.generate import Decoder, TextStream, next_token_probs, sample, sample_generators
+from gpt.tokenizer import Tokenizer
+
+IMPOSSIBLE_LOGPROB = -9999.0  # the log-probability reported for a token the filters rule out (log 0), as OpenAI does
+
+
+@dataclass
+class Settings:
+    """How to sample one job: the request's parameters, already checked (gpt/serve/protocol.py)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    n: int = 1
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None  # None: a fresh random seed
+    logprobs: int | None = None  # None: none; k: the picked token's log-probability and the k likeliest
+    stop_ids: frozenset[int] = frozenset()  # tokens that end a sample (besides <|endoftext|>), e.g. a chat turn's end
+
+
+# Events, in order for each sample: Piece* Finished; then one Done for the job (or one Failed).
+@dataclass
+class TokenLogprob:
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]  # the k likeliest tokens and their log-probabilities, likeliest first
+
+
+@dataclass
+class Piece:
+    index: int  # which of the job's n samples
+    text: str  # text that can be shown now (may be empty: held back for a stop string or a split character)
+    logprob: TokenLogprob | None  # the token's, when logprobs were asked for
+
+
+@dataclass
+class Finished:
+    index: int
+    reason: str  # "stop" (a stop string, <|endoftext|> or a stop token) or "length" (max_tokens)
+    tokens: int  # tokens generated for this sample
+
+
+@dataclass
+class Done:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class Failed:
+    message: str
+
+
+class Busy(Exception):
+    """The waiting queue is full: the HTTP layer answers 429."""
+
+
+class ShuttingDown(Exception):
+    """The engine no longer takes jobs: the HTTP layer answers 503."""
+
+
+class Job:
+    """One prompt's n samples, from the queue to the last token. `cancel()` may be called from any thread."""
+
+    def __init__(self, prompt_ids: list[int], settings: Settings, listener: Callable[[object], None]):
+        self.prompt_ids = prompt_ids
+        self.settings = settings
+        self.listener = listener
+        self.cancelled = False
+        self.samples: list[_Sample] = []
+        self.running = 0  # samples not finished yet
+
+    def cancel(self) -> None:
+        self.cancelled = True  # read by the engine thread before its next step: the rows leave then
+
+
+@dataclass
+class _Sample:
+    job: Job
+    index: int
+    text: TextStream
+    generator: torch.Generator
+    tokens: int = 0
+    done: bool = False
+
+
+class Engine:
+    """The decode loop in a thread of its own. submit() jobs from any thread; close() to stop it."""
+
+    def __init__(self, model, tokenizer: Tokenizer, *, max_batch: int = 16, max_waiting: int = 64,
+                 dtype: torch.dtype = torch.float32):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.max_waiting = max_waiting
+        self.device = next(model.parameters()).device
+        self.decoder = Decoder(model, None, use_kv_cache=True, dtype=dtype, vocab_size=tokenizer.vocab_size,
+                               max_rows=max_batch)
+        self.rows: list[_Sample] = []  # the sample each row of the decoder generates (same order)
+        self.waiting: deque[Job] = deque()
+        self.lock = threading.Condition()
+        self.closing = False
+        self.generated = 0  # tokens generated since start, for /health
+        self.steps = 0  # batched decode steps since start
+        self.thread = threading.Thread(target=self._loop, name="decode-engine", daemon=True)
+        self.thread.start()
+
+    # ------------------------------------------------------------------------------------------------
+    # The other threads' side
+
+    def submit(self, jobs: list[Job]) -> None:
+        """Queue the jobs of one request, all or none; raises Busy when the queue is full."""
+        with self.lock:
+            if self.closing:
+                raise ShuttingDown()
+            if len(self.waiting) + len(jobs) > self.max_waiting:
+                raise Busy()
+            self.waiting.extend(jobs)
+            self.lock.notify()
+
+    def stats(self) -> dict:
+        with self.lock:
+            return {"running_samples": len(self.rows), "waiting_requests": len(self.waiting),
+                    "max_batch": self.max_batch, "max_waiting": self.max_waiting, "generated_tokens": self.generated,
+                    "decode_steps": self.steps}
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel whatever is still queued or running and stop the thread."""
+        with self.lock:
+            self.closing = True
+            for job in self.waiting:
+                job.cancel()
+            for row in self.rows:
+                row.job.cancel()
+            self.lock.notify()
+        self.thread.join(timeout)
+
+    # ------------------------------------------------------------------------------------------------
+    # The engine thread
+
+    def _loop(self) -> None:
+        while True:
+            with self.lock:
+                self._admit()
+                while not self.rows and not self.closing:
+                    self.lock.wait()
+                    self._admit()
+                if self.closing and not self.rows:
+                    return
+            self._drop_cancelled()
+            if not self.rows:
+                continue
+            try:
+                self._step()
+            except Exception as e:  # our bug, or out of memory: fail what is in flight and keep serving
+                message = f"{type(e).__name__}: {e}"
+                for job in {row.job for row in self.rows}:
+                    job.listener(Failed(message))
+                for index in reversed(range(len(self.rows))):
+                    self._leave(index)
+
+    def _admit(self) -> None:
+        """Move waiting jobs into the batch, in order, while their rows fit (called with the lock held)."""
+        while self.waiting:
+            job = self.waiting[0]
+            if job.cancelled:
+                self.waiting.popleft()
+                continue
+            if len(self.rows) + job.settings.n > self.max_batch:
+                return  # first come, first served: later jobs wait too
+            self.waiting.popleft()
+            seed = job.settings.seed if job.settings.seed is not None else secrets.randbits(63)
+            generators = sample_generators(seed, job.settings.n, self.device)
+            for i, generator in enumerate(generators):
+                row = _Sample(job, i, TextStream(self.tokenizer, job.settings.stop), generator)
+                job.samples.append(row)
+                self.rows.append(row)
+                self.decoder.add(job.prompt_ids)
+            job.running = job.settings.n
+
+    def _drop_cancelled(self) -> None:
+        for index in reversed(range(len(self.rows))):
+            if self.rows[index].job.cancelled:
+                self._leave(index)
+
+    def _leave(self, index: int) -> None:
+        # The decoder moves its last row into `index`; the list of samples must do the same.
+        self.decoder.remove(index)
+        self.rows[index] = self.rows[-1]
+        self.rows.pop()
+
+    def _step(self) -> None:
+        logits = self.decoder.next_logits()  # [rows, V]
+        picked = torch.empty(len(self.rows), dtype=torch.long)
+        logprobs: list[TokenLogprob | None] = [None] * len(self.rows)
+        jobs: dict[Job, list[int]] = {}
+        for index, row in enumerate(self.rows):
+            jobs.setdefault(row.job, []).append(index)
+        for job, indices in jobs.items():
+            # A job's rows together, in sample order, as sample.py draws them: logits [n, V], one stream each.
+            indices.sort(key=lambda i: self.rows[i].index)
+            rows = torch.tensor(indices, device=logits.device)
+            job_logits = logits.index_select(0, rows)
+            s = job.settings
+            tokens = sample(job_logits, s.temperature, s.top_k, s.top_p, [self.rows[i].generator for i in indices])
+            picked[rows.cpu()] = tokens.cpu()
+            if s.logprobs is not None:
+                for i, entry in zip(indices, token_logprobs(job_logits, tokens, s)):
+                    logprobs[i] = entry
+        self.decoder.append(picked)
+
+        eot = self.tokenizer.eot_id
+        for index, (row, token) in enumerate(zip(self.rows, picked.tolist())):
+            row.tokens += 1
+            settings = row.job.settings
+            ends = token == eot or token in settings.stop_ids
+            text = row.text.finish() if ends else row.text.push(token)
+            reason = "stop" if ends or row.text.done else "length" if row.tokens >= settings.max_tokens else None
+            if reason is not None and not ends:
+                text += row.text.finish()
+            row.job.listener(Piece(row.index, text, None if ends and token == eot else logprobs[index]))
+            if reason is not None:
+                row.done = True
+                row.job.listener(Finished(row.index, reason, row.tokens))
+                row.job.running -= 1
+                if row.job.running == 0:
+                    completion = sum(r.tokens for r in row.job.samples)
+                    row.job.listener(Done(len(row.job.prompt_ids), completion))
+        self.generated += len(self.rows)
+        self.steps += 1
+        for index in reversed(range(len(self.rows))):
+            if self.rows[index].done:
+                self._leave(index)
+
+
+def token_logprobs(logits: torch.Tensor, picked: torch.Tensor, settings: Settings) -> list[TokenLogprob]:
+    """The log-probabilities sample.py --show_probs shows: of the distribution the token is drawn from (after
+    temperature, top_k and top_p; at temperature 0, the temperature-1 distribution), for each row of logits."""
+    temperature = settings.temperature if settings.temperature > 0 else 1.0
+    logp = next_token_probs(logits, temperature, settings.top_k, settings.top_p).log()  # [n, V], -inf where ruled out
+    chosen = logp.gather(1, picked.view(-1, 1).to(logp.device)).view(-1).tolist()
+    k = min(settings.logprobs or 0, logp.shape[-1])
+    top_values, top_ids = torch.topk(logp, k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
+    entries = []
+    for b in range(logp.shape[0]):
+        top = [(int(i), _finite(float(v))) for i, v in zip(top_ids[b].tolist(), top_values[b].tolist())]
+        entries.append(TokenLogprob(int(picked[b]), _finite(chosen[b]), top))
+    return entries
+
+
+def _finite(logprob: float) -> float:
+    return logprob if math.isfinite(logprob) else IMPOSSIBLE_LOGPROB
+
+
+def warm_up(engine: Engine, prompt_ids: list[int], tokens: int = 8, timeout: float = 600.0) -> float:
+    """Run one small job through the engine (compiling the model, when compile is on); returns seconds."""
+    done = threading.Event()
+    started = time.perf_counter()
+    job = Job(prompt_ids, Settings(max_tokens=tokens, temperature=0.0, n=2),
+              lambda event: done.set() if isinstance(event, (Done, Failed)) else None)
+    engine.submit([job])
+    done.wait(timeout)
+    return time.perf_counter() - started

@@ -1,0 +1,291 @@
+"""`python -m gpt.serve` as a user runs it: a real server on a free localhost port, called with the official
+`openai` client and with raw HTTP (httpx). One server for the module (a tiny char model trained in the test);
+the last test stops it with SIGTERM."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+
+from gpt.generate import main as sample_main  # noqa: E402
+from test_generate import train_tiny_checkpoint  # noqa: E402
+from test_serve_engine import PROMPTS, alone  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "test-key-123"
+MODEL = "tiny"
+
+
+class Running:
+    def __init__(self, process: subprocess.Popen, url: str, log: Path):
+        self.process, self.url, self.log = process, url, log
+
+    def client(self, **kwargs) -> "openai.OpenAI":
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=KEY, max_retries=0, timeout=60, **kwargs)
+
+    def post(self, path: str, body, key: str | None = KEY, timeout: float = 60) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        content = body if isinstance(body, (str, bytes)) else json.dumps(body)
+        return httpx.post(self.url + path, content=content, headers={**headers, "Content-Type": "application/json"},
+                          timeout=timeout)
+
+    def health(self) -> dict:
+        return httpx.get(self.url + "/health", timeout=10).json()
+
+
+def start_server(ckpt: Path, log: Path, *args: str) -> Running:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GPT_SERVE_API_KEY": KEY}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpt.serve", "--ckpt", str(ckpt), "--port", "0", "--model_name", MODEL,
+         "--log_level", "warning", *args],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+    line = process.stdout.readline()  # the banner, once listening (or nothing, if it failed)
+    match = re.search(r"at (http://\S+)/v1", line)
+    if not match:
+        process.kill()
+        raise AssertionError(f"the server did not start: {line!r}\n{log.read_text()}")
+    return Running(process, match.group(1), log)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("serve_run")
+    train_tiny_checkpoint(out / "ckpt.pt")
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(ckpt, tmp_path_factory):
+    running = start_server(ckpt, tmp_path_factory.mktemp("logs") / "server.log", "--max_batch", "8",
+                           "--max_waiting", "24", "--max_tokens", "100000")
+    yield running
+    if running.process.poll() is None:  # the last test stops it with SIGTERM; if it did not run, stop it here
+        running.process.kill()
+        running.process.wait()
+
+
+def sample_py(ckpt: Path, capsys, monkeypatch, *args: str) -> str:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert sample_main(["--ckpt", str(ckpt), *args]) == 0
+    return capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The API with the official client
+
+
+def test_models_and_health(server):
+    assert [m.id for m in server.client().models.list().data] == [MODEL]
+    assert server.client().models.retrieve(MODEL).id == MODEL
+    health = server.health()
+    assert health["status"] == "ok" and health["model"] == MODEL and health["max_batch"] == 8
+
+
+def test_greedy_completion_is_sample_py_text_with_usage(server, ckpt, capsys, monkeypatch):
+    answer = server.client().completions.create(model=MODEL, prompt="the dog ", max_tokens=40, temperature=0)
+    expected = sample_py(ckpt, capsys, monkeypatch, "--prompt", "the dog ", "--temperature", "0", "--max_new_tokens", "40")
+    [choice] = answer.choices
+    assert "the dog " + choice.text + "\n" == expected
+    assert choice.finish_reason == "length" and choice.index == 0 and answer.object == "text_completion"
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens, answer.usage.total_tokens) == (8, 40, 48)
+
+
+def test_a_seed_gives_sample_py_samples(server, ckpt, capsys, monkeypatch):
+    answer = server.client().completions.create(model=MODEL, prompt="the cat ", max_tokens=30, temperature=1.0,
+                                                n=3, seed=5)
+    printed = sample_py(ckpt, capsys, monkeypatch, "--prompt", "the cat ", "--temperature", "1", "--top_k", "0",
+                        "--max_new_tokens", "30", "--num_samples", "3", "--seed", "5")
+    expected = [s.removeprefix("the cat ").removesuffix("\n") for s in printed.split("-" * 15 + "\n")]
+    assert [c.text for c in answer.choices] == expected and len(set(expected)) == 3
+    again = server.client().completions.create(model=MODEL, prompt="the cat ", max_tokens=30, n=3, seed=5)
+    assert [c.text for c in again.choices] == expected
+    assert answer.usage.completion_tokens == 90
+
+
+def test_stop_strings_and_several_prompts(server):
+    from test_generate import train_tiny_model
+
+    answer = server.client().completions.create(model=MODEL, prompt=["the dog ", "and then"], max_tokens=60,
+                                                temperature=0, stop=["!", ","])
+    for choice, prompt in zip(answer.choices, ["the dog ", "and then"]):
+        expected = re.split("[!,]", alone(train_tiny_model(), prompt, 60)[0])[0]
+        assert choice.text == expected and choice.finish_reason == "stop"
+    assert [c.index for c in answer.choices] == [0, 1]
+
+
+def test_streaming_gives_the_same_text_in_pieces(server):
+    client = server.client()
+    whole = client.completions.create(model=MODEL, prompt="la", max_tokens=50, temperature=0).choices[0].text
+    chunks = list(client.completions.create(model=MODEL, prompt="la", max_tokens=50, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    texts = [c.choices[0].text for c in chunks if c.choices]
+    assert "".join(texts) == whole and len([t for t in texts if t]) > 10  # token by token
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 50
+
+
+def test_logprobs_are_the_numbers_show_probs_prints(server, ckpt, capsys, monkeypatch):
+    table = sample_py(ckpt, capsys, monkeypatch, "--prompt", "the bird ", "--temperature", "0.8", "--show_probs", "5")
+    rows = re.findall(r"^\s+\d+\s+'(.+?)'\s+([0-9.]+)", table, re.MULTILINE)
+    answer = server.client().completions.create(model=MODEL, prompt="the bird ", max_tokens=1, temperature=0.8,
+                                                logprobs=5, seed=1)
+    top = answer.choices[0].logprobs.top_logprobs[0]
+    assert len(rows) == 5 and [token for token, _ in rows] == list(top)
+    assert [float(p) for _, p in rows] == pytest.approx([2.718281828 ** v for v in top.values()], abs=6e-5)
+    assert answer.choices[0].logprobs.tokens == [answer.choices[0].text]
+
+
+def test_chat_without_a_chat_template_is_a_clear_400(server):
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as info:
+            server.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                    stream=stream)
+        assert info.value.code == "no_chat_template" and "no chat template" in info.value.message
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad requests over raw HTTP
+
+
+@pytest.mark.parametrize("body, status, param", [
+    ("{not json", 400, None),
+    ({"model": "gpt-4", "prompt": "a"}, 404, "model"),
+    ({"model": MODEL, "prompt": "a", "max_tokens": -3}, 400, "max_tokens"),
+    ({"model": MODEL, "prompt": "a", "temperature": 5}, 400, "temperature"),
+    ({"model": MODEL, "prompt": "the cat " * 5}, 400, "prompt"),  # 40 tokens; the model reads 32
+    ({"model": MODEL, "prompt": "a", "n": 9}, 400, "n"),
+    ({"model": MODEL, "prompt": "a", "frequency_penalty": 1}, 400, "frequency_penalty"),
+    ({"model": MODEL, "prompt": "Ω"}, 400, "prompt"),  # a character the char tokenizer never saw
+])
+def test_bad_requests_get_openai_shaped_errors(server, body, status, param):
+    response = server.post("/v1/completions", body)
+    error = response.json()["error"]
+    assert response.status_code == status and error["param"] == param, error
+    assert error["message"] and error["type"] == "invalid_request_error" and "code" in error
+
+
+def test_the_api_key_is_required_on_v1_only(server):
+    for key in (None, "wrong-key", KEY + "x"):
+        response = server.post("/v1/completions", {"model": MODEL, "prompt": "a"}, key=key)
+        assert response.status_code == 401 and response.json()["error"]["code"] in ("missing_api_key", "invalid_api_key")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.url + "/v1", api_key="nope", max_retries=0).models.list()
+    assert httpx.get(server.url + "/health").status_code == 200
+    response = httpx.get(server.url + "/v2/nothing")
+    assert response.status_code == 404 and "no such endpoint" in response.json()["error"]["message"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Load, disconnects, a full queue
+
+
+def test_16_clients_x_10_requests_lose_nothing_and_match_each_alone(server):
+    from test_generate import train_tiny_model
+
+    tiny = train_tiny_model()
+    lengths = [4, 7, 10, 5]
+    expected = {(p, n): alone(tiny, p, n)[0] for p in PROMPTS for n in lengths}
+    before = server.health()
+
+    def client(c: int) -> list[tuple[str, int, str, int]]:
+        out = []
+        with httpx.Client(timeout=120) as http:
+            for r in range(10):
+                prompt, n = PROMPTS[(c + r) % 4], lengths[(c * 3 + r) % 4]
+                body = {"model": MODEL, "prompt": prompt, "max_tokens": n, "temperature": 0}
+                response = http.post(server.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+                assert response.status_code == 200, response.text
+                answer = response.json()
+                out.append((prompt, n, answer["choices"][0]["text"], answer["usage"]["completion_tokens"]))
+        return out
+
+    with ThreadPoolExecutor(16) as pool:
+        results = [r for rs in pool.map(client, range(16)) for r in rs]
+    assert len(results) == 160
+    assert all(text == expected[(prompt, n)] and tokens == n for prompt, n, text, tokens in results)
+    after = server.health()
+    generated = after["generated_tokens"] - before["generated_tokens"]
+    assert generated == sum(n for _, n, _, _ in results)
+    assert after["decode_steps"] - before["decode_steps"] < generated / 2  # several rows per step
+
+
+def running_samples_drop_to_zero(server, within: float = 15.0) -> bool:
+    deadline = time.time() + within
+    while time.time() < deadline:
+        if server.health()["running_samples"] == 0:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_client_that_disconnects_frees_its_rows_at_once(server):
+    body = {"model": MODEL, "prompt": "the", "max_tokens": 90000, "n": 4, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                      timeout=60) as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data:"))
+        assert server.health()["running_samples"] == 4
+    assert running_samples_drop_to_zero(server)
+    # Not streaming: the client gives up waiting.
+    with pytest.raises(httpx.ReadTimeout):
+        server.post("/v1/completions", {"model": MODEL, "prompt": "the", "max_tokens": 90000}, timeout=1.0)
+    assert running_samples_drop_to_zero(server)
+    assert server.client().completions.create(model=MODEL, prompt="a", max_tokens=3).usage.completion_tokens == 3
+
+
+def test_a_full_queue_answers_429_and_the_queue_drains(server):
+    # A stream takes all 8 rows; of 25 more requests, 24 wait (max_waiting) and one is refused. When the
+    # stream's client goes away, the 24 run.
+    body = {"model": MODEL, "prompt": "the", "max_tokens": 90000, "n": 8, "stream": True}
+    pool = ThreadPoolExecutor(25)
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                      timeout=60) as response:
+        lines = response.iter_lines()  # (kept: a dropped iterator would close the stream)
+        next(line for line in lines if line.startswith("data:"))  # the batch is full now
+        futures = [pool.submit(server.post, "/v1/completions", {"model": MODEL, "prompt": "a", "max_tokens": 2})
+                   for _ in range(25)]
+        deadline = time.time() + 60
+        while not any(f.done() for f in futures):
+            assert time.time() < deadline
+            time.sleep(0.01)
+        busy = next(f for f in futures if f.done()).result()
+        assert busy.status_code == 429 and busy.json()["error"]["type"] == "rate_limit_error", busy.text
+        assert server.health()["waiting_requests"] == 24
+    statuses = sorted(f.result().status_code for f in futures)
+    pool.shutdown()
+    assert statuses == [200] * 24 + [429]
+
+
+# ---------------------------------------------------------------------------------------------------
+# SIGTERM
+
+
+def test_sigterm_during_a_stream_finishes_it_and_exits_cleanly(server):
+    # The last test of the module: it stops the module's server (one server start is a few seconds).
+    body = {"model": MODEL, "prompt": "the", "max_tokens": 300, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                      timeout=60) as response:
+        lines = (line for line in response.iter_lines() if line.startswith("data:"))
+        first = next(lines)
+        server.process.send_signal(signal.SIGTERM)
+        rest = list(lines)
+    assert rest[-1] == "data: [DONE]"
+    pieces = [json.loads(line[5:])["choices"][0]["text"] for line in [first, *rest[:-1]]]
+    assert json.loads(rest[-2][5:])["choices"][0]["finish_reason"] == "length" and len("".join(pieces)) == 300
+    assert server.process.wait(timeout=60) == 0, server.log.read_text()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(server.url + "/health", timeout=5)

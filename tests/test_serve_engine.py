@@ -1,0 +1,133 @@
+"""The serving engine (gpt/serve/engine.py) in-process: jobs decoded together give each job's own text,
+seeds give sample.py's samples, logprobs are sample.py's probabilities, cancelling frees the rows, and a
+full queue refuses more. The HTTP layer is tested in tests/test_serve.py."""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import pytest
+import torch
+
+from gpt.generate import encode_prompt, generate_tokens, next_token_probs, sample_generators
+from gpt.serve.engine import Busy, Done, Engine, Failed, Finished, Job, Piece, Settings
+from test_generate import one_thread, train_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return train_tiny_model()
+
+
+@pytest.fixture
+def engine(tiny):
+    model, tokenizer = tiny
+    with one_thread():
+        engine = Engine(model, tokenizer, max_batch=6, max_waiting=2)
+        yield engine
+        engine.close()
+
+
+def run_jobs(engine: Engine, jobs_spec: list[tuple[str, Settings]], delays: list[float] | None = None) -> list[dict]:
+    """Submit (prompt, settings) jobs (after the given delays) and wait for all: texts, reasons, usage, logprobs."""
+    events: queue.Queue = queue.Queue()
+    jobs = []
+    for index, (prompt, settings) in enumerate(jobs_spec):
+        ids = encode_prompt(engine.tokenizer, prompt)
+        jobs.append(Job(ids, settings, lambda event, index=index: events.put((index, event))))
+    for job, delay in zip(jobs, delays or [0.0] * len(jobs)):
+        time.sleep(delay)
+        engine.submit([job])
+    results = [{"texts": [""] * s.n, "reasons": [None] * s.n, "logprobs": [[] for _ in range(s.n)], "done": None}
+               for _, s in jobs_spec]
+    open_jobs = len(jobs)
+    while open_jobs:
+        index, event = events.get(timeout=60)
+        result = results[index]
+        if isinstance(event, Piece):
+            result["texts"][event.index] += event.text
+            result["logprobs"][event.index].append(event.logprob)
+        elif isinstance(event, Finished):
+            result["reasons"][event.index] = event.reason
+        elif isinstance(event, (Done, Failed)):
+            result["done"] = event
+            open_jobs -= 1
+    return results
+
+
+def alone(tiny, prompt: str, n_tokens: int, temperature: float = 0.0, seed: int = 0, n: int = 1) -> list[str]:
+    """What sample.py's decoding gives for the prompt by itself: n samples, one random stream each."""
+    model, tokenizer = tiny
+    ids = torch.tensor([encode_prompt(tokenizer, prompt)] * n)
+    steps = list(generate_tokens(model, ids, n_tokens, temperature, generator=sample_generators(seed, n),
+                                 vocab_size=tokenizer.vocab_size))
+    return [tokenizer.decode([int(step[b]) for step in steps]) for b in range(n)]
+
+
+PROMPTS = ["the dog ", "la", "and then, the bird sang: ", "the cat sat on the mat. "]
+
+
+def test_jobs_arriving_together_and_apart_are_decoded_in_one_batch_each_as_if_alone(tiny, engine):
+    lengths = [30, 12, 45, 20]
+    spec = [(p, Settings(max_tokens=n, temperature=0.0)) for p, n in zip(PROMPTS, lengths)]
+    with one_thread():
+        results = run_jobs(engine, spec, delays=[0.0, 0.0, 0.02, 0.02])
+    for (prompt, n), result in zip(zip(PROMPTS, lengths), results):
+        assert result["texts"] == alone(tiny, prompt, n)
+        assert result["reasons"] == ["length"] and result["done"] == Done(len(engine.tokenizer.encode(prompt)), n)
+    # Decoded together: far fewer batched steps than the 107 tokens generated one job after another.
+    assert engine.steps < 0.8 * sum(lengths)
+
+
+def test_a_seeded_job_gives_sample_py_samples(tiny, engine):
+    settings = Settings(max_tokens=25, temperature=1.0, n=3, seed=7)
+    with one_thread():
+        [result] = run_jobs(engine, [("the dog ", settings)])
+    assert result["texts"] == alone(tiny, "the dog ", 25, temperature=1.0, seed=7, n=3)
+    assert len(set(result["texts"])) > 1  # each sample its own random stream
+
+
+def test_stop_strings_end_a_sample_and_are_not_returned(engine):
+    with one_thread():
+        [result] = run_jobs(engine, [("the dog ", Settings(max_tokens=60, temperature=0.0, stop=["!"]))])
+    text = result["texts"][0]
+    assert result["reasons"] == ["stop"] and "!" not in text and text.startswith("ate")
+
+
+def test_logprobs_are_the_sampling_distribution(tiny, engine):
+    model, tokenizer = tiny
+    # After temperature and top_p, as sample.py --show_probs shows them; a token top_p rules out gets -9999.
+    settings = Settings(max_tokens=1, temperature=1.5, top_p=0.8, logprobs=6)
+    with one_thread(), torch.no_grad():
+        [result] = run_jobs(engine, [("the dog ", settings)])
+        logits, _ = model(torch.tensor([tokenizer.encode("the dog ")]))
+    probs = next_token_probs(logits[:, -1], 1.5, 0, 0.8)[0]
+    [entry] = result["logprobs"][0]
+    assert entry.token == tokenizer.encode(result["texts"][0])[0]
+    assert entry.logprob == pytest.approx(float(probs[entry.token].log()), abs=1e-5)
+    top = torch.topk(probs, 6)
+    expected = [float(p.log()) if p > 0 else -9999.0 for p in top.values]
+    assert 0 < top.values.count_nonzero() < 6  # some kept, some ruled out
+    assert [t for t, _ in entry.top] == top.indices.tolist()
+    assert [v for _, v in entry.top] == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_cancelled_job_leaves_the_batch_and_a_full_queue_refuses_more(engine):
+    long_events: queue.Queue = queue.Queue()
+    short_events: queue.Queue = queue.Queue()
+    long = Job(encode_prompt(engine.tokenizer, "the"), Settings(max_tokens=10**6, temperature=0.0, n=6), long_events.put)
+    with one_thread():
+        engine.submit([long])
+        long_events.get(timeout=30)  # running: the batch (6 rows) is full
+        waiting = [Job([1], Settings(max_tokens=3), short_events.put) for _ in range(2)]
+        engine.submit(waiting)  # they wait: max_waiting is 2
+        assert engine.stats()["waiting_requests"] == 2
+        with pytest.raises(Busy):
+            engine.submit([Job([1], Settings(max_tokens=3), short_events.put)])
+        long.cancel()  # its rows leave before the next step, and the waiting jobs run
+        done = [short_events.get(timeout=30) for _ in range(2 * 5)]  # 3 pieces, finished, done each
+    assert sum(isinstance(e, Done) for e in done) == 2
+    assert engine.stats()["running_samples"] == 0 and engine.stats()["waiting_requests"] == 0
+    while not long_events.empty():
+        assert not isinstance(long_events.get(), Done)  # cancelled: never finished
