@@ -43,6 +43,7 @@ TOOLS = {
     "gpt.evaluate": "gpt.evaluate:EvalConfig",
     "gpt.data": "gpt.data:PrepareConfig",
     "gpt.hf": "gpt.hf:ExportConfig",
+    "gpt.serve": "gpt.serve.app:ServeConfig",
 }
 
 

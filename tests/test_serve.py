@@ -138,6 +138,14 @@ def test_streaming_gives_the_same_text_in_pieces(server):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 50
 
 
+def test_max_tokens_0_answers_at_once_streaming_or_not(server):
+    answer = server.post("/v1/completions", {"model": MODEL, "prompt": "ab", "max_tokens": 0, "n": 2}).json()
+    assert [(c["text"], c["finish_reason"]) for c in answer["choices"]] == [("", "length")] * 2
+    assert answer["usage"] == {"prompt_tokens": 2, "completion_tokens": 0, "total_tokens": 2}
+    stream = server.post("/v1/completions", {"model": MODEL, "prompt": "ab", "max_tokens": 0, "stream": True})
+    assert stream.headers["content-type"].startswith("text/event-stream") and stream.text.endswith("data: [DONE]\n\n")
+
+
 def test_logprobs_are_the_numbers_show_probs_prints(server, ckpt, capsys, monkeypatch):
     table = sample_py(ckpt, capsys, monkeypatch, "--prompt", "the bird ", "--temperature", "0.8", "--show_probs", "5")
     rows = re.findall(r"^\s+\d+\s+'(.+?)'\s+([0-9.]+)", table, re.MULTILINE)

@@ -232,9 +232,6 @@ async def read_json(request: HTTPRequest) -> object:
 
 
 async def answer(server: Server, request: HTTPRequest, req: protocol.Request) -> Response:
-    if req.settings.max_tokens == 0:  # nothing to generate: no need to queue
-        return JSONResponse(whole_answer(server, req, [_empty_result() for _ in range(len(req.prompts) * req.settings.n)],
-                                         sum(len(p) for p in req.prompts), 0))
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
     jobs = []
@@ -242,13 +239,19 @@ async def answer(server: Server, request: HTTPRequest, req: protocol.Request) ->
         def listener(event, index=index):
             loop.call_soon_threadsafe(events.put_nowait, (index, event))
         jobs.append(Job(prompt, req.settings, listener))
-    try:
-        server.engine.submit(jobs)
-    except Busy:
-        raise APIError(429, f"the server is busy: {server.engine.max_waiting} requests are already waiting; retry later",
-                       None, "rate_limit_exceeded") from None
-    except ShuttingDown:
-        raise APIError(503, "the server is shutting down", None, "shutting_down") from None
+    if req.settings.max_tokens == 0:  # nothing to generate: the answer without queueing
+        for index, job in enumerate(jobs):
+            for sample in range(req.settings.n):
+                events.put_nowait((index, Finished(sample, "length", 0)))
+            events.put_nowait((index, Done(len(job.prompt_ids), 0)))
+    else:
+        try:
+            server.engine.submit(jobs)
+        except Busy:
+            raise APIError(429, f"the server is busy: {server.engine.max_waiting} requests are already waiting; "
+                           "retry later", None, "rate_limit_exceeded") from None
+        except ShuttingDown:
+            raise APIError(503, "the server is shutting down", None, "shutting_down") from None
     if req.stream:
         return EventStream(stream_events(server, req, jobs, events))
     return await run_until_disconnect(request, collect(server, req, jobs, events), jobs)
@@ -266,10 +269,6 @@ async def job_events(jobs: list[Job], events: asyncio.Queue) -> AsyncIterator[tu
     finally:
         for job in jobs:
             job.cancel()
-
-
-def _empty_result() -> dict:
-    return {"text": "", "finish_reason": "length", "logprobs": []}
 
 
 async def collect(server: Server, req: protocol.Request, jobs: list[Job], events: asyncio.Queue) -> Response:

@@ -254,7 +254,7 @@ class Engine:
             reason = "stop" if ends or row.text.done else "length" if row.tokens >= settings.max_tokens else None
             if reason is not None and not ends:
                 text += row.text.finish()
-            row.job.listener(Piece(row.index, text, None if ends and token == eot else logprobs[index]))
+            row.job.listener(Piece(row.index, text, None if ends else logprobs[index]))
             if reason is not None:
                 row.done = True
                 row.job.listener(Finished(row.index, reason, row.tokens))
