@@ -306,7 +306,10 @@ class Decoder:
                 self._prefill()
                 # Every row now has exactly one token the cache has not seen: its newest. One step for all.
                 newest = torch.tensor([[row.ids[-1]] for row in self.rows], device=self.device)  # [rows, 1]
-                logits, _ = self.model(newest, kv_cache=self.cache.rows(0, len(self.rows)))
+                full = len(self.rows) == self.max_rows
+                cache = self.cache if full else self.cache.rows_view(0, len(self.rows))
+                cache.length = max(row.cached for row in self.rows)  # the longest row, after any prefill
+                logits, _ = self.model(newest, kv_cache=cache)
                 for row in self.rows:
                     row.cached += 1
         return logits[:, -1, : self.vocab_size].float()
@@ -325,7 +328,7 @@ class Decoder:
             while end < len(self.rows) and self.rows[end].cached < 0 and \
                     len(self.rows[end].ids) - self.rows[end].start - 1 == window:
                 end += 1
-            cache = self.cache.rows(index, end)
+            cache = self.cache.rows_view(index, end)
             cache.reset()
             if window > 0:
                 tokens = torch.tensor([r.ids[r.start : r.start + window] for r in self.rows[index:end]],

@@ -53,8 +53,9 @@ class KVCache:
     ones, which never change (attention is causal). The buffers are allocated once, full size.
 
     Each row of the batch is a sequence of its own length (`lengths`): a server decodes requests that
-    started at different times side by side. A row's new tokens go to its own next positions, and its
-    queries see only its own keys (`positions`, and the mask in CausalSelfAttention).
+    started at different times side by side. A forward pass first takes the next positions of every row
+    (`advance`); each attention layer then stores its new keys and values there and attends with a mask
+    that lets each query see only its own row's keys, up to its own position (`update`).
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=None):
@@ -63,14 +64,29 @@ class KVCache:
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # [B] positions filled in each row
-        self.length = 0  # the longest row's: attention reads positions 0..length-1 (plus the new ones)
+        self.length = 0  # the longest row's: attention reads positions 0..length-1
         self.capacity = config.block_size
 
-    def positions(self, T: int) -> torch.Tensor:
-        """Where T new tokens of each row go: [B, T], each row continuing from its own length."""
-        return self.lengths[:, None] + torch.arange(T, device=self.lengths.device)
+    def advance(self, T: int) -> torch.Tensor:
+        """Take the next T positions of every row for a forward pass's new tokens; returns them, pos [B, T]."""
+        device = self.lengths.device
+        self.pos = self.lengths[:, None] + torch.arange(T, device=device)  # [B, T]: each row from its own length
+        self.lengths += T
+        self.length += T
+        # Query t of row b may see that row's keys 0..pos[b, t]: [B, 1, T, L], the same for every head.
+        self.allowed = (torch.arange(self.length, device=device) <= self.pos[:, :, None]).unsqueeze(1)
+        _, nh, _, hs = self.keys[0].shape
+        self.index = self.pos[:, None, :, None].expand(-1, nh, -1, hs)  # [B, nh, T, hs]: where each new value goes
+        return self.pos
 
-    def rows(self, start: int, stop: int) -> KVCache:
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Store one layer's new keys and values k, v [B, nh, T, hs] at their positions; return every key and
+        value held so far, [B, nh, L, hs] each (L = the longest row's length), and the mask `allowed`."""
+        self.keys[layer].scatter_(2, self.index, k)  # [B, nh, T, hs] into [B, nh, block_size, hs]
+        self.values[layer].scatter_(2, self.index, v)
+        return self.keys[layer][:, :, : self.length], self.values[layer][:, :, : self.length], self.allowed
+
+    def rows_view(self, start: int, stop: int) -> KVCache:
         """Rows start..stop-1 as a cache of their own that shares this one's memory (to fill some rows only)."""
         view = copy.copy(self)
         view.keys = [k[start:stop] for k in self.keys]
@@ -112,8 +128,7 @@ class CausalSelfAttention(nn.Module):
         self.plain = False
         self.weights: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                pos: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         qkv = self.c_attn(x)  # [B, T, 3C]: queries, keys and values of all heads side by side
         # Split into q, k, v and the channels into heads: [B, T, 3, nh, hs] -> 3 x [B, nh, T, hs]
@@ -121,15 +136,9 @@ class CausalSelfAttention(nn.Module):
 
         allowed = None  # without a cache: plain causal attention over these T tokens
         if cache is not None:
-            # Store this step's keys and values at each row's positions pos [B, T], after its earlier ones,
-            # then attend over the first L positions. Rows may differ in length, so each query sees only
-            # its own row's keys up to its own position: allowed [B, 1, T, L].
-            rows = torch.arange(B, device=x.device)[:, None]  # [B, 1]
-            cache.keys[layer][rows, :, pos] = k.transpose(1, 2)  # [B, T, nh, hs] into [B, nh, block_size, hs]
-            cache.values[layer][rows, :, pos] = v.transpose(1, 2)
-            L = cache.length + T
-            k, v = cache.keys[layer][:, :, :L], cache.values[layer][:, :, :L]  # [B, nh, L, hs]
-            allowed = torch.arange(L, device=x.device) <= pos[:, None, :, None]
+            # Keep this step's keys and values after the earlier ones; attend over all L of them, each row's
+            # queries seeing only their own row's keys up to their own position (rows may differ in length).
+            k, v, allowed = cache.update(layer, k, v)  # [B, nh, L, hs] twice, allowed [B, 1, T, L]
 
         dropout = self.dropout if self.training else 0.0
         if self.plain:
@@ -167,11 +176,10 @@ class Block(nn.Module):
         self.ln_2 = None if config.attention_only else nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = None if config.attention_only else MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                pos: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         # Each sub-layer adds to the residual stream x rather than replacing it, which keeps deep
         # stacks trainable: gradients flow straight through the additions.
-        x = x + self.attn(self.ln_1(x), cache, layer, pos)
+        x = x + self.attn(self.ln_1(x), cache, layer)
         if self.mlp is not None:
             x = x + self.mlp(self.ln_2(x))
         return x
@@ -232,15 +240,12 @@ class GPT(nn.Module):
         if kv_cache is None:
             pos = torch.arange(T, device=idx.device)  # [T]
         else:
-            pos = kv_cache.positions(T)  # [B, T]: each row continues its own sequence
+            pos = kv_cache.advance(T)  # [B, T]: each row continues its own sequence
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # [B, T, C] + [T, C] or [B, T, C] -> [B, T, C]
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, kv_cache, layer, pos)  # [B, T, C]
+            x = block(x, kv_cache, layer)  # [B, T, C]
         x = self.transformer.ln_f(x)
-        if kv_cache is not None:
-            kv_cache.lengths += T
-            kv_cache.length += T
 
         if targets is not None:
             logits = self.lm_head(x)  # [B, T, V]

@@ -126,7 +126,7 @@ def test_kv_cache_rows_of_different_lengths_match_each_row_alone():
     seqs = [torch.randint(0, 37, (1, n)) for n in (3, 9, 6)]
     cache = model.new_kv_cache(batch_size=3)
     for row, seq in enumerate(seqs):
-        model(seq, kv_cache=cache.rows(row, row + 1))
+        model(seq, kv_cache=cache.rows_view(row, row + 1))
     assert cache.lengths.tolist() == [3, 9, 6]
     cache.length = 9
     for step in range(2):
