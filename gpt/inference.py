@@ -13,6 +13,7 @@ the bytes of weights it reads (and, for small models, by the overhead of launchi
                         the result to float32: the fast integer kernels of x86 (VNNI) and ARM do the work.
   compile = true        torch.compile fuses the small operations of a step into fewer kernels; the first
                         calls pay for compiling (a minute or more on a CPU), so it suits a server or long runs
+                        (with float32 or bfloat16 weights: it cannot trace the int8 layers)
 
 The lossy options change the model's predictions a little: `python -m gpt.evaluate --weights int8` measures
 by how much, in bits per byte (BENCHMARKS.md has the figures, and the weight-only int8 kernel we measured and
@@ -58,6 +59,10 @@ def prepare_for_inference(model: nn.Module, weights: str = "float32", compile: b
         raise UserError(f"unknown weights {weights!r}: use {', '.join(WEIGHTS)}")
     if weights == "int8" and dtype != torch.float32:
         raise UserError("weights = int8 computes in float32: drop --dtype (or set --dtype=float32)")
+    if weights == "int8" and compile:
+        # torch.compile cannot trace the quantized layers: the graph breaks at each, and measured slower than
+        # int8 alone (BENCHMARKS.md).
+        raise UserError("compile does not combine with weights = int8 (it made int8 slower): choose one of them")
     model.eval()
     if weights == "bfloat16":
         model.to(torch.bfloat16)

@@ -55,6 +55,8 @@ def test_bad_settings_are_one_line_errors():
         prepare_for_inference(copy.deepcopy(model), "int4")
     with pytest.raises(UserError, match="int8 computes in float32"):
         prepare_for_inference(copy.deepcopy(model), "int8", dtype=torch.bfloat16)
+    with pytest.raises(UserError, match="compile does not combine with weights = int8"):
+        prepare_for_inference(copy.deepcopy(model), "int8", compile=True)
 
 
 def test_sample_py_and_evaluate_take_the_weights_setting(ckpt, capsys):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import AsyncIterator, Protocol
 
 import anyio
+import torch
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -64,6 +65,7 @@ class ServeConfig:
     dtype: str = setting("auto", "auto (bf16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16")
     weights: str = setting("float32", WEIGHTS_HELP)
     compile: bool = setting(False, COMPILE_HELP + "; the server compiles before it starts listening")
+    threads: int = setting(0, "CPU threads for torch (0 = torch's default); the web server runs in one more thread")
     shutdown_timeout: float = setting(30.0, "on SIGTERM or Ctrl-C: seconds requests in flight may take to finish before they are cancelled")
     log_level: str = setting("info", "uvicorn's log level: critical, error, warning, info (one line per request) or debug")
 
@@ -428,6 +430,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def check_config(cfg: ServeConfig) -> None:
+    if cfg.threads < 0:
+        raise UserError(f"threads must be 0 (torch's default) or more, got {cfg.threads}")
     for name in ("max_batch", "max_tokens"):
         if getattr(cfg, name) < 1:
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
@@ -454,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     check_config(cfg)
     api_key = cfg.api_key if cfg.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     sock = bind(cfg.host, cfg.port)  # before loading: a taken port fails fast
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     loaded = load_model(cfg.ckpt, device)
