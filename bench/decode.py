@@ -4,6 +4,7 @@ side with Hugging Face transformers' `generate` from the same weights.
     .venv/bin/python bench/decode.py                  # 64 new tokens, 5 rounds
     .venv/bin/python bench/decode.py --compile        # also the compiled cases (compiling takes minutes here)
     .venv/bin/python bench/decode.py --quick          # 2 rounds of 16 tokens (a smoke run)
+    .venv/bin/python bench/decode.py --cases float32,int8 --tokens 32 --rounds 3   # fewer cases (a busy machine)
 
 Cases (one model each, built from the same random weights: speed does not depend on what was learned):
   transformers       GPT2LMHeadModel.generate, greedy, with its KV cache (the folder gpt.hf.save_hf_gpt2 writes)
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also the compiled cases")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 16 tokens")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--cases", default="", help="only these cases, comma-separated (transformers always runs)")
     args = parser.parse_args()
     if args.quick:
         args.tokens, args.rounds = 16, 2
@@ -103,6 +105,9 @@ def main() -> None:
         "int8": prepare_for_inference(copy.deepcopy(base), "int8"),
         "int8 weight-only": weight_only_int8(copy.deepcopy(base)),
     }
+    if args.cases:
+        wanted = set(args.cases.split(","))
+        models = {name: m for name, m in models.items() if name in wanted}
     if args.compile:
         for name, weights in (("compiled", "float32"), ("bfloat16 compiled", "bfloat16")):
             started = time.perf_counter()
