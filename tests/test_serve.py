@@ -166,6 +166,87 @@ def test_chat_without_a_chat_template_is_a_clear_400(server):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Chat: a tiny model tuned on conversations in the test, served with its chat template
+
+ANSWERS = {"sky?": "blue", "grass?": "green", "snow?": "white", "sun?": "yellow"}
+
+
+@pytest.fixture(scope="module")
+def chat_ckpt(tmp_path_factory) -> Path:
+    from gpt.trainer import main as train
+
+    root = tmp_path_factory.mktemp("chat_run")
+    def conversation(question: str, answer: str, system: bool) -> dict:
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        return {"messages": [{"role": "system", "content": "one word."}] * system + messages}
+
+    lines = [conversation(q, a, system) for system in (False, True) for q, a in ANSWERS.items()] * 6
+    chats = root / "chats.jsonl"
+    chats.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    assert train([f"--data={chats}", f"--out_dir={root / 'out'}", f"--data_dir={root / 'data'}", "--n_layer=1",
+                  "--n_head=2", "--n_embd=32", "--block_size=48", "--batch_size=8", "--max_iters=100",
+                  "--learning_rate=1e-2", "--warmup_iters=10", "--lr_decay_iters=100", "--eval_interval=100",
+                  "--eval_iters=1", "--plot=false", "--progress=false", "--threads=1"]) == 0
+    return root / "out"
+
+
+@pytest.fixture(scope="module")
+def chat_server(chat_ckpt, tmp_path_factory):
+    running = start_server(chat_ckpt, tmp_path_factory.mktemp("chat_logs") / "server.log")
+    yield running
+    running.process.send_signal(signal.SIGTERM)
+    assert running.process.wait(timeout=60) == 0
+
+
+def test_chat_answers_as_sample_py_chat_and_stops_at_the_end_of_the_turn(chat_server, chat_ckpt, capsys, monkeypatch):
+    from gpt.checkpoint import load_model
+
+    template = load_model(chat_ckpt).chat_template
+    answer = chat_server.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "grass?"}], temperature=0, max_tokens=30)
+    expected = sample_py(chat_ckpt, capsys, monkeypatch, "--chat", "--prompt", "grass?", "--temperature", "0",
+                         "--max_new_tokens", "30")
+    [choice] = answer.choices
+    assert choice.message.role == "assistant" and choice.message.content + "\n" == expected
+    # The tuned model ends its turn: the answer stops there, without the marker, long before max_tokens.
+    assert choice.finish_reason == "stop" and "<|" not in choice.message.content
+    assert answer.usage.prompt_tokens == len(template.prompt([{"role": "user", "content": "grass?"}]))
+    assert answer.usage.completion_tokens == len(choice.message.content) + 1  # a char model; + the <|end|> token
+    # The same conversation as a raw prompt on /v1/completions stops at the end of the turn too (as sample.py).
+    raw = chat_server.post("/v1/completions", {"model": MODEL, "prompt": template.prompt(
+        [{"role": "user", "content": "grass?"}]), "max_tokens": 30, "temperature": 0}).json()
+    assert (raw["choices"][0]["text"], raw["choices"][0]["finish_reason"]) == (choice.message.content, "stop")
+
+
+def test_a_seeded_chat_gives_sample_py_chat_samples_and_streams_the_same(chat_server, chat_ckpt, capsys, monkeypatch):
+    messages = [{"role": "developer", "content": "one word."}, {"role": "user", "content": "sky?"}]
+    answer = chat_server.client().chat.completions.create(model=MODEL, messages=messages, temperature=1.0, n=2,
+                                                          seed=3, max_tokens=20)
+    printed = sample_py(chat_ckpt, capsys, monkeypatch, "--chat", "--system", "one word.", "--prompt", "sky?",
+                        "--temperature", "1", "--top_k", "0", "--max_new_tokens", "20", "--num_samples", "2",
+                        "--seed", "3")
+    assert [c.message.content for c in answer.choices] == [s.removesuffix("\n") for s in printed.split("-" * 15 + "\n")]
+    chunks = list(chat_server.client().chat.completions.create(model=MODEL, messages=messages, temperature=1.0,
+                                                               seed=3, max_tokens=20, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == answer.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == answer.choices[0].finish_reason
+
+
+@pytest.mark.parametrize("messages, says", [
+    ([{"role": "assistant", "content": "blue"}], "roles out of order"),
+    ([{"role": "user", "content": "sky?"}, {"role": "user", "content": "sun?"}], "roles out of order"),
+    ([{"role": "user", "content": "sky?"}, {"role": "system", "content": "one word."}], "system message may only come first"),
+    ([{"role": "user", "content": "Ω?"}], "Ω"),  # a character the model's tokenizer never saw
+    ([{"role": "user", "content": "sky? sun? " * 5}], "tokens long"),  # longer than the model's 48 positions
+])
+def test_a_conversation_the_template_cannot_take_is_a_400(chat_server, messages, says):
+    response = chat_server.post("/v1/chat/completions", {"model": MODEL, "messages": messages})
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["param"] == "messages" and says in error["message"], error
+
+
+# ---------------------------------------------------------------------------------------------------
 # Bad requests over raw HTTP
 
 

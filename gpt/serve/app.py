@@ -24,7 +24,7 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Protocol
+from typing import AsyncIterator
 
 import anyio
 import torch
@@ -35,6 +35,7 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from gpt.chat import ChatTemplate
 from gpt.checkpoint import Loaded, load_model
 from gpt.config import parse_args, setting
 from gpt.device import pick_device, pick_dtype
@@ -81,26 +82,18 @@ Examples:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Chat: where the chat template plugs in
+# Chat: the checkpoint's template, as sample.py --chat uses it
 
 
-class ChatFormat(Protocol):
-    """How a conversation becomes a prompt for an instruction-tuned model."""
-
-    stop_ids: frozenset[int]  # tokens that end the assistant's turn
-
-    def render(self, messages: list[dict]) -> list[int]:
-        """The conversation's token ids, ending where the assistant's next turn begins."""
-
-
-def chat_format(loaded: Loaded) -> ChatFormat | None:
-    """The checkpoint's chat template, or None for a model that was not instruction-tuned.
-
-    The one place the template plugs in: instruction tuning (the chat-template module) stores the template in
-    the checkpoint; return an object with `render` and `stop_ids` built from it here, and /v1/chat/completions
-    serves it. Until then no checkpoint has one, and chat answers 400.
-    """
-    return None
+def chat_prompt(template: ChatTemplate, messages: list[dict]) -> list[int]:
+    """The ids that ask the model for the assistant's next turn (`ChatTemplate.prompt`, gpt/chat.py), with the
+    API's "developer" role read as "system" (OpenAI's newer name for it). A conversation the template cannot
+    take (roles out of order, an empty turn) is a 400 that says what is wrong."""
+    renamed = [{**m, "role": "system" if m["role"] == "developer" else m["role"]} for m in messages]
+    try:
+        return template.prompt(renamed)
+    except UserError as e:
+        raise APIError(400, str(e), "messages") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -116,8 +109,14 @@ class Server:
     model_id: str
     limits: Limits
     api_key: str | None
-    chat: ChatFormat | None
     created: int
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        """Tokens that end every sample besides <|endoftext|>: for a chat model, the end of a turn (any marker
+        of its template), whichever endpoint is called, as in sample.py."""
+        template = self.loaded.chat_template
+        return frozenset() if template is None else frozenset(template.stop_ids)
 
     def encode(self, text: str) -> list[int]:
         try:
@@ -144,22 +143,24 @@ def make_app(server: Server) -> Starlette:
         check_key(server, request)
         body = await read_json(request)
         req = protocol.parse_completion(body, server.model_id, server.loaded.tokenizer, server.limits, server.encode)
+        req.settings.stop_ids = server.stop_ids
         return await answer(server, request, req)
 
     async def chat_completions(request: HTTPRequest) -> Response:
         check_key(server, request)
         body = await read_json(request)
         req = protocol.parse_chat(body, server.model_id, server.limits)
-        if server.chat is None:
-            raise APIError(400, f"the model `{server.model_id}` has no chat template (it was not instruction-tuned): "
-                           "use /v1/completions with a plain prompt, or serve an instruction-tuned checkpoint",
-                           "messages", "no_chat_template")
-        prompt = server.chat.render(req.messages)
+        template = server.loaded.chat_template
+        if template is None:
+            raise APIError(400, f"the model `{server.model_id}` has no chat template (it was not tuned on "
+                           "conversations): use /v1/completions with a plain prompt, or serve a checkpoint tuned "
+                           "with python train.py --data=conversations.jsonl", "messages", "no_chat_template")
+        prompt = chat_prompt(template, req.messages)
         if len(prompt) > server.limits.max_prompt_tokens:
             raise APIError(400, f"the conversation is {len(prompt)} tokens long; this server takes at most "
                            f"{server.limits.max_prompt_tokens}", "messages", "context_length_exceeded")
         req.prompts = [prompt]
-        req.settings.stop_ids = frozenset(server.chat.stop_ids)
+        req.settings.stop_ids = server.stop_ids
         return await answer(server, request, req)
 
     async def api_error(request: HTTPRequest, exc: Exception) -> Response:
@@ -472,8 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     block_size = loaded.model.config.block_size
     limits = Limits(max_prompt_tokens=cfg.max_prompt_tokens or block_size, max_tokens=cfg.max_tokens,
                     max_n=cfg.max_batch)
-    server = Server(engine, loaded, cfg.model_name or model_name(loaded), limits, api_key, chat_format(loaded),
-                    protocol.now())
+    server = Server(engine, loaded, cfg.model_name or model_name(loaded), limits, api_key, protocol.now())
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
     banner = (f"serving {server.model_id} ({cfg.weights}{', compiled' if cfg.compile else ''}, {device.type}) at "

@@ -104,7 +104,7 @@ def parse_completion(body: Any, model_id: str, tokenizer: Tokenizer, limits: Lim
 
 def parse_chat(body: Any, model_id: str, limits: Limits) -> Request:
     """A /v1/chat/completions body -> Request with its messages checked; the prompt comes from the chat
-    template (gpt/serve/app.py: `ChatFormat`), which is applied after this check."""
+    template (gpt/serve/app.py: `chat_prompt`), which is applied after this check."""
     body = _object(body)
     _known_fields(body, CHAT_FIELDS)
     _check_model(body, model_id)
