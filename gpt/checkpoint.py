@@ -9,6 +9,9 @@ evaluation (gpt/evaluate.py) and fine-tuning load from here. One format, a dict 
     config          the training settings      optimizer, rng, sampler, best_val_loss (for resuming)
     chat_template   (models tuned on conversations) the template of gpt/chat.py, given back by load_model
 
+A LoRA run's checkpoints hold `adapter` (its weights, settings and base: see gpt/lora.py) instead of `model`;
+`load_model` finds the base and applies the adapter.
+
 Saving is atomic (a temp file in the same folder, then a rename), so a kill at any instant leaves the
 previous checkpoint whole. Loading uses torch.load(weights_only=True), which refuses to unpickle anything
 but tensors and plain data: a crafted file cannot run code.
@@ -120,7 +123,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as e:  # torch's readers raise many kinds (RuntimeError, EOFError, IndexError, ...) on damage
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot read checkpoint {path}: the file is corrupt or not a checkpoint ({first[:200]})") from None
-    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
+    if not isinstance(state, dict) or not ("model" in state or "adapter" in state) or "model_config" not in state:
         raise UserError(f"{path} is not a checkpoint of this project (no model weights and config in it)")
     if state.get("format_version", 0) > FORMAT_VERSION:
         raise UserError(f"{path} was written by a newer version of this project (format {state['format_version']})")
@@ -162,6 +165,7 @@ class Loaded:
     path: Path  # the checkpoint file, or the Hugging Face folder
     checkpoint: dict[str, Any] | None  # the full checkpoint; None for a Hugging Face folder
     chat_template: ChatTemplate | None = None  # for a model tuned on conversations (gpt/chat.py); else None
+    base_path: Path | None = None  # for an adapter: where its base model was loaded from
 
 
 def resolve_checkpoint_path(spec: str | Path) -> Path:
@@ -183,9 +187,24 @@ def is_hf_folder(path: str | Path) -> bool:
         and not (path / "best.pt").exists()
 
 
-def load_model(spec: str | Path, device: torch.device | str = "cpu") -> Loaded:
-    """Load a model and its tokenizer from an out_dir, a checkpoint file, or a local Hugging Face GPT-2 folder."""
+def load_model(spec: str | Path, device: torch.device | str = "cpu", *, adapter: str | Path | None = None,
+               base: str | Path | None = None) -> Loaded:
+    """Load a model and its tokenizer from an out_dir, a checkpoint file, or a local Hugging Face GPT-2 folder.
+
+    The checkpoint of a LoRA run loads its base model (from where the run found it, or from `base`) with the
+    adapter applied; `adapter` applies a LoRA run's adapter to the model at `spec` (its base) instead.
+    """
+    if adapter is not None:
+        if base is not None:
+            raise UserError("give the base once: --ckpt BASE --adapter ADAPTER, or --ckpt ADAPTER --base BASE")
+        from gpt import lora
+
+        return lora.load_with_adapter(adapter, base=spec, device=device)
+    not_an_adapter = UserError(f"--base is for the checkpoint of a LoRA run, and {spec} is a whole model: drop --base "
+                               "(or give --adapter to apply an adapter to it)")
     if is_hf_folder(spec):
+        if base is not None:
+            raise not_an_adapter
         model = load_hf_gpt2(spec)
         # The tokenizer saved beside the weights (ours, or vocab.json + merges.txt), else GPT-2's found offline.
         tokenizer = load_hf_tokenizer(spec) or load_tokenizer("gpt2")
@@ -194,6 +213,12 @@ def load_model(spec: str | Path, device: torch.device | str = "cpu") -> Loaded:
         return Loaded(model.to(device).eval(), tokenizer, Path(spec), None, ChatTemplate.of_tokenizer(tokenizer))
     path = resolve_checkpoint_path(spec)
     state = load_checkpoint(path)
+    if "adapter" in state:
+        from gpt import lora
+
+        return lora.load_with_adapter(path, base=base, device=device, state=state)
+    if base is not None:
+        raise not_an_adapter
     model = model_from_checkpoint(state)
     tokenizer = tokenizer_from_dict(state["tokenizer"])
     _check_vocabularies(tokenizer, model, path)

@@ -56,6 +56,8 @@ class EvalConfig:
     data: list[str] = setting([], "the text: a file, a folder (its text files), or a named corpus (stdlib, shakespeare); several: repeat --data or join with ','")
     split: str = setting("all", "all (every document), or the train or val part exactly as training cut it (same val_fraction)")
     val_fraction: float | None = setting(None, "with --split train/val: the held-out share (none = the checkpoint's training setting, else 0.1)")
+    adapter: str | None = setting(None, "a LoRA adapter (the out_dir or .pt of a run with lora_rank > 0) to apply to the --ckpt model, its base")
+    base: str | None = setting(None, "with a LoRA run's checkpoint as --ckpt: where its base model is, if it moved since training")
     include: str | None = setting(None, "glob that files found in folders must match, e.g. '*.md'")
     stride: int = setting(0, "tokens between window starts; each token is scored once with >= block_size - stride tokens of context (0 = block_size // 2)")
     batch_size: int = setting(4, "windows per forward pass (lower it if memory runs out)")
@@ -258,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    loaded = load_model(cfg.ckpt, device)
+    loaded = load_model(cfg.ckpt, device, adapter=cfg.adapter, base=cfg.base)
     model = prepare_for_inference(loaded.model, cfg.weights, dtype=dtype)
     block_size = loaded.model.config.block_size
 

@@ -73,6 +73,8 @@ from gpt.tokenizer import Tokenizer
 @dataclass
 class SampleConfig:
     ckpt: str = setting("out/default", "an out_dir (best.pt, else ckpt.pt), a .pt checkpoint, or a local Hugging Face GPT-2 folder")
+    adapter: str | None = setting(None, "a LoRA adapter (the out_dir or .pt of a run with lora_rank > 0) to apply to the --ckpt model, its base")
+    base: str | None = setting(None, "with a LoRA run's checkpoint as --ckpt: where its base model is, if it moved since training")
     prompt: str | None = setting(None, "the text to continue; empty starts from <|endoftext|> (or a newline for a char tokenizer)")
     prompt_file: str | None = setting(None, "read the prompt from this file (UTF-8); without --prompt/--prompt_file a piped stdin is read")
     temperature: float = setting(0.8, "divides the logits: <1 sharper, >1 flatter; 0 = greedy (always the most likely token)")
@@ -109,7 +111,9 @@ Examples (out/default is what `python train.py` makes; out/shakespeare_char_cpu 
   python sample.py --ckpt out/shakespeare_char_cpu --prompt "Listen to your" --show_probs 10 --steps 3
   echo "First Citizen:" | python sample.py --ckpt out/shakespeare_char_cpu
   python sample.py --ckpt out/sft_tasks --chat --prompt "Reverse the word stone."
-  python sample.py --ckpt out/sft_tasks --chat --interactive         # a conversation, one message per line"""
+  python sample.py --ckpt out/sft_tasks --chat --interactive         # a conversation, one message per line
+  python sample.py --ckpt out/my_adapter --prompt "ROMEO:"     # a LoRA run: its base is found and checked
+  python sample.py --ckpt out/shakespeare_char_cpu --adapter out/my_adapter --prompt "ROMEO:"   # the base named"""
 
 
 def unescape(text: str) -> str:
@@ -481,7 +485,7 @@ class Sampler:
         self.out = out
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
-        loaded = load_model(cfg.ckpt, self.device)
+        loaded = load_model(cfg.ckpt, self.device, adapter=cfg.adapter, base=cfg.base)
         self.model = prepare_for_inference(loaded.model, cfg.weights, cfg.compile, self.dtype)
         self.tokenizer, self.template = loaded.tokenizer, loaded.chat_template
         self.stream = out.isatty() if cfg.stream is None else cfg.stream

@@ -318,10 +318,12 @@ def save_hf_gpt2(model: torch.nn.Module, path: str | Path, tokenizer: Tokenizer 
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
         raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}: "
                         "they do not belong together")
-    if config.attention_only:
-        raise UserError("an attention-only model (no MLPs) cannot be written as GPT-2: Hugging Face's GPT-2 always "
-                        "has an MLP in every block")
+    check_gpt2_shape(config)
     state = model.state_dict()
+    extra = sorted(set(state) - {key for key, _ in _hf_keys(config)} - {"lm_head.weight"})
+    if extra:
+        raise UserError(f"the model has weights GPT-2 has not (e.g. {extra[0]}): a model carrying LoRA adapters is "
+                        "written after merging them (gpt.lora.merge_adapter, or python -m gpt.lora merge)")
     tensors: dict[str, torch.Tensor] = {}
     for our_key, shape in _hf_keys(config):
         if our_key in state:
@@ -368,6 +370,13 @@ def save_hf_gpt2(model: torch.nn.Module, path: str | Path, tokenizer: Tokenizer 
         save_hf_tokenizer(tokenizer, folder)
     write_bytes(folder / CONFIG_NAME, (json.dumps(hf_config, indent=2) + "\n").encode("utf-8"))
     return folder
+
+
+def check_gpt2_shape(config: GPTConfig) -> None:
+    """A UserError when a model of this config cannot be written as Hugging Face's GPT-2."""
+    if config.attention_only:
+        raise UserError("an attention-only model (no MLPs) cannot be written as GPT-2: Hugging Face's GPT-2 always "
+                        "has an MLP in every block")
 
 
 def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
@@ -465,8 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(cfg.out)
     if (out / CONFIG_NAME).exists() or (out / SAFETENSORS_NAME).exists():
         raise UserError(f"{out} already holds a model: choose another --out (nothing is overwritten)")
+    from gpt.lora import merge_adapter
+
     loaded = load_model(cfg.ckpt)
-    save_hf_gpt2(loaded.model, out, loaded.tokenizer)
+    save_hf_gpt2(merge_adapter(loaded.model), out, loaded.tokenizer)  # a LoRA run's checkpoint: base + adapter, merged
     from gpt.tokenizer import OUR_TOKENIZER_FILE
 
     formats = "vocab.json + merges.txt and " + OUR_TOKENIZER_FILE if (out / "vocab.json").exists() \

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from gpt import checkpoint as ckpt_io
+from gpt import lora
 from gpt.device import pick_device
 from gpt.errors import UserError
 from gpt.model import GPT, GPTConfig
@@ -232,29 +233,42 @@ def rebuild(model: GPT, **changes: Any) -> GPT:
 
 def starting_model(cfg: Any, resume_state: dict[str, Any] | None, log) -> tuple[GPT | None, Tokenizer | str, Any]:
     """The model to train (None: a new one, built once the corpus gives the vocabulary), the tokenizer (an object,
-    or a spec to fit to the corpus), and cfg completed with what the starting model fixes."""
+    or a spec to fit to the corpus), and cfg completed with what the starting model fixes.
+
+    A LoRA run (lora_rank > 0) trains adapters over a frozen model (gpt/lora.py): its base is the init_from model,
+    and a resumed one finds its base again from the checkpoint (checked by fingerprint)."""
     if resume_state is not None:
-        model = ckpt_io.model_from_checkpoint(resume_state)
         tokenizer: Tokenizer | str = tokenizer_from_dict(resume_state["tokenizer"])
         if cfg.init_from == "scratch":
             # Prepared again exactly as the saved run was (same cache); the tokenizer is checked afterwards.
             tokenizer = cfg.tokenizer
+        if lora.is_adapter_checkpoint(resume_state):
+            adapter = lora.adapter_from_checkpoint(resume_state, Path(cfg.out_dir) / "ckpt.pt")
+            base = lora.find_base(adapter)
+            return lora.adapted_model(base.model, adapter, dropout=cfg.dropout, lora_dropout=cfg.lora_dropout), \
+                tokenizer, cfg
+        model = ckpt_io.model_from_checkpoint(resume_state)
         return rebuild(model, dropout=cfg.dropout), tokenizer, cfg
     if cfg.init_from != "scratch":
         if not Path(cfg.init_from).exists():
             raise UserError(f"init_from {cfg.init_from} not found: give a checkpoint (.pt), an out_dir, or a local "
                             "Hugging Face GPT-2 folder")
         loaded = ckpt_io.load_model(cfg.init_from)
+        base = lora.base_reference(loaded, cfg.out_dir) if cfg.lora_rank else None  # before anything changes it
         shape = loaded.model.config
         block_size = cfg.block_size
         if block_size > shape.block_size:
             log(f"block_size {block_size} is longer than the model's {shape.block_size}: using {shape.block_size}")
             block_size = shape.block_size
-        model = rebuild(loaded.model, dropout=cfg.dropout, block_size=block_size)
+        # A LoRA run's checkpoint continues from its base with the adapter merged in.
+        model = rebuild(lora.merge_adapter(loaded.model), dropout=cfg.dropout, block_size=block_size)
         # The run's record shows the shape actually trained, whatever the settings said.
         cfg = dataclasses.replace(cfg, n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
                                   bias=shape.bias, block_size=block_size, tokenizer=loaded.tokenizer.name)
         log(f"fine-tuning {loaded.path} ({model.num_params() / 1e6:.2f}M parameters)")
+        if cfg.lora_rank:
+            lora.attach(model, lora.settings_of(cfg), base)
+            log(lora.trainable_summary(model))
         return model, loaded.tokenizer, cfg
     return None, cfg.tokenizer, cfg
 
@@ -289,6 +303,12 @@ def add_token_rows(model: GPT, known: int, needed: int, vocab_multiple: int = 1,
     log(f"vocabulary: {needed - known} new token(s) for the data (ids {known}..{needed - 1}), started at the mean of "
         f"the known tokens' embeddings; the model's vocabulary {room}")
     return new
+def training_flops_per_token(model: GPT) -> float:
+    """model.flops_per_token() counts, for every weight, 2 FLOPs per token forward and 4 backward (the gradients of
+    its input and of itself). A frozen weight (the base of a LoRA run) needs no gradient of its own: 2 fewer."""
+    frozen = sum(p.numel() for name, p in model.named_parameters()
+                 if not p.requires_grad and name != "transformer.wpe.weight")  # flops_per_token leaves wpe out
+    return model.flops_per_token() - 2 * frozen
 
 
 def new_model(cfg: Any, vocab_size: int) -> GPT:
@@ -306,9 +326,12 @@ def training_state(model: GPT, tokenizer: Tokenizer, cfg: Any, *, step: int, bes
     """What every checkpoint of a run holds: enough to sample from it, evaluate it, or fine-tune it (and, for a
     model tuned on conversations, the chat template that gpt.checkpoint.load_model gives back)."""
     extra = {} if chat_template is None else {"chat_template": chat_template.to_dict()}
+    # A LoRA run saves its adapter (and where its base is) rather than every weight: kilobytes, not megabytes.
+    weights = {"adapter": lora.checkpoint_entry(model)} if lora.attached(model) else \
+        {"model": ckpt_io.clean_state_dict(model)}
     return {**extra,
         "model_config": dataclasses.asdict(model.config),
-        "model": ckpt_io.clean_state_dict(model),
+        **weights,
         "tokenizer": tokenizer.to_dict(),
         "step": step,
         "config": dataclasses.asdict(cfg),

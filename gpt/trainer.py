@@ -38,17 +38,20 @@ from gpt.config import from_dict, parse_args, setting
 from gpt.datasets import TrainingData, open_training_data
 from gpt.device import autocast, peak_flops, pick_dtype
 from gpt.errors import UserError, exit_on_user_error
+from gpt.lora import DEFAULT_TARGETS, check_settings as check_lora_settings
 from gpt.optim import learning_rate_at, make_optimizer, param_groups, set_hyperparameters  # noqa: F401 (re-exported)
 from gpt.runlog import MFU_EXPLAINED
 from gpt.atomic import check_writable
 from gpt.runtime import (Dist, OutDirLock, Run, add_token_rows, dist_from_env, end_process_group, new_model,
-                         restore_rng, restore_sampler, seed_everything, setup_device, starting_model)
+                         restore_rng, restore_sampler, seed_everything, setup_device, starting_model,
+                         training_flops_per_token)
 from gpt.tokenizer import Tokenizer
 
 # The settings fixed when a run starts: a resumed run must keep them. The shape of the weights; the rounding of
-# the vocabulary (also a shape); the seed (the random streams continue from the checkpoint); the starting model.
+# the vocabulary (also a shape); the seed (the random streams continue from the checkpoint); the starting model;
+# the adapters' shape and scale.
 SHAPE_SETTINGS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
-FIXED_AT_START = ("vocab_multiple", "seed", "init_from")
+FIXED_AT_START = ("vocab_multiple", "seed", "init_from", "lora_rank", "lora_alpha", "lora_targets")
 
 
 @dataclass
@@ -100,6 +103,11 @@ class TrainConfig:
     eval_iters: int = setting(20, "batches per split in each evaluation")
     log_interval: int = setting(10, "log the training loss every this many steps")
     checkpoint_interval: int = setting(0, "save ckpt.pt every this many steps (0 = at each evaluation); always at the end")
+    # adapters (gpt/lora.py): train a small low-rank change of the init_from model instead of all its weights
+    lora_rank: int = setting(0, "LoRA: the rank of the adapters trained over the frozen init_from model (8 is typical); 0 = off, train every weight")
+    lora_alpha: float = setting(16.0, "LoRA: the adapters' change is scaled by lora_alpha / lora_rank (fixed while trying ranks, the learning rate carries over)")
+    lora_dropout: float = setting(0.0, "LoRA: dropout on the adapters' input")
+    lora_targets: list[str] = setting(DEFAULT_TARGETS, "LoRA: the layers to adapt, by name: attn and mlp (every Linear layer of the blocks, the default), or attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, wte (the token embedding, and the head tied to it)")
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -126,6 +134,10 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("weight_decay, grad_clip and peak_flops must not be negative")
     if cfg.loss_on not in ("assistant", "all"):
         raise UserError(f"loss_on must be assistant (the answers only) or all (every token), got {cfg.loss_on!r}")
+    check_lora_settings(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    if cfg.lora_rank and cfg.init_from == "scratch":
+        raise UserError("lora_rank adapts a trained model, and init_from is scratch: give --init_from (an out_dir, a "
+                        ".pt or a Hugging Face GPT-2 folder), or set --lora_rank=0 to train from scratch")
 
 
 def resolve_config(argv: list[str]) -> tuple[TrainConfig, dict[str, Any] | None]:
@@ -249,7 +261,7 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
 
     peak, peak_source = peak_flops(device, dtype, cfg.peak_flops) if dist.master else (None, "n/a")
     run = Run(cfg, dist, device, model, data, optimizer, scaler, train_batches, start, show_bar,
-              flops_per_token=model.flops_per_token(), peak_flops=peak)
+              flops_per_token=training_flops_per_token(model), peak_flops=peak)
     log(f"model: {model.num_params() / 1e6:.2f}M parameters ({cfg.n_layer} layers, {cfg.n_head} heads, "
         f"{cfg.n_embd} wide, block {cfg.block_size}, vocab {model.config.vocab_size}); device {device}, "
         f"{str(dtype).replace('torch.', '')}, compile {'on' if use_compile else 'off'}, {dist.world_size} process(es)")

@@ -1,0 +1,392 @@
+"""LoRA adapters (gpt/lora.py): a fresh adapter is a no-op, only adapters train, the switch back to the base is
+exact, merging equals not merging, adapter files round-trip and find their base, one base serves several adapters,
+and Hugging Face peft (an outside oracle) computes our logits from the exported adapter.
+
+The runs go through train.py's `main(argv)` in this process with a tiny model (a second or so each); one
+subprocess runs `sample.py --adapter` as a user would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt import checkpoint as ckpt_io
+from gpt import lora
+from gpt.errors import UserError
+from gpt.model import GPT, GPTConfig
+from gpt.optim import make_optimizer
+from gpt.runtime import training_flops_per_token
+from gpt.trainer import TrainConfig
+from gpt.trainer import main as train_main
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = "the quick brown fox jumps over a lazy dog while cats sit on warm mats".split()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: fastest and bitwise repeatable on one thread
+    yield
+    torch.set_num_threads(before)
+
+
+def write_corpus(path: Path, seed: int, words: list[str] = WORDS) -> Path:
+    rng = random.Random(seed)
+    path.write_text(" ".join(rng.choice(words) for _ in range(3000)) + "\n", encoding="utf-8")
+    return path
+
+
+def run_args(root: Path, corpus: Path, out: str, *extra: str) -> list[str]:
+    return [f"--data={corpus}", f"--data_dir={root / 'data'}", f"--out_dir={root / out}", "--n_layer=2", "--n_head=2",
+            "--n_embd=16", "--block_size=16", "--batch_size=4", "--eval_iters=2", "--eval_interval=4",
+            "--log_interval=2", "--max_iters=4", "--warmup_iters=0", "--decay_lr=false", "--plot=false",
+            "--progress=false", "--peak_flops=1e11", *extra]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A base model and two adapters over it: A on every Linear layer of the blocks, B on c_attn and the embedding."""
+    root = tmp_path_factory.mktemp("lora")
+    torch.set_num_threads(1)
+    base_text = write_corpus(root / "base.txt", seed=0)
+    assert train_main(run_args(root, base_text, "base", "--bias=true", "--learning_rate=1e-2")) == 0
+    a_text = write_corpus(root / "a.txt", seed=1, words=WORDS[:6])
+    b_text = write_corpus(root / "b.txt", seed=2, words=WORDS[6:])
+    common = [f"--init_from={root / 'base'}", "--learning_rate=2e-2"]
+    assert train_main(run_args(root, a_text, "adapter_a", *common, "--lora_rank=4", "--lora_alpha=8")) == 0
+    assert train_main(run_args(root, b_text, "adapter_b", *common, "--lora_rank=2",
+                               "--lora_targets=attn.c_attn,wte", "--seed=7")) == 0
+    return root
+
+
+def logits_of(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids, all_logits=True)[0]
+
+
+def tiny_ids(vocab_size: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(vocab_size, (2, 16), generator=torch.Generator().manual_seed(seed))
+
+
+def random_gpt(**changes) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**dict(vocab_size=30, block_size=16, n_layer=2, n_head=2, n_embd=16), **changes})).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # biases and LayerNorms away from 0 and 1: every weight matters
+    return model
+
+
+def randomize_adapters(model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(0.0, 0.2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The mechanics, on models built in the test
+
+
+def test_a_fresh_adapter_is_a_no_op_and_only_its_parameters_train():
+    model = random_gpt(bias=True)
+    ids = tiny_ids(30)
+    before = logits_of(model, ids)
+    lora.attach(model, lora.LoRASettings(rank=4, targets=("attn", "mlp", "wte")))
+    assert torch.equal(logits_of(model, ids), before)  # B = 0: exactly the base's logits
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(name.rsplit(".", 1)[1] in ("lora_A", "lora_B") for name in trainable)
+    # 2 blocks x 4 Linear layers + the embedding (whose factors the tied head shares: counted once).
+    assert len(trainable) == 2 * (2 * 4 + 1)
+    assert {"transformer.h.0.attn.c_attn.weight", "lm_head.weight"} <= set(model.state_dict())  # base names kept
+    # A frozen base weight does no gradient of its own: 2 FLOPs per weight and token fewer.
+    frozen = sum(p.numel() for n, p in model.named_parameters() if not p.requires_grad and "wpe" not in n)
+    assert training_flops_per_token(model) == model.flops_per_token() - 2 * frozen
+
+
+def test_training_changes_the_adapters_and_nothing_of_the_base():
+    model = random_gpt()
+    base = {name: t.clone() for name, t in model.state_dict().items()}
+    lora.attach(model, lora.LoRASettings(rank=2, targets=("attn", "mlp", "wte")))
+    optimizer = make_optimizer(model, TrainConfig(learning_rate=1e-2, weight_decay=0.1))
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len([p for p in model.parameters() if p.requires_grad])
+    model.train()
+    ids = tiny_ids(30)
+    for _ in range(3):
+        _, loss = model(ids[:, :-1], ids[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    state = model.state_dict()
+    for name, tensor in base.items():
+        assert torch.equal(state[name], tensor), name  # bitwise: no gradient, no weight decay, nothing
+    assert all(state[name].abs().sum() > 0 for name in state if name.endswith("lora_B"))  # B left zero: it trained
+
+
+def test_adapters_disabled_gives_the_base_logits_exactly_and_merge_gives_the_adapted_ones():
+    model = random_gpt(bias=True)
+    ids = tiny_ids(30)
+    base_logits = logits_of(model, ids)
+    lora.attach(model, lora.LoRASettings(rank=3, alpha=5.0, targets=("attn", "mlp", "wte")))
+    randomize_adapters(model)
+    adapted = logits_of(model, ids)
+    assert not torch.allclose(adapted, base_logits, atol=1e-3)
+    with lora.adapters_disabled(model):
+        assert torch.equal(logits_of(model, ids), base_logits)  # the frozen reference of DPO, exactly
+    assert torch.equal(logits_of(model, ids), adapted)  # switched back on after the block
+    lora.merge_adapter(model)
+    assert lora.attached(model) is None and not any("lora" in n for n in model.state_dict())
+    assert model.lm_head.weight is model.transformer.wte.weight  # still tied, the embedding's change merged once
+    torch.testing.assert_close(logits_of(model, ids), adapted, rtol=1e-5, atol=1e-5)
+
+
+def test_remove_adapter_restores_the_plain_model():
+    model = random_gpt()
+    ids = tiny_ids(30)
+    before = logits_of(model, ids)
+    layers = {name: module for name, module in model.named_modules()}
+    lora.attach(model, lora.LoRASettings(rank=2, targets=("attn.c_attn", "wte")))
+    with pytest.raises(ValueError, match="already carries"):
+        lora.attach(model, lora.LoRASettings(rank=2))
+    randomize_adapters(model)
+    lora.remove_adapter(model)
+    assert all(p.requires_grad for p in model.parameters())
+    assert {name: module for name, module in model.named_modules()} == layers  # the very same layers
+    assert torch.equal(logits_of(model, ids), before)
+
+
+@pytest.mark.parametrize("targets, model_changes, needles", [
+    (("attn.c_atn",), {}, ["'attn.c_atn'", "valid targets: attn, attn.c_attn, attn.c_proj, lm_head, mlp, mlp.c_fc"]),
+    (("lm_head",), {}, ["tied", "wte"]),
+    (("mlp",), {"attention_only": True}, ["attention-only", "valid targets: attn, attn.c_attn"]),
+])
+def test_targets_that_name_no_layer_are_one_line_errors_listing_the_valid_ones(targets, model_changes, needles):
+    model = random_gpt(**model_changes)
+    with pytest.raises(UserError) as e:
+        lora.attach(model, lora.LoRASettings(rank=2, targets=targets))
+    assert "\n" not in str(e.value)
+    for needle in needles:
+        assert needle in str(e.value)
+    assert lora.attached(model) is None and all(p.requires_grad for p in model.parameters())  # nothing changed
+
+
+# ---------------------------------------------------------------------------------------------------
+# Runs, files and loading
+
+
+def test_an_adapter_run_saves_only_the_adapter_and_its_base(runs):
+    base_state = ckpt_io.load_checkpoint(runs / "base" / "best.pt")
+    for name in ("best.pt", "ckpt.pt"):
+        state = ckpt_io.load_checkpoint(runs / "adapter_a" / name)
+        assert "model" not in state and set(state["adapter"]) == {"settings", "weights", "base"}
+        assert set(state["adapter"]["weights"]) == {f"transformer.h.{i}.{layer}.lora_{ab}" for i in (0, 1)
+                                                    for layer in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+                                                    for ab in "AB"}
+    ckpt = ckpt_io.load_checkpoint(runs / "adapter_a" / "ckpt.pt")
+    moments = ckpt["optimizer"]["state"]
+    assert len(moments) == 16 and all(m["exp_avg"].shape in {(4, 16), (4, 64), (48, 4), (16, 4), (64, 4)}
+                                      for m in moments.values())  # optimizer state for the adapters only
+    adapter = lora.read_adapter(runs / "adapter_a")
+    assert adapter.settings == lora.LoRASettings(rank=4, alpha=8.0, dropout=0.0, targets=("attn", "mlp"))
+    assert adapter.base["path"] == str((runs / "base" / "best.pt").resolve())
+    assert adapter.base["from_out_dir"] == os.path.join("..", "base", "best.pt")
+    base = ckpt_io.load_model(runs / "base")
+    assert adapter.base["fingerprint"] == lora.fingerprint(base.model)
+    # The base is exactly what it was, and the loaded adapter carries it unchanged under the trained adapter.
+    loaded = ckpt_io.load_model(runs / "adapter_a")
+    assert loaded.base_path == (runs / "base" / "best.pt").resolve()
+    weights = loaded.model.state_dict()
+    for name, tensor in base_state["model"].items():
+        assert torch.equal(weights[name], tensor), name
+    assert all(t.abs().sum() > 0 for n, t in adapter.weights.items() if n.endswith("lora_B"))
+    assert (runs / "adapter_a" / "best.pt").stat().st_size < (runs / "base" / "best.pt").stat().st_size / 2
+
+
+def test_an_adapter_file_round_trips_into_the_model_it_was(runs):
+    loaded = ckpt_io.load_model(runs / "adapter_b")
+    assert lora.attached(loaded.model).settings.targets == ("attn.c_attn", "wte")
+    by_hand = lora.attach(ckpt_io.load_model(runs / "base").model, lora.LoRASettings(rank=2, targets=("attn.c_attn", "wte")))
+    lora.load_adapter_weights(by_hand, lora.read_adapter(runs / "adapter_b").weights)
+    ids = tiny_ids(loaded.model.config.vocab_size)
+    assert torch.equal(logits_of(loaded.model, ids), logits_of(by_hand, ids))
+    assert loaded.tokenizer.to_dict() == ckpt_io.load_model(runs / "base").tokenizer.to_dict()
+
+
+def test_one_base_switches_between_adapters_without_reloading(runs):
+    base = ckpt_io.load_model(runs / "base").model
+    ids = tiny_ids(base.config.vocab_size)
+    base_logits = logits_of(base, ids)
+    weights = [p for p in base.parameters()]
+    a, b = lora.read_adapter(runs / "adapter_a"), lora.read_adapter(runs / "adapter_b")
+    expected = {name: logits_of(ckpt_io.load_model(runs / name).model, ids) for name in ("adapter_a", "adapter_b")}
+    for adapter, name in ((a, "adapter_a"), (b, "adapter_b"), (a, "adapter_a")):
+        lora.use_adapter(base, adapter)
+        assert torch.equal(logits_of(base, ids), expected[name])
+    with lora.adapters_disabled(base):
+        assert torch.equal(logits_of(base, ids), base_logits)
+    lora.remove_adapter(base)
+    assert torch.equal(logits_of(base, ids), base_logits)
+    assert all(p is q for p, q in zip(base.parameters(), weights))  # the same tensors all along: nothing reloaded
+    other = random_gpt(vocab_size=base.config.vocab_size)
+    with pytest.raises(UserError, match="trained on another base"):
+        lora.use_adapter(other, a)
+
+
+def test_resuming_an_adapter_run_continues_it_exactly_in_bfloat16(runs, tmp_path):
+    text = write_corpus(tmp_path / "text.txt", seed=3, words=WORDS[:6])
+    common = [f"--init_from={runs / 'base'}", "--lora_rank=2", "--dtype=bfloat16", "--eval_interval=3",
+              "--log_interval=1"]
+    assert train_main(run_args(tmp_path, text, "straight", *common, "--max_iters=6")) == 0
+    assert train_main(run_args(tmp_path, text, "resumed", *common, "--max_iters=3")) == 0
+    assert train_main([f"--out_dir={tmp_path / 'resumed'}", "--resume", "--max_iters=6"]) == 0
+
+    def losses(out):
+        import json
+        return [r["loss"] for r in map(json.loads, (tmp_path / out / "log.jsonl").read_text().splitlines())
+                if r["kind"] == "train"]
+
+    assert losses("resumed") == losses("straight") and len(losses("straight")) == 6
+    assert losses("straight")[-1] < losses("straight")[0]
+
+
+def test_merge_writes_a_plain_checkpoint_with_the_adapted_logits(runs, tmp_path, capsys):
+    out = tmp_path / "merged.pt"
+    assert lora.main(["merge", "--ckpt", str(runs / "adapter_b"), "--out", str(out)]) == 0
+    state = ckpt_io.load_checkpoint(out)
+    assert "adapter" not in state and "optimizer" not in state and "model" in state
+    merged, adapted = ckpt_io.load_model(out), ckpt_io.load_model(runs / "adapter_b")
+    ids = tiny_ids(merged.model.config.vocab_size)
+    torch.testing.assert_close(logits_of(merged.model, ids), logits_of(adapted.model, ids), rtol=1e-5, atol=1e-5)
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert lora.main(["merge", "--ckpt", str(runs / "adapter_a"), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == before  # nothing overwritten
+
+
+def test_sample_py_applies_an_adapter_to_its_base(runs, capsys):
+    from gpt.generate import main as sample_main
+
+    args = ["--prompt", "the ", "--temperature", "1", "--seed", "3", "--max_new_tokens", "40", "--stream=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cli = subprocess.run([sys.executable, "sample.py", "--ckpt", str(runs / "base"), "--adapter",
+                          str(runs / "adapter_a"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert sample_main(["--ckpt", str(runs / "adapter_a"), *args]) == 0  # the base found from the adapter
+    assert capsys.readouterr().out == cli.stdout
+    assert sample_main(["--ckpt", str(runs / "base"), *args]) == 0
+    assert capsys.readouterr().out != cli.stdout  # the adapter changes what is sampled
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input: one line, nothing overwritten
+
+
+def _one_line_error(capsys, code: int) -> str:
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("extra, needles", [
+    (["--lora_rank=-1"], ["lora_rank", "0 for full fine-tuning"]),
+    (["--lora_rank=4", "--lora_alpha=0"], ["lora_alpha", "positive"]),
+    (["--lora_rank=4", "--lora_targets=attn,mlp.c_fx"], ["mlp.c_fx", "valid targets", "mlp.c_fc"]),
+    (["--lora_rank=4", "--lora_targets=lm_head"], ["tied", "wte"]),
+])
+def test_bad_lora_settings_fail_with_one_line(runs, tmp_path, capsys, extra, needles):
+    text = write_corpus(tmp_path / "t.txt", seed=4)
+    error = _one_line_error(capsys, train_main(run_args(tmp_path, text, "out", f"--init_from={runs / 'base'}", *extra)))
+    for needle in needles:
+        assert needle in error, error
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_adapter_needs_a_trained_model_and_keeps_its_settings_on_resume(runs, tmp_path, capsys):
+    text = write_corpus(tmp_path / "t.txt", seed=4)
+    assert "init_from" in _one_line_error(capsys, train_main(run_args(tmp_path, text, "out", "--lora_rank=4")))
+    copy = tmp_path / "adapter_a"
+    shutil.copytree(runs / "adapter_a", copy)
+    before = (copy / "ckpt.pt").read_bytes()
+    error = _one_line_error(capsys, train_main([f"--out_dir={copy}", "--resume", "--lora_rank=8"]))
+    assert "lora_rank" in error and (copy / "ckpt.pt").read_bytes() == before
+
+
+def test_an_adapter_finds_its_base_or_says_which_one_it_needs(runs, tmp_path):
+    fingerprint = lora.read_adapter(runs / "adapter_a").base["fingerprint"][:12]
+    # The base and the adapter moved together (and the recorded path is gone): found beside the adapter's out_dir.
+    moved = tmp_path / "moved"
+    shutil.copytree(runs / "base", moved / "base")
+    (moved / "adapter_a").mkdir()
+    state = ckpt_io.load_checkpoint(runs / "adapter_a" / "best.pt")
+    state["adapter"]["base"]["path"] = str(tmp_path / "gone" / "best.pt")
+    ckpt_io.save_checkpoint(state, moved / "adapter_a" / "best.pt")
+    assert ckpt_io.load_model(moved / "adapter_a").base_path == moved / "adapter_a" / ".." / "base" / "best.pt"
+    # Another model of the same shape (the base trained further), another shape, a missing path: one line each.
+    changed = ckpt_io.load_checkpoint(runs / "base" / "best.pt")
+    changed["model"]["transformer.ln_f.weight"] = changed["model"]["transformer.ln_f.weight"] + 1e-3
+    ckpt_io.save_checkpoint(changed, tmp_path / "changed.pt")
+    other_shape = random_gpt(vocab_size=changed["model_config"]["vocab_size"], n_embd=32)
+    ckpt_io.save_checkpoint({"model_config": dataclasses.asdict(other_shape.config),
+                             "model": ckpt_io.clean_state_dict(other_shape), "tokenizer": changed["tokenizer"]},
+                            tmp_path / "other.pt")
+    cases = [(tmp_path / "changed.pt", "other weights"), (tmp_path / "other.pt", "another shape"),
+             (tmp_path / "nowhere", "does not exist")]
+    for base, needle in cases:
+        with pytest.raises(UserError) as e:
+            ckpt_io.load_model(runs / "adapter_a", base=base)
+        message = str(e.value)
+        assert needle in message and fingerprint in message and "--base" in message and "\n" not in message
+    # The right one, named explicitly (a moved base), loads.
+    assert ckpt_io.load_model(moved / "adapter_a", base=moved / "base").base_path == moved / "base" / "best.pt"
+    with pytest.raises(UserError, match="no longer at"):
+        ckpt_io.load_model(moved / "adapter_a" / "best.pt", base=None) if False else \
+            lora.find_base(dataclasses.replace(lora.read_adapter(moved / "adapter_a"), path=None))
+    with pytest.raises(UserError, match="not an adapter"):
+        lora.read_adapter(runs / "base")
+    with pytest.raises(UserError, match="give the base once"):
+        ckpt_io.load_model(runs / "base", adapter=runs / "adapter_a", base=runs / "base")
+
+
+def test_merge_and_export_refuse_what_they_cannot_do(runs, tmp_path, capsys):
+    error = _one_line_error(capsys, lora.main(["merge", "--ckpt", str(runs / "base"), "--out", str(tmp_path / "m.pt")]))
+    assert "not an adapter" in error and not (tmp_path / "m.pt").exists()
+    error = _one_line_error(capsys, lora.main(["export", "--ckpt", str(runs / "adapter_b"), "--out", str(tmp_path / "p")]))
+    assert "wte" in error and "merge" in error and not (tmp_path / "p").exists()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    error = _one_line_error(capsys, lora.main(["export", "--ckpt", str(runs / "adapter_a"), "--out", str(tmp_path / "full")]))
+    assert "not empty" in error and (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hugging Face peft, the outside oracle
+
+
+def test_peft_loads_the_exported_adapter_onto_the_exported_base_and_computes_our_logits(runs, tmp_path):
+    transformers = pytest.importorskip("transformers", reason="transformers (dev extra) is the outside oracle here")
+    peft = pytest.importorskip("peft", reason="peft (dev extra) is the outside oracle here")
+    assert lora.main(["export", "--ckpt", str(runs / "adapter_a"), "--out", str(tmp_path / "peft"),
+                      "--base_out", str(tmp_path / "hf_base")]) == 0
+    ours = ckpt_io.load_model(runs / "adapter_a").model
+    hf_base = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf_base").eval()
+    hf = peft.PeftModel.from_pretrained(hf_base, tmp_path / "peft").eval()
+    ids = tiny_ids(ours.config.vocab_size)
+    with torch.no_grad():
+        theirs = hf(ids).logits
+        with hf.disable_adapter():
+            theirs_base = hf(ids).logits
+    torch.testing.assert_close(theirs, logits_of(ours, ids), rtol=1e-4, atol=1e-5)
+    with lora.adapters_disabled(ours):
+        torch.testing.assert_close(theirs_base, logits_of(ours, ids), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(theirs, theirs_base, atol=1e-4)  # the adapter matters
