@@ -74,7 +74,7 @@ from gpt.errors import UserError, exit_on_user_error
 from gpt.model import GPT, GPTConfig
 
 DEFAULT_TARGETS = ["attn", "mlp"]
-ADAPTER_KEYS = ("lora_A", "lora_B")  # the names of an adapter's parameters inside each adapted layer
+ADAPTER_KEYS = ("lora_A", "lora_B", "new_rows")  # the names of an adapter's parameters inside each adapted layer
 
 
 @dataclass(frozen=True)
@@ -121,19 +121,44 @@ def settings_of(cfg: Any) -> LoRASettings:
 # ---------------------------------------------------------------------------------------------------
 # The adapted layers. Each takes the place of a layer of the model and shares that layer's parameters under
 # their original names (weight, bias), so the base's state_dict keys are unchanged and its tensors are the
-# same objects; the adapter adds lora_A and lora_B beside them.
+# same objects; the adapter adds lora_A and lora_B beside them (and new_rows: see LoRALayer.add_new_rows).
 
 
 class LoRALayer(nn.Module):
-    """What every adapted layer has: the low-rank factors, their scale, and a switch."""
+    """What every adapted layer has: the base layer's own weight (frozen, shared), the low-rank factors A and B
+    with their scale (none at rank 0), a switch for them, and, for the token embedding and the LM head, rows
+    trained for the tokens the base never saw (a vocabulary grown for new special tokens)."""
 
-    lora_A: nn.Parameter
-    lora_B: nn.Parameter
-    scaling: float
-    enabled: bool  # False: compute exactly what the base layer computes
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None = None):
+        super().__init__()
+        self.weight = weight
+        self.register_parameter("bias", bias)  # None for a layer without bias
+        self.register_parameter("lora_A", None)
+        self.register_parameter("lora_B", None)
+        self.register_parameter("new_rows", None)
+        self.first_new_row = weight.shape[0]
+        self.scaling = 1.0
+        self.enabled = True  # False: the low-rank change is off, and the layer computes what the base layer does
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.lora_A is None else self.lora_A.shape[0]
+
+    def add_new_rows(self, first: int) -> None:
+        """Train rows first.. of the weight (one per token, in the embedding [V, C] as in the head [V, C]), starting
+        from their values now. The base's rows for those tokens were never trained (a grown or padded vocabulary),
+        and one row of a matrix cannot train while the others stay frozen: they become a parameter of their own."""
+        self.first_new_row = first
+        self.new_rows = nn.Parameter(self.weight[first:].detach().clone())
+
+    def matrix(self) -> torch.Tensor:
+        """The base's weight with the trained rows in place of its last ones."""
+        if self.new_rows is None:
+            return self.weight
+        return torch.cat([self.weight[: self.first_new_row], self.new_rows])
 
     def delta(self) -> torch.Tensor:
-        """ΔW, the change this adapter makes to the base layer's weight, in that weight's layout."""
+        """ΔW, the low-rank change to the base layer's weight, in that weight's layout."""
         raise NotImplementedError
 
 
@@ -141,21 +166,19 @@ class LoRALinear(LoRALayer):
     """y = x Wᵀ + b + (alpha / r) · dropout(x) Aᵀ Bᵀ, with W and b the base layer's own (frozen) parameters."""
 
     def __init__(self, base: nn.Linear, rank: int, scaling: float, dropout: float):
-        super().__init__()
+        super().__init__(base.weight, base.bias)
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight = base.weight
-        self.register_parameter("bias", base.bias)  # None for a layer without bias
-        like = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **like))  # [r, in]
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **like))  # [out, r]: zero, a no-op at first
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # how nn.Linear initialises its own weight
+        if rank:
+            like = {"device": base.weight.device, "dtype": base.weight.dtype}
+            self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **like))  # [r, in]
+            self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **like))  # [out, r]: zero, a no-op at first
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # how nn.Linear initialises its own weight
         self.scaling = scaling
         self.lora_dropout = nn.Dropout(dropout)
-        self.enabled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)  # [..., out]: the base layer, unchanged
-        if not self.enabled:
+        y = F.linear(x, self.matrix(), self.bias)  # [..., out]: the base layer
+        if not self.enabled or self.lora_A is None:
             return y
         # [..., in] -> [..., r] -> [..., out]: two thin matmuls; the full [out, in] update is never formed
         return y + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
@@ -164,7 +187,7 @@ class LoRALinear(LoRALayer):
         return (self.lora_B @ self.lora_A) * self.scaling  # [out, in]
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, rank={self.lora_A.shape[0]}, scaling={self.scaling:g}"
+        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, scaling={self.scaling:g}"
 
 
 class LoRAEmbedding(LoRALayer):
@@ -176,18 +199,17 @@ class LoRAEmbedding(LoRALayer):
     """
 
     def __init__(self, base: nn.Embedding, rank: int, scaling: float):
-        super().__init__()
+        super().__init__(base.weight)
         self.num_embeddings, self.embedding_dim = base.weight.shape
-        self.weight = base.weight
-        like = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lora_A = nn.Parameter(torch.randn(rank, self.num_embeddings, **like))  # [r, V]
-        self.lora_B = nn.Parameter(torch.zeros(self.embedding_dim, rank, **like))  # [C, r]
+        if rank:
+            like = {"device": base.weight.device, "dtype": base.weight.dtype}
+            self.lora_A = nn.Parameter(torch.randn(rank, self.num_embeddings, **like))  # [r, V]
+            self.lora_B = nn.Parameter(torch.zeros(self.embedding_dim, rank, **like))  # [C, r]
         self.scaling = scaling
-        self.enabled = True
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        y = F.embedding(idx, self.weight)  # [B, T, C]
-        if not self.enabled:
+        y = F.embedding(idx, self.matrix())  # [B, T, C]
+        if not self.enabled or self.lora_A is None:
             return y
         return y + F.embedding(idx, self.lora_A.t()) @ self.lora_B.t() * self.scaling  # [B, T, r] @ [r, C]
 
@@ -198,20 +220,17 @@ class LoRAEmbedding(LoRALayer):
 class LoRATiedHead(LoRALayer):
     """The LM head of a model whose head IS its token embedding (tied weights): when the embedding is adapted, the
     head scores with the adapted matrix too, so that merging the change into the one shared matrix gives the same
-    model. logits = h (E + ΔE)ᵀ = h Eᵀ + (alpha / r) · (h B) A. The factors are the embedding's own (tied too)."""
+    model. logits = h (E + ΔE)ᵀ = h Eᵀ + (alpha / r) · (h B) A. Factors and new rows are the embedding's (tied too)."""
 
     def __init__(self, head: nn.Linear, embedding: LoRAEmbedding):
-        super().__init__()
+        super().__init__(head.weight, head.bias)
         self.in_features, self.out_features = head.in_features, head.out_features
-        self.weight = head.weight
-        self.register_parameter("bias", head.bias)
-        self.lora_A, self.lora_B = embedding.lora_A, embedding.lora_B
-        self.scaling = embedding.scaling
-        self.enabled = True
+        self.lora_A, self.lora_B, self.new_rows = embedding.lora_A, embedding.lora_B, embedding.new_rows
+        self.first_new_row, self.scaling = embedding.first_new_row, embedding.scaling
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        y = F.linear(h, self.weight, self.bias)  # [..., V]
-        if not self.enabled:
+        y = F.linear(h, self.matrix(), self.bias)  # [..., V]
+        if not self.enabled or self.lora_A is None:
             return y
         return y + (h @ self.lora_B) @ self.lora_A * self.scaling  # [..., C] -> [..., r] -> [..., V]
 
@@ -280,6 +299,7 @@ class Attachment:
 
     settings: LoRASettings
     base: dict[str, Any] | None  # {"path", "from_out_dir", "fingerprint", "model_config"}; None if unknown
+    new_rows_from: int | None = None  # the first token id whose embedding (and head) row the adapter trains
     originals: dict[str, nn.Module] = field(default_factory=dict)  # full name -> the layer replaced
     trainable: dict[str, bool] = field(default_factory=dict)  # requires_grad of each base parameter before
 
@@ -301,33 +321,48 @@ def _set_layer(model: nn.Module, name: str, layer: nn.Module) -> None:
 
 
 def attach(model: GPT, settings: LoRASettings, base: dict[str, Any] | None = None,
-           weights: dict[str, torch.Tensor] | None = None) -> GPT:
+           weights: dict[str, torch.Tensor] | None = None, new_rows_from: int | None = None) -> GPT:
     """Freeze `model` and put adapters of `settings` on the layers its targets name (in place; returns the model).
 
     New adapters start as a no-op (B = 0); `weights` (from adapter_weights) gives trained ones instead.
     `base` records where the model came from, for the checkpoints of a run (see base_reference).
+    `new_rows_from`: the rows of the token embedding and the head from this token id on belong to tokens the base
+    never saw (a vocabulary grown for new special tokens): they train too, and are saved with the adapter.
     """
     if attached(model) is not None:
         raise ValueError("the model already carries an adapter: remove_adapter (or use_adapter) first")
     if settings.rank < 1:
         raise ValueError(f"an adapter needs rank >= 1, got {settings.rank}")
     names = resolve_targets(model, settings.targets)
-    record = Attachment(settings, base, trainable={n: p.requires_grad for n, p in model.named_parameters()})
+    tied = _head_is_tied(model)
+    token_layers: list[str] = []
+    if new_rows_from is not None and new_rows_from < model.config.vocab_size:
+        token_layers = ["transformer.wte"] + ([] if tied else ["lm_head"])
+    record = Attachment(settings, base, new_rows_from=new_rows_from if token_layers else None,
+                        trainable={n: p.requires_grad for n, p in model.named_parameters()})
     for p in model.parameters():
         p.requires_grad_(False)  # the base is frozen: only the adapters' parameters will train
-    for name in names:
+    for name in names + [n for n in token_layers if n not in names]:
         layer = model.get_submodule(name)
         record.originals[name] = layer
+        rank = settings.rank if name in names else 0  # a token layer outside the targets: its new rows only
         if isinstance(layer, nn.Embedding):
-            _set_layer(model, name, LoRAEmbedding(layer, settings.rank, settings.scaling))
+            adapted: LoRALayer = LoRAEmbedding(layer, rank, settings.scaling)
         else:
-            _set_layer(model, name, LoRALinear(layer, settings.rank, settings.scaling, settings.dropout))
-    if "transformer.wte" in names and _head_is_tied(model):
+            adapted = LoRALinear(layer, rank, settings.scaling, settings.dropout)
+        if name in token_layers:
+            adapted.add_new_rows(new_rows_from)
+        _set_layer(model, name, adapted)
+    if isinstance(model.transformer.wte, LoRAEmbedding) and tied:
         record.originals["lm_head"] = model.lm_head
         model.lm_head = LoRATiedHead(model.lm_head, model.transformer.wte)
     model.lora = record
     if weights is not None:
-        load_adapter_weights(model, weights)
+        try:
+            load_adapter_weights(model, weights)
+        except UserError:
+            remove_adapter(model)  # a file that does not fit leaves the model as it was
+            raise
     return model
 
 
@@ -358,9 +393,13 @@ def merge_adapter(model: GPT) -> GPT:
     merged: set[int] = set()
     with torch.no_grad():
         for _, layer in lora_layers(model):
-            if id(layer.weight) not in merged:  # a tied head shares its matrix, and its change, with the embedding
+            if id(layer.weight) in merged:  # a tied head shares its matrix, and its changes, with the embedding
+                continue
+            if layer.new_rows is not None:
+                layer.weight[layer.first_new_row:] = layer.new_rows
+            if layer.rank:
                 layer.weight += layer.delta().to(layer.weight.dtype)
-                merged.add(id(layer.weight))
+            merged.add(id(layer.weight))
     return remove_adapter(model)
 
 
@@ -409,9 +448,11 @@ def trainable_summary(model: nn.Module) -> str:
     record = attached(model)
     total = sum(p.numel() for p in model.parameters())
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    layers = sum(1 for _, layer in lora_layers(model) if not isinstance(layer, LoRATiedHead))
+    layers = sum(1 for _, layer in lora_layers(model) if layer.rank and not isinstance(layer, LoRATiedHead))
     s = record.settings
-    return (f"LoRA rank {s.rank}, alpha {s.alpha:g}, on {','.join(s.targets)} ({layers} layers): {trained:,} "
+    rows = "" if record.new_rows_from is None else \
+        f" and the rows of tokens {record.new_rows_from}..{model.config.vocab_size - 1}, new to the base,"
+    return (f"LoRA rank {s.rank}, alpha {s.alpha:g}, on {','.join(s.targets)} ({layers} layers){rows}: {trained:,} "
             f"trainable parameters, {100 * trained / total:.2f}% of {total:,}; the base is frozen")
 
 
@@ -469,6 +510,7 @@ class Adapter:
     model_config: dict[str, Any]  # the adapted model's shape: the base's, with the run's block_size
     path: Path | None
     checkpoint: dict[str, Any]  # tokenizer, config, step, ...
+    new_rows_from: int | None = None  # see attach
 
     def describe_base(self) -> str:
         return f"{self.base['path']} (fingerprint {self.base['fingerprint'][:12]}, {_describe(self.base['model_config'])})"
@@ -482,7 +524,8 @@ def adapter_from_checkpoint(state: dict[str, Any], path: Path | None) -> Adapter
     entry = state["adapter"]
     try:
         settings = LoRASettings.from_dict(entry["settings"])
-        return Adapter(settings, entry["weights"], entry["base"], state["model_config"], path, state)
+        return Adapter(settings, entry["weights"], entry["base"], state["model_config"], path, state,
+                       entry.get("new_rows_from"))
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path} is not a valid adapter checkpoint (missing or malformed {e}): the file is damaged") \
             from None
@@ -532,15 +575,30 @@ def find_base(adapter: Adapter, base: str | Path | None = None) -> ckpt_io.Loade
 
 
 def adapted_model(base_model: GPT, adapter: Adapter, *, dropout: float = 0.0, lora_dropout: float | None = None) -> GPT:
-    """`adapter` applied to a checked base model: the base rebuilt to the run's shape (its block_size, this dropout),
-    then the adapter attached with its trained weights. A base that is itself adapted is merged first."""
+    """`adapter` applied to a checked base model: the base rebuilt to the run's shape (its block_size and vocabulary,
+    this dropout), then the adapter attached with its trained weights. A base that is itself adapted is merged first."""
     from gpt.runtime import rebuild
 
     model = rebuild(merge_adapter(base_model), dropout=dropout, block_size=adapter.model_config["block_size"])
+    model = with_vocab_size(model, adapter.model_config["vocab_size"])
     settings = adapter.settings
     if lora_dropout is not None:
         settings = dataclasses.replace(settings, dropout=lora_dropout)
-    return attach(model, settings, adapter.base, adapter.weights)
+    return attach(model, settings, adapter.base, adapter.weights, new_rows_from=adapter.new_rows_from)
+
+
+def with_vocab_size(model: GPT, vocab_size: int) -> GPT:
+    """The model with room for `vocab_size` tokens: rows of zeros added to the embedding and the head (an adapter's
+    new rows then take their place); the model itself when it has that many already."""
+    if vocab_size <= model.config.vocab_size:
+        return model
+    weights = ckpt_io.clean_state_dict(model)
+    grown = GPT(dataclasses.replace(model.config, vocab_size=vocab_size))
+    for name in ("transformer.wte.weight", "lm_head.weight"):
+        old = weights[name]
+        weights[name] = torch.cat([old, old.new_zeros(vocab_size - old.shape[0], old.shape[1])])
+    grown.load_state_dict(weights)  # a tied head is one tensor again: load_state_dict copies into the shared one
+    return grown
 
 
 def load_with_adapter(adapter_spec: str | Path, *, base: str | Path | None = None, device: torch.device | str = "cpu",
@@ -586,7 +644,8 @@ def _base_fingerprint(model: nn.Module) -> str:
 def checkpoint_entry(model: nn.Module) -> dict[str, Any]:
     """The "adapter" entry of an adapter run's checkpoints: settings, weights, base."""
     record = attached(model)
-    return {"settings": record.settings.to_dict(), "weights": adapter_weights(model), "base": record.base}
+    return {"settings": record.settings.to_dict(), "weights": adapter_weights(model), "base": record.base,
+            "new_rows_from": record.new_rows_from}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -652,18 +711,13 @@ def export_peft(adapter_spec: str | Path, out: str | Path, base: str | Path | No
                 base_out: str | Path | None = None) -> Path:
     """Write the adapter in Hugging Face peft's LoRA format, for a GPT-2-shaped base (see the module docstring)."""
     from gpt.atomic import write_text
-    from gpt.hf import check_gpt2_shape, save_hf_gpt2, write_safetensors
+    from gpt.hf import save_hf_gpt2, write_safetensors
 
     out = _empty_folder(Path(out), "out")
     if base_out is not None:
         base_out = _empty_folder(Path(base_out), "base_out")
     adapter = read_adapter(adapter_spec)
-    check_gpt2_shape(GPTConfig(**adapter.model_config))
-    outside = [t for t in adapter.settings.targets if t not in GPT2_BLOCK_TARGETS + ("attn", "mlp")]
-    if outside:
-        raise UserError(f"this adapter also adapts {', '.join(outside)}, which peft's GPT-2 adapters cannot express the "
-                        "same way (a tied embedding and head): merge it instead (python -m gpt.lora merge) and export "
-                        "the merged model with gpt.hf.save_hf_gpt2")
+    check_exportable(adapter)
     tensors = {}
     for name, tensor in adapter.weights.items():
         layer, _, key = name.rpartition(".")  # transformer.h.0.attn.c_attn, lora_A
@@ -697,6 +751,22 @@ def export_peft(adapter_spec: str | Path, out: str | Path, base: str | Path | No
     write_safetensors(tensors, out / PEFT_WEIGHTS, metadata={"format": "pt"})
     write_text(out / PEFT_CONFIG, json.dumps(config, indent=2) + "\n")
     return out
+
+
+def check_exportable(adapter: Adapter) -> None:
+    """A UserError when peft's GPT-2 adapters cannot express `adapter`."""
+    from gpt.hf import check_gpt2_shape
+
+    check_gpt2_shape(GPTConfig(**adapter.model_config))
+    if adapter.new_rows_from is not None:
+        raise UserError("this adapter trains the rows of tokens its base does not have (a grown vocabulary), which a "
+                        "peft adapter over the base cannot hold: merge it instead (python -m gpt.lora merge) and export "
+                        "the merged model (python -m gpt.hf)")
+    outside = [t for t in adapter.settings.targets if t not in GPT2_BLOCK_TARGETS + ("attn", "mlp")]
+    if outside:
+        raise UserError(f"this adapter also adapts {', '.join(outside)}, which peft's GPT-2 adapters cannot express the "
+                        "same way (a tied embedding and head): merge it instead (python -m gpt.lora merge) and export "
+                        "the merged model (python -m gpt.hf)")
 
 
 COMMANDS = {

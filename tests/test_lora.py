@@ -165,6 +165,38 @@ def test_remove_adapter_restores_the_plain_model():
     assert torch.equal(logits_of(model, ids), before)
 
 
+def test_rows_of_tokens_new_to_the_base_train_with_the_adapter_and_come_back_from_its_file():
+    base = random_gpt()  # 30 tokens
+    old_ids = tiny_ids(30)
+    base_logits = logits_of(base, old_ids)
+    grown = lora.with_vocab_size(base, 33)  # 3 special tokens added (their rows are initialised by the data's code)
+    with torch.no_grad():
+        grown.transformer.wte.weight[30:] = torch.randn(3, 16) * 0.02
+    lora.attach(grown, lora.LoRASettings(rank=2, targets=("attn",)), new_rows_from=30)
+    rows = grown.transformer.wte.new_rows
+    assert rows.shape == (3, 16) and rows.requires_grad and grown.lm_head.new_rows is rows  # tied, as the matrix
+    with lora.adapters_disabled(grown):  # the old tokens' logits are the base's
+        torch.testing.assert_close(logits_of(grown, old_ids)[..., :30], base_logits, rtol=0, atol=1e-6)
+    frozen = grown.transformer.wte.weight.clone()
+    optimizer = make_optimizer(grown, TrainConfig(learning_rate=1e-2))
+    ids = tiny_ids(33, seed=1)
+    for _ in range(2):
+        grown(ids[:, :-1], ids[:, 1:])[1].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert torch.equal(grown.transformer.wte.weight, frozen) and not torch.equal(rows[:, :], frozen[30:])
+    adapted = logits_of(grown, ids)
+    # The adapter file holds the new rows: the base (30 tokens) + the file give the same model.
+    adapter = lora.Adapter(lora.LoRASettings(rank=2, targets=("attn",)), lora.adapter_weights(grown),
+                           {"fingerprint": lora.fingerprint(base)}, dataclasses.asdict(grown.config), None, {}, 30)
+    assert "transformer.wte.new_rows" in adapter.weights
+    assert torch.equal(logits_of(lora.adapted_model(base, adapter), ids), adapted)
+    lora.merge_adapter(grown)
+    torch.testing.assert_close(logits_of(grown, ids), adapted, rtol=1e-5, atol=1e-5)
+    with pytest.raises(UserError, match="grown vocabulary"):
+        lora.check_exportable(adapter)  # peft's adapters over the base have no rows for new tokens
+
+
 @pytest.mark.parametrize("targets, model_changes, needles", [
     (("attn.c_atn",), {}, ["'attn.c_atn'", "valid targets: attn, attn.c_attn, attn.c_proj, lm_head, mlp, mlp.c_fc"]),
     (("lm_head",), {}, ["tied", "wte"]),
@@ -188,7 +220,7 @@ def test_an_adapter_run_saves_only_the_adapter_and_its_base(runs):
     base_state = ckpt_io.load_checkpoint(runs / "base" / "best.pt")
     for name in ("best.pt", "ckpt.pt"):
         state = ckpt_io.load_checkpoint(runs / "adapter_a" / name)
-        assert "model" not in state and set(state["adapter"]) == {"settings", "weights", "base"}
+        assert "model" not in state and set(state["adapter"]) == {"settings", "weights", "base", "new_rows_from"}
         assert set(state["adapter"]["weights"]) == {f"transformer.h.{i}.{layer}.lora_{ab}" for i in (0, 1)
                                                     for layer in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
                                                     for ab in "AB"}

@@ -163,8 +163,9 @@ def test_every_readme_sampling_example_does_what_it_says(example_ckpt, one_threa
         if "--chat" in args:
             continue  # these need a model tuned on conversations: tests/test_sft.py runs them on one
         args = list(args)
-        if "--ckpt" in args:
-            del args[args.index("--ckpt") : args.index("--ckpt") + 2]
+        for flag in ("--ckpt", "--adapter"):  # the model trained here instead (tests/test_lora.py runs adapters)
+            if flag in args:
+                del args[args.index(flag) : args.index(flag) + 2]
         if "--interactive" in args:
             stdin = "def \nROMEO:\n"
         short = [] if "--show_probs" in args else ["--max_new_tokens", "60"]

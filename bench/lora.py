@@ -1,0 +1,243 @@
+"""LoRA adapters against full fine-tuning, from the same base model, side by side.
+
+Two parts:
+
+  runs    real `train.py` runs from one base (--base) on one text (--data): full fine-tuning and LoRA at each
+          rank of --ranks. For each: the final val loss, trainable parameters (% of the model), the file sizes
+          (best.pt: the adapter, against the full run's checkpoint), the optimizer state saved in ckpt.pt, the
+          training speed (tok/s, median over the log) and the process's peak RSS. With --tasks DIR (the
+          instruction-tuning task suite: python -m gpt.tasks make --out DIR) the runs train on DIR/train.jsonl
+          and each is scored with `python -m gpt.tasks eval` on DIR/test.jsonl (exact match).
+          Speed is also timed in short runs alternating full, r1, r2, ... (--repeats rounds).
+
+  shape   one training step of a model of GPT-2 124M's shape (random weights; no data), full against LoRA,
+          each in its own process, alternating: seconds per step, the bytes of weights, gradients and
+          optimizer state, and the process's peak RSS. The memory a GPU would need is dominated by the same
+          tensors; this is what the machine here can measure without one.
+
+    python bench/lora.py runs --base out/default --data shakespeare --steps 500 --ranks 1,4,16
+    python bench/lora.py runs --base out/sft_base --tasks data/tasks --steps 600
+    python bench/lora.py shape --rank 8 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import harness
+
+REPO = harness.REPO
+
+
+def train(out: Path, base: str, data: str, steps: int, extra: list[str], data_dir: str) -> dict:
+    """One train.py run as a user types it; its log, the process's peak RSS and wall time."""
+    cmd = [sys.executable, str(REPO / "train.py"), f"--init_from={base}", f"--data={data}", f"--out_dir={out}",
+           f"--data_dir={data_dir}", f"--max_iters={steps}", f"--lr_decay_iters={steps}", "--plot=false",
+           "--progress=false", *extra]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"train.py {' '.join(extra)} failed:\n{output[-3000:]}")
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    speeds = [r["tok_per_s"] for r in records if r.get("tok_per_s")][2:]  # leave out the warm-up windows
+    evals = [r for r in records if "val_loss" in r]
+    return {"val_loss_before": evals[0]["val_loss"], "val_loss": evals[-1]["val_loss"],
+            "tok_per_s": statistics.median(speeds) if speeds else None, "peak_rss_mb": usage.ru_maxrss / 1024,
+            "wall_s": time.perf_counter() - start}
+
+
+def checkpoint_numbers(out: Path) -> dict:
+    """Parameters (trained and total), file sizes and the optimizer state of a finished run."""
+    import torch
+
+    from gpt import checkpoint as ckpt_io
+    from gpt import lora
+
+    loaded = ckpt_io.load_model(out)
+    model = loaded.model
+    total = sum(p.numel() for p in model.parameters())  # the tied head counted once
+    adapter = lora.attached(model)
+    trained = sum(p.numel() for name, p in model.named_parameters()
+                  if adapter is None or name.rpartition(".")[2] in lora.ADAPTER_KEYS)
+    state = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=True)
+    optimizer_bytes = sum(t.numel() * t.element_size() for s in state["optimizer"]["state"].values()
+                          for t in s.values() if isinstance(t, torch.Tensor) and t.dim() > 0)
+    return {"trained_params": trained, "total_params": total, "trained_pct": 100 * trained / total,
+            "best_pt_bytes": (out / "best.pt").stat().st_size, "ckpt_pt_bytes": (out / "ckpt.pt").stat().st_size,
+            "optimizer_state_bytes": optimizer_bytes}
+
+
+def exact_match(out: Path, test_file: Path) -> dict | None:
+    cmd = [sys.executable, "-m", "gpt.tasks", "eval", f"--ckpt={out}", f"--data={test_file}", "--json"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"gpt.tasks eval failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def runs(args: argparse.Namespace) -> None:
+    extra = args.extra.split() if args.extra else []
+    variants = {"full": [f"--learning_rate={args.full_lr}", f"--min_lr={args.full_lr / 10}"]}
+    for rank in [int(r) for r in args.ranks.split(",") if r]:
+        variants[f"lora r{rank}"] = [f"--lora_rank={rank}", f"--learning_rate={args.lora_lr}",
+                                     f"--min_lr={args.lora_lr / 10}"]
+    data = str(Path(args.tasks) / "train.jsonl") if args.tasks else args.data
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, flags in variants.items():  # the quality runs (deterministic: seeded)
+            out = Path(tmp) / name.replace(" ", "_")
+            print(f"training {name} for {args.steps} steps ...", flush=True)
+            results[name] = {**train(out, args.base, data, args.steps, flags + extra, args.data_dir),
+                             **checkpoint_numbers(out)}
+            if args.tasks:
+                results[name]["tasks"] = exact_match(out, Path(args.tasks) / "test.jsonl")
+        # Speed, side by side: short runs alternating the variants.
+        timing = {name: [] for name in variants}
+        for round_ in range(args.repeats):
+            for name, flags in variants.items():
+                out = Path(tmp) / f"timing_{round_}_{name.replace(' ', '_')}"
+                run = train(out, args.base, data, args.timing_steps, flags + extra + ["--eval_interval=100000",
+                                                                                    "--eval_iters=1"], args.data_dir)
+                timing[name].append(run["tok_per_s"])
+    full = results["full"]
+    rows = []
+    for name, r in results.items():
+        r["tok_per_s_alternating"] = harness.stats(timing[name])
+        r["speed_vs_full"] = r["tok_per_s_alternating"]["median"] / statistics.median(timing["full"])
+        r["best_pt_vs_full"] = r["best_pt_bytes"] / full["best_pt_bytes"]
+        r["optimizer_state_vs_full"] = r["optimizer_state_bytes"] / full["optimizer_state_bytes"]
+        row = [name, f"{r['trained_params']:,}", f"{r['trained_pct']:.2f}%", f"{r['val_loss_before']:.4f}",
+               f"{r['val_loss']:.4f}", f"{r['best_pt_bytes'] / 1e3:,.0f} kB", f"{100 * r['best_pt_vs_full']:.2f}%",
+               f"{r['optimizer_state_bytes'] / 1e3:,.0f} kB", f"{r['tok_per_s_alternating']['median']:,.0f}",
+               f"{r['speed_vs_full']:.2f}", f"{r['peak_rss_mb']:,.0f}"]
+        if args.tasks:
+            row.append(f"{100 * r['tasks'].get('exact_match', float('nan')):.1f}%")
+        rows.append(row)
+    headers = ["variant", "trained", "% of model", "val before", "val after", "best.pt", "vs full", "optimizer state",
+               "tok/s", "vs full", "RSS MB"] + (["exact match"] if args.tasks else [])
+    path = harness.write(f"lora_runs{'_tasks' if args.tasks else ''}",
+                         {"base": args.base, "data": data, "steps": args.steps, "full_lr": args.full_lr,
+                          "lora_lr": args.lora_lr, "extra": extra, "results": results})
+    print(f"wrote {path}")
+    print(harness.table(headers, rows))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The GPT-2 124M shape, one process per measurement
+
+
+def one_shape_run(rank: int, steps: int, batch: int, block: int) -> dict:
+    """In this process: build the model (LoRA at `rank`, or full when 0), take `steps` steps; time and memory."""
+    import torch
+
+    from gpt import lora
+    from gpt.model import GPT, GPTConfig
+    from gpt.optim import make_optimizer
+    from gpt.trainer import TrainConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=block))
+    if rank:
+        lora.attach(model, lora.LoRASettings(rank=rank))
+    optimizer = make_optimizer(model, TrainConfig())
+    ids = torch.randint(model.config.vocab_size, (batch, block + 1))
+    times = []
+    for _ in range(steps + 1):  # the first step allocates the optimizer state: left out of the timing
+        start = time.perf_counter()
+        _, loss = model(ids[:, :-1], ids[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)  # keep the gradients allocated, as during training
+        times.append(time.perf_counter() - start)
+
+    def nbytes(tensors) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    params = list(model.parameters())
+    return {"step_s": statistics.median(times[1:]), "weights_bytes": nbytes(params),
+            "grad_bytes": nbytes(p.grad for p in params if p.grad is not None),
+            "optimizer_state_bytes": nbytes(t for s in optimizer.state.values() for t in s.values()
+                                            if isinstance(t, torch.Tensor) and t.dim() > 0),
+            "trained_params": sum(p.numel() for p in params if p.requires_grad),
+            "total_params": sum(p.numel() for p in params)}
+
+
+def shape(args: argparse.Namespace) -> None:
+    def measure(rank: int) -> dict:
+        cmd = [sys.executable, __file__, "_one", str(rank), str(args.steps), str(args.batch), str(args.block)]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"the measurement failed:\n{proc.stderr[-3000:]}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        result["peak_rss_mb"] = result.pop("rss_mb")
+        return result
+
+    samples: dict[str, list[dict]] = {"full": [], f"lora r{args.rank}": []}
+    for _ in range(args.repeats):  # A, B, A, B, ...
+        samples["full"].append(measure(0))
+        samples[f"lora r{args.rank}"].append(measure(args.rank))
+    rows, results = [], {}
+    full_step = statistics.median(s["step_s"] for s in samples["full"])
+    for name, runs_ in samples.items():
+        first = runs_[0]
+        step = harness.stats([r["step_s"] for r in runs_])
+        results[name] = {**{k: v for k, v in first.items() if k != "step_s"}, "step_s": step,
+                         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs_)}
+        tensors = first["weights_bytes"] + first["grad_bytes"] + first["optimizer_state_bytes"]
+        rows.append([name, f"{first['trained_params']:,}", f"{100 * first['trained_params'] / first['total_params']:.2f}%",
+                     f"{first['weights_bytes'] / 1e6:,.0f}", f"{first['grad_bytes'] / 1e6:,.1f}",
+                     f"{first['optimizer_state_bytes'] / 1e6:,.1f}", f"{tensors / 1e6:,.0f}",
+                     f"{results[name]['peak_rss_mb']:,.0f}", f"{step['median']:.2f}", f"{step['median'] / full_step:.2f}"])
+    path = harness.write("lora_shape", {"shape": "GPT-2 124M", "batch": args.batch, "block": args.block,
+                                        "steps": args.steps, "results": results})
+    print(f"wrote {path}")
+    print(harness.table(["variant", "trained", "% of model", "weights MB", "grads MB", "optimizer MB",
+                         "sum MB", "RSS MB", "s/step", "vs full"], rows))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_one":  # a child process of `shape`
+        import resource
+
+        rank, steps, batch, block = (int(a) for a in sys.argv[2:6])
+        result = one_shape_run(rank, steps, batch, block)
+        result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="part", required=True)
+    p = sub.add_parser("runs", help="train.py runs: full fine-tuning against LoRA at several ranks")
+    p.add_argument("--base", default="out/default", help="the model both start from (init_from)")
+    p.add_argument("--data", default="shakespeare", help="the text to fine-tune on")
+    p.add_argument("--tasks", default="", help="a task-suite folder (train/val/test.jsonl): train on it, score exact match")
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--ranks", default="1,4,16")
+    p.add_argument("--full_lr", type=float, default=5e-4, help="full fine-tuning's learning rate (configs/finetune_shakespeare.toml)")
+    p.add_argument("--lora_lr", type=float, default=2e-3, help="LoRA's learning rate (configs/lora_shakespeare.toml)")
+    p.add_argument("--extra", default="", help="more train.py flags for every run, e.g. '--threads=1 --batch_size=8'")
+    p.add_argument("--timing_steps", type=int, default=40)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--data_dir", default=str(REPO / "data"))
+    s = sub.add_parser("shape", help="one training step at GPT-2 124M's shape: full against LoRA")
+    s.add_argument("--rank", type=int, default=8)
+    s.add_argument("--steps", type=int, default=3)
+    s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--block", type=int, default=256)
+    s.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    runs(args) if args.part == "runs" else shape(args)
+
+
+if __name__ == "__main__":
+    main()
