@@ -224,7 +224,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--ranks", default="1,4,16")
     p.add_argument("--full_lr", type=float, default=5e-4, help="full fine-tuning's learning rate (configs/finetune_shakespeare.toml)")
-    p.add_argument("--lora_lr", type=float, default=2e-3, help="LoRA's learning rate (configs/lora_shakespeare.toml)")
+    p.add_argument("--lora_lr", type=float, default=5e-3, help="LoRA's learning rate (configs/lora_shakespeare.toml)")
     p.add_argument("--extra", default="", help="more train.py flags for every run, e.g. '--threads=1 --batch_size=8'")
     p.add_argument("--timing_steps", type=int, default=40)
     p.add_argument("--repeats", type=int, default=3)

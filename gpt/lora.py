@@ -43,12 +43,17 @@ What this module offers:
 An adapter run's checkpoints (best.pt, ckpt.pt) hold the adapter instead of the model's weights:
 
     adapter   {"settings": {rank, alpha, dropout, targets}, "weights": {name: tensor},
-               "base": {"path", "from_out_dir", "fingerprint", "model_config"}}
+               "base": {"path", "from_out_dir", "fingerprint", "model_config"}, "new_rows_from": id or None}
 
 next to the usual model_config (the adapted model's shape), tokenizer, config, step (and, in ckpt.pt, the
 optimizer state of the adapter's parameters only). Loading one finds the base where the run found it (or
 beside the out_dir, if both moved together, or at an explicit --base), checks its shape and fingerprint, and
 applies the adapter.
+
+New tokens. Tuning on conversations adds special tokens that a pretrained base may not have, and its embedding
+(and tied head) grows rows for them. Those rows were never trained, so an adapter run trains them as well, in
+full (a few rows of n_embd numbers each), and saves them with the adapter ("new_rows"; rows new_rows_from..
+of both matrices): the base file stays as it was, and the adapter alone carries what the new tokens mean.
 """
 
 from __future__ import annotations

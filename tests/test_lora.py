@@ -305,6 +305,21 @@ def test_merge_writes_a_plain_checkpoint_with_the_adapted_logits(runs, tmp_path,
     assert "already exists" in capsys.readouterr().err and out.read_bytes() == before  # nothing overwritten
 
 
+def test_a_hugging_face_folder_is_a_base_too_and_gpt_hf_exports_an_adapter_run_merged(runs, tmp_path):
+    from gpt import hf
+
+    folder = tmp_path / "hf"
+    assert hf.main(["--ckpt", str(runs / "adapter_a"), "--out", str(folder)]) == 0  # base + adapter, merged
+    ids = tiny_ids(28)
+    torch.testing.assert_close(logits_of(ckpt_io.load_model(folder).model, ids),
+                               logits_of(ckpt_io.load_model(runs / "adapter_a").model, ids), rtol=1e-5, atol=1e-5)
+    text = write_corpus(tmp_path / "t.txt", seed=5, words=WORDS[3:9])
+    assert train_main(run_args(tmp_path, text, "over_hf", f"--init_from={folder}", "--lora_rank=2",
+                               "--max_iters=2", "--eval_interval=2")) == 0
+    loaded = ckpt_io.load_model(tmp_path / "over_hf")
+    assert loaded.base_path == folder.resolve() and lora.attached(loaded.model).settings.rank == 2
+
+
 def test_sample_py_applies_an_adapter_to_its_base(runs, capsys):
     from gpt.generate import main as sample_main
 
