@@ -185,8 +185,10 @@ class LoRALinear(LoRALayer):
         y = F.linear(x, self.matrix(), self.bias)  # [..., out]: the base layer
         if not self.enabled or self.lora_A is None:
             return y
-        # [..., in] -> [..., r] -> [..., out]: two thin matmuls; the full [out, in] update is never formed
-        return y + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
+        # [..., in] -> [..., r] -> [..., out]: two thin matmuls; the full [out, in] update is never formed. Scaled
+        # while r wide, and added in place (the backward pass does not need y): no more [..., out] tensors than that.
+        h = F.linear(self.lora_dropout(x), self.lora_A) * self.scaling  # [..., r]
+        return y.add_(F.linear(h, self.lora_B))
 
     def delta(self) -> torch.Tensor:
         return (self.lora_B @ self.lora_A) * self.scaling  # [out, in]
@@ -216,7 +218,7 @@ class LoRAEmbedding(LoRALayer):
         y = F.embedding(idx, self.matrix())  # [B, T, C]
         if not self.enabled or self.lora_A is None:
             return y
-        return y + F.embedding(idx, self.lora_A.t()) @ self.lora_B.t() * self.scaling  # [B, T, r] @ [r, C]
+        return y.add_(F.linear(F.embedding(idx, self.lora_A.t()) * self.scaling, self.lora_B))  # [B, T, r] -> [B, T, C]
 
     def delta(self) -> torch.Tensor:
         return (self.lora_B @ self.lora_A).t() * self.scaling  # [V, C], E's layout
@@ -237,7 +239,7 @@ class LoRATiedHead(LoRALayer):
         y = F.linear(h, self.matrix(), self.bias)  # [..., V]
         if not self.enabled or self.lora_A is None:
             return y
-        return y + (h @ self.lora_B) @ self.lora_A * self.scaling  # [..., C] -> [..., r] -> [..., V]
+        return y.add_((h @ self.lora_B * self.scaling) @ self.lora_A)  # [..., C] -> [..., r] -> [..., V]
 
     def delta(self) -> torch.Tensor:
         return (self.lora_B @ self.lora_A).t() * self.scaling  # the embedding's change: one matrix, merged once
