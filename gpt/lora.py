@@ -67,7 +67,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -592,6 +592,18 @@ def adapted_model(base_model: GPT, adapter: Adapter, *, dropout: float = 0.0, lo
     if lora_dropout is not None:
         settings = dataclasses.replace(settings, dropout=lora_dropout)
     return attach(model, settings, adapter.base, adapter.weights, new_rows_from=adapter.new_rows_from)
+
+
+def with_new_token_rows(model: GPT, first: int, grow: Callable[[GPT], GPT]) -> GPT:
+    """The vocabulary of a LoRA run's model grows (the data brings tokens the base lacks, e.g. a chat template's
+    markers): `grow` gives the plain base its rows for them (frozen, like the rest of the base), and the adapter,
+    attached again, trains rows first.. of the embedding and the head and saves them. At a run's start only: the
+    adapter there is fresh (B = 0), so starting it again loses nothing."""
+    record = attached(model)
+    if record is None:
+        return grow(model)
+    remove_adapter(model)
+    return attach(grow(model), record.settings, record.base, new_rows_from=first)
 
 
 def with_vocab_size(model: GPT, vocab_size: int) -> GPT:

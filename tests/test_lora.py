@@ -8,6 +8,7 @@ subprocess runs `sample.py --adapter` as a user would.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import random
@@ -169,10 +170,14 @@ def test_rows_of_tokens_new_to_the_base_train_with_the_adapter_and_come_back_fro
     base = random_gpt()  # 30 tokens
     old_ids = tiny_ids(30)
     base_logits = logits_of(base, old_ids)
-    grown = lora.with_vocab_size(base, 33)  # 3 special tokens added (their rows are initialised by the data's code)
-    with torch.no_grad():
-        grown.transformer.wte.weight[30:] = torch.randn(3, 16) * 0.02
-    lora.attach(grown, lora.LoRASettings(rank=2, targets=("attn",)), new_rows_from=30)
+    def grow(model):  # as the data's code gives a model rows for 3 new special tokens
+        model = lora.with_vocab_size(model, 33)
+        with torch.no_grad():
+            model.transformer.wte.weight[30:] = torch.randn(3, 16) * 0.02
+        return model
+
+    grown = lora.attach(copy.deepcopy(base), lora.LoRASettings(rank=2, targets=("attn",)))
+    grown = lora.with_new_token_rows(grown, 30, grow)
     rows = grown.transformer.wte.new_rows
     assert rows.shape == (3, 16) and rows.requires_grad and grown.lm_head.new_rows is rows  # tied, as the matrix
     with lora.adapters_disabled(grown):  # the old tokens' logits are the base's
