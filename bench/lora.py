@@ -10,14 +10,14 @@ Two parts:
           and each is scored with `python -m gpt.tasks eval` on DIR/test.jsonl (exact match).
           Speed is also timed in short runs alternating full, r1, r2, ... (--repeats rounds).
 
-  shape   one training step of a model of GPT-2 124M's shape (random weights; no data), full against LoRA,
-          each in its own process, alternating: seconds per step, the bytes of weights, gradients and
-          optimizer state, and the process's peak RSS. The memory a GPU would need is dominated by the same
-          tensors; this is what the machine here can measure without one.
+  shape   training steps of a model of GPT-2 124M's shape (random weights and tokens), full against LoRA:
+          the bytes of weights, gradients and optimizer state and the peak RSS (a process per variant), and
+          seconds per step (both models in one process, one step of each in turn). A GPU's memory holds the
+          same tensors; this is what the machine here can measure without one.
 
     python bench/lora.py runs --base out/default --data shakespeare --steps 500 --ranks 1,4,16
     python bench/lora.py runs --base out/sft_base --tasks data/tasks --steps 600
-    python bench/lora.py shape --rank 8 --repeats 3
+    python bench/lora.py shape --rank 8 --repeats 6
 """
 
 from __future__ import annotations
@@ -134,11 +134,11 @@ def runs(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The GPT-2 124M shape, one process per measurement
+# The GPT-2 124M shape: memory in a process of its own per variant; speed in one process, steps alternating
 
 
-def one_shape_run(rank: int, steps: int, batch: int, block: int) -> dict:
-    """In this process: build the model (LoRA at `rank`, or full when 0), take `steps` steps; time and memory."""
+def build(rank: int, block: int):
+    """A model of GPT-2 124M's shape (LoRA at `rank`, or trained in full when 0) and its optimizer."""
     import torch
 
     from gpt import lora
@@ -150,23 +150,30 @@ def one_shape_run(rank: int, steps: int, batch: int, block: int) -> dict:
     model = GPT(GPTConfig(block_size=block))
     if rank:
         lora.attach(model, lora.LoRASettings(rank=rank))
-    optimizer = make_optimizer(model, TrainConfig())
+    return model, make_optimizer(model, TrainConfig())
+
+
+def train_step(model, optimizer, ids) -> None:
+    _, loss = model(ids[:, :-1], ids[:, 1:])
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=False)  # keep the gradients allocated, as between the steps of a run
+
+
+def memory_of(rank: int, batch: int, block: int) -> dict:
+    """In this process: two training steps, then the bytes of weights, gradients and optimizer state."""
+    import torch
+
+    model, optimizer = build(rank, block)
     ids = torch.randint(model.config.vocab_size, (batch, block + 1))
-    times = []
-    for _ in range(steps + 1):  # the first step allocates the optimizer state: left out of the timing
-        start = time.perf_counter()
-        _, loss = model(ids[:, :-1], ids[:, 1:])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=False)  # keep the gradients allocated, as during training
-        times.append(time.perf_counter() - start)
+    for _ in range(2):
+        train_step(model, optimizer, ids)
 
     def nbytes(tensors) -> int:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     params = list(model.parameters())
-    return {"step_s": statistics.median(times[1:]), "weights_bytes": nbytes(params),
-            "grad_bytes": nbytes(p.grad for p in params if p.grad is not None),
+    return {"weights_bytes": nbytes(params), "grad_bytes": nbytes(p.grad for p in params if p.grad is not None),
             "optimizer_state_bytes": nbytes(t for s in optimizer.state.values() for t in s.values()
                                             if isinstance(t, torch.Tensor) and t.dim() > 0),
             "trained_params": sum(p.numel() for p in params if p.requires_grad),
@@ -174,45 +181,47 @@ def one_shape_run(rank: int, steps: int, batch: int, block: int) -> dict:
 
 
 def shape(args: argparse.Namespace) -> None:
-    def measure(rank: int) -> dict:
-        cmd = [sys.executable, __file__, "_one", str(rank), str(args.steps), str(args.batch), str(args.block)]
+    import torch
+
+    names = {0: "full", args.rank: f"lora r{args.rank}"}
+    results: dict[str, dict] = {}
+    for rank, name in names.items():  # peak RSS needs a process per variant
+        cmd = [sys.executable, __file__, "_memory", str(rank), str(args.batch), str(args.block)]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"the measurement failed:\n{proc.stderr[-3000:]}")
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        result["peak_rss_mb"] = result.pop("rss_mb")
-        return result
-
-    samples: dict[str, list[dict]] = {"full": [], f"lora r{args.rank}": []}
-    for _ in range(args.repeats):  # A, B, A, B, ...
-        samples["full"].append(measure(0))
-        samples[f"lora r{args.rank}"].append(measure(args.rank))
-    rows, results = [], {}
-    full_step = statistics.median(s["step_s"] for s in samples["full"])
-    for name, runs_ in samples.items():
-        first = runs_[0]
-        step = harness.stats([r["step_s"] for r in runs_])
-        results[name] = {**{k: v for k, v in first.items() if k != "step_s"}, "step_s": step,
-                         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs_)}
-        tensors = first["weights_bytes"] + first["grad_bytes"] + first["optimizer_state_bytes"]
-        rows.append([name, f"{first['trained_params']:,}", f"{100 * first['trained_params'] / first['total_params']:.2f}%",
-                     f"{first['weights_bytes'] / 1e6:,.0f}", f"{first['grad_bytes'] / 1e6:,.1f}",
-                     f"{first['optimizer_state_bytes'] / 1e6:,.1f}", f"{tensors / 1e6:,.0f}",
-                     f"{results[name]['peak_rss_mb']:,.0f}", f"{step['median']:.2f}", f"{step['median'] / full_step:.2f}"])
+        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Speed: both models in this process, one step of each in turn, so that a busy moment of the machine
+    # falls on both alike.
+    models = {name: build(rank, args.block) for rank, name in names.items()}
+    ids = torch.randint(50257, (args.batch, args.block + 1))
+    times = harness.interleaved({name: (lambda m=m: train_step(*m, ids)) for name, m in models.items()},
+                                repeats=args.repeats)
+    full_step = statistics.median(times["full"])
+    rows = []
+    for name, r in results.items():
+        r["step_s"] = harness.stats(times[name])
+        r["step_vs_full"] = r["step_s"]["median"] / full_step
+        tensors = r["weights_bytes"] + r["grad_bytes"] + r["optimizer_state_bytes"]
+        rows.append([name, f"{r['trained_params']:,}", f"{100 * r['trained_params'] / r['total_params']:.2f}%",
+                     f"{r['weights_bytes'] / 1e6:,.0f}", f"{r['grad_bytes'] / 1e6:,.1f}",
+                     f"{r['optimizer_state_bytes'] / 1e6:,.1f}", f"{tensors / 1e6:,.0f}", f"{r['peak_rss_mb']:,.0f}",
+                     f"{r['step_s']['median']:.2f} ({r['step_s']['min']:.2f}-{r['step_s']['max']:.2f})",
+                     f"{r['step_vs_full']:.2f}"])
     path = harness.write("lora_shape", {"shape": "GPT-2 124M", "batch": args.batch, "block": args.block,
-                                        "steps": args.steps, "results": results})
+                                        "repeats": args.repeats, "results": results})
     print(f"wrote {path}")
     print(harness.table(["variant", "trained", "% of model", "weights MB", "grads MB", "optimizer MB",
-                         "sum MB", "RSS MB", "s/step", "vs full"], rows))
+                         "sum MB", "RSS MB", "s/step (min-max)", "vs full"], rows))
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "_one":  # a child process of `shape`
+    if len(sys.argv) > 1 and sys.argv[1] == "_memory":  # a child process of `shape`
         import resource
 
-        rank, steps, batch, block = (int(a) for a in sys.argv[2:6])
-        result = one_shape_run(rank, steps, batch, block)
-        result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rank, batch, block = (int(a) for a in sys.argv[2:5])
+        result = memory_of(rank, batch, block)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -231,10 +240,9 @@ def main() -> None:
     p.add_argument("--data_dir", default=str(REPO / "data"))
     s = sub.add_parser("shape", help="one training step at GPT-2 124M's shape: full against LoRA")
     s.add_argument("--rank", type=int, default=8)
-    s.add_argument("--steps", type=int, default=3)
     s.add_argument("--batch", type=int, default=1)
     s.add_argument("--block", type=int, default=256)
-    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--repeats", type=int, default=6, help="timed steps of each variant, alternating")
     args = parser.parse_args()
     runs(args) if args.part == "runs" else shape(args)
 
