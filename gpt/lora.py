@@ -157,8 +157,8 @@ class LoRALayer(nn.Module):
         self.new_rows = nn.Parameter(self.weight[first:].detach().clone())
 
     def matrix(self) -> torch.Tensor:
-        """The base's weight with the trained rows in place of its last ones."""
-        if self.new_rows is None:
+        """The base's weight with the trained rows in place of its last ones (the base's own, when switched off)."""
+        if self.new_rows is None or not self.enabled:
             return self.weight
         return torch.cat([self.weight[: self.first_new_row], self.new_rows])
 
@@ -412,11 +412,18 @@ def merge_adapter(model: GPT) -> GPT:
 
 @contextlib.contextmanager
 def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
-    """Inside this block the model computes exactly the base's logits (every adapter switched off, nothing copied).
+    """Inside this block the model computes exactly the base's logits: every adapter switched off, nothing copied.
 
     The reference model of preference tuning (DPO) is the model before tuning: with a LoRA run that is the same
-    model with its adapters off, so no second copy of the weights is needed. Works through compile and DDP.
+    model with its adapters off, so no second copy of the weights is needed; a forward pass inside the block
+    (under torch.no_grad) gives the reference's logits, one outside it the policy's. Switching costs a flag per
+    adapted layer. The rows of tokens new to the base are the base's too (as they were when the run started).
+    Works through torch.compile's and DDP's wrappers (compile traces the switched-off model once more).
+    A model without an adapter is an error: it has no frozen base inside it to fall back on (keep a copy).
     """
+    if attached(model) is None:
+        raise ValueError("the model carries no adapter, so there is no base to switch to: attach one (lora.attach, "
+                         "use_adapter), or keep a frozen copy of the model as the reference")
     layers = [layer for _, layer in lora_layers(model)]
     before = [layer.enabled for layer in layers]
     for layer in layers:

@@ -151,6 +151,31 @@ def test_adapters_disabled_gives_the_base_logits_exactly_and_merge_gives_the_ada
     torch.testing.assert_close(logits_of(model, ids), adapted, rtol=1e-5, atol=1e-5)
 
 
+def test_adapters_disabled_is_the_frozen_reference_of_preference_tuning_without_a_copy():
+    model = random_gpt(bias=True)
+    ids = tiny_ids(30)
+    base_logits = logits_of(model, ids)
+    with pytest.raises(ValueError, match="no adapter"):  # no base inside a plain model: the caller keeps a copy
+        with lora.adapters_disabled(model):
+            pass
+    lora.attach(model, lora.LoRASettings(rank=2, targets=("attn", "mlp", "wte")))
+    randomize_adapters(model)
+    before = {name: p.data_ptr() for name, p in model.state_dict().items()}
+    model.train()
+    # One step as DPO takes it: the policy's log-probabilities with gradients, the reference's without, in one model.
+    policy = torch.log_softmax(model(ids, all_logits=True)[0], -1)
+    with torch.no_grad(), lora.adapters_disabled(model):
+        reference = torch.log_softmax(model(ids, all_logits=True)[0], -1)
+    assert torch.equal(reference, torch.log_softmax(base_logits, -1))
+    (policy - reference).sum().backward()
+    assert all((p.grad is not None) == p.requires_grad for p in model.parameters())  # the adapters' gradients only
+    assert {name: p.data_ptr() for name, p in model.state_dict().items()} == before  # nothing copied or moved
+    with pytest.raises(RuntimeError, match="inside"):  # switched back on however the block ends
+        with lora.adapters_disabled(model):
+            raise RuntimeError("inside")
+    assert all(layer.enabled for _, layer in lora.lora_layers(model))
+
+
 def test_remove_adapter_restores_the_plain_model():
     model = random_gpt()
     ids = tiny_ids(30)
@@ -180,17 +205,20 @@ def test_rows_of_tokens_new_to_the_base_train_with_the_adapter_and_come_back_fro
     grown = lora.with_new_token_rows(grown, 30, grow)
     rows = grown.transformer.wte.new_rows
     assert rows.shape == (3, 16) and rows.requires_grad and grown.lm_head.new_rows is rows  # tied, as the matrix
-    with lora.adapters_disabled(grown):  # the old tokens' logits are the base's
-        torch.testing.assert_close(logits_of(grown, old_ids)[..., :30], base_logits, rtol=0, atol=1e-6)
+    # The old tokens' logits are still the base's.
+    torch.testing.assert_close(logits_of(grown, old_ids)[..., :30], base_logits, rtol=0, atol=1e-6)
     frozen = grown.transformer.wte.weight.clone()
     optimizer = make_optimizer(grown, TrainConfig(learning_rate=1e-2))
     ids = tiny_ids(33, seed=1)
+    at_start = logits_of(grown, ids)
     for _ in range(2):
         grown(ids[:, :-1], ids[:, 1:])[1].backward()
         optimizer.step()
         optimizer.zero_grad()
     assert torch.equal(grown.transformer.wte.weight, frozen) and not torch.equal(rows[:, :], frozen[30:])
     adapted = logits_of(grown, ids)
+    with lora.adapters_disabled(grown):  # the run's starting model, the new tokens' rows included
+        assert torch.equal(logits_of(grown, ids), at_start)
     # The adapter file holds the new rows: the base (30 tokens) + the file give the same model.
     adapter = lora.Adapter(lora.LoRASettings(rank=2, targets=("attn",)), lora.adapter_weights(grown),
                            {"fingerprint": lora.fingerprint(base)}, dataclasses.asdict(grown.config), None, {}, 30)
