@@ -465,7 +465,7 @@ def trainable_summary(model: nn.Module) -> str:
     layers = sum(1 for _, layer in lora_layers(model) if layer.rank and not isinstance(layer, LoRATiedHead))
     s = record.settings
     rows = "" if record.new_rows_from is None else \
-        f" and the rows of tokens {record.new_rows_from}..{model.config.vocab_size - 1}, new to the base,"
+        f" and the rows of tokens {record.new_rows_from}..{model.config.vocab_size - 1} (new to the base)"
     return (f"LoRA rank {s.rank}, alpha {s.alpha:g}, on {','.join(s.targets)} ({layers} layers){rows}: {trained:,} "
             f"trainable parameters, {100 * trained / total:.2f}% of {total:,}; the base is frozen")
 
@@ -630,6 +630,7 @@ def with_vocab_size(model: GPT, vocab_size: int) -> GPT:
 def load_with_adapter(adapter_spec: str | Path, *, base: str | Path | None = None, device: torch.device | str = "cpu",
                       state: dict[str, Any] | None = None) -> ckpt_io.Loaded:
     """A base model with an adapter applied, ready to use (what gpt/checkpoint.py:load_model returns for adapters)."""
+    from gpt.chat import ChatTemplate
     from gpt.tokenizer import tokenizer_from_dict
 
     if state is not None:
@@ -639,7 +640,9 @@ def load_with_adapter(adapter_spec: str | Path, *, base: str | Path | None = Non
     base_loaded = find_base(adapter, base)
     model = adapted_model(base_loaded.model, adapter)
     tokenizer = tokenizer_from_dict(adapter.checkpoint["tokenizer"])
-    return ckpt_io.Loaded(model.to(device).eval(), tokenizer, adapter.path, adapter.checkpoint,
+    template = adapter.checkpoint.get("chat_template")  # a run on conversations: the template it trained with
+    template = ChatTemplate.from_dict(template, tokenizer) if template is not None else base_loaded.chat_template
+    return ckpt_io.Loaded(model.to(device).eval(), tokenizer, adapter.path, adapter.checkpoint, template,
                           base_path=base_loaded.path)
 
 
@@ -722,6 +725,8 @@ def merge_to_checkpoint(adapter_spec: str | Path, out: str | Path, base: str | P
     model = merge_adapter(adapted_model(base_loaded.model, adapter))
     # The adapter run's record (tokenizer, settings, step, ...) without what only resuming it needs.
     state = {key: value for key, value in adapter.checkpoint.items() if key not in _ADAPTER_RUN_KEYS}
+    if "chat_template" not in state and base_loaded.chat_template is not None:  # tuned on text over a chat model
+        state["chat_template"] = base_loaded.chat_template.to_dict()
     state.update({"model_config": dataclasses.asdict(model.config), "model": ckpt_io.clean_state_dict(model),
                   "merged_from": {"adapter": str(adapter.path.resolve()), "base": adapter.base["path"],
                                   "base_fingerprint": adapter.base["fingerprint"]}})

@@ -406,6 +406,8 @@ class MakeConfig:
 @dataclass
 class ScoreConfig:
     ckpt: str = setting("out/sft_tasks", "the model: an out_dir (best.pt, else ckpt.pt), a .pt checkpoint, or a local Hugging Face GPT-2 folder")
+    adapter: str | None = setting(None, "a LoRA adapter (the out_dir or .pt of a run with lora_rank > 0) to apply to the --ckpt model, its base")
+    base: str | None = setting(None, "with a LoRA run's checkpoint as --ckpt: where its base model is, if it moved since training")
     data: str = setting("data/tasks/test.jsonl", "a JSONL of prompt/response, instruction or messages lines (the last assistant message is the expected answer)")
     max_new_tokens: int = setting(64, "longest answer, in tokens; an answer that reaches it has not ended")
     batch_size: int = setting(64, "prompts answered together")
@@ -467,7 +469,7 @@ def score_main(argv: list[str]) -> int:
     if cfg.limit:
         items = items[: cfg.limit]
     device = pick_device(cfg.device)
-    loaded = load_model(cfg.ckpt, device)
+    loaded = load_model(cfg.ckpt, device, adapter=cfg.adapter, base=cfg.base)
     answers = answer_all(loaded, items, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                          dtype=pick_dtype(cfg.dtype, device), progress=cfg.progress and sys.stderr.isatty())
     report = score(items, answers)

@@ -38,7 +38,8 @@ from gpt.config import from_dict, parse_args, setting
 from gpt.datasets import TrainingData, open_training_data
 from gpt.device import autocast, peak_flops, pick_dtype
 from gpt.errors import UserError, exit_on_user_error
-from gpt.lora import DEFAULT_TARGETS, check_settings as check_lora_settings
+from gpt.lora import DEFAULT_TARGETS, check_settings as check_lora_settings, trainable_summary as lora_summary, \
+    with_new_token_rows
 from gpt.optim import learning_rate_at, make_optimizer, param_groups, set_hyperparameters  # noqa: F401 (re-exported)
 from gpt.runlog import MFU_EXPLAINED
 from gpt.atomic import check_writable
@@ -236,7 +237,11 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
         model = new_model(cfg, data.tokenizer.vocab_size)
     else:  # the data may bring tokens the starting model never saw (a chat template's markers): rows for them
         known = tokenizer.vocab_size if isinstance(tokenizer, Tokenizer) else data.tokenizer.vocab_size
-        model = add_token_rows(model, known, data.tokenizer.vocab_size, cfg.vocab_multiple, log)
+        needed = data.tokenizer.vocab_size
+        if needed > known:  # a LoRA run's adapter trains the new rows, over a base that stays as it was
+            model = with_new_token_rows(model, known, lambda m: add_token_rows(m, known, needed, cfg.vocab_multiple, log))
+            if cfg.lora_rank:
+                log(lora_summary(model))
     model.to(device)
 
     optimizer = make_optimizer(model, cfg)

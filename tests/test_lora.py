@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import random
 import shutil
@@ -365,6 +366,60 @@ def test_sample_py_applies_an_adapter_to_its_base(runs, capsys):
     assert capsys.readouterr().out == cli.stdout
     assert sample_main(["--ckpt", str(runs / "base"), *args]) == 0
     assert capsys.readouterr().out != cli.stdout  # the adapter changes what is sampled
+
+
+def write_conversations(path: Path, seed: int, count: int = 200) -> Path:
+    """A task in the chat template's form, in the base's characters: the first letter of a word."""
+    rng = random.Random(seed)
+    words = [rng.choice(WORDS) for _ in range(count)]
+    path.write_text("".join(json.dumps({"prompt": w, "response": w[0]}) + "\n" for w in words), encoding="utf-8")
+    return path
+
+
+def test_adapters_tune_on_conversations_from_a_text_base_and_over_an_instruction_tuned_run(runs, tmp_path, capsys):
+    from gpt import tasks
+    from gpt.generate import main as sample_main
+
+    chats, test = write_conversations(tmp_path / "chats.jsonl", 8), write_conversations(tmp_path / "test.jsonl", 9, 12)
+    base_bytes = (runs / "base" / "best.pt").read_bytes()
+    base = ckpt_io.load_model(runs / "base")
+    known = base.tokenizer.vocab_size
+    capsys.readouterr()
+    # From a base that continues text: the template's 4 markers are new tokens, and the adapter trains their rows.
+    assert train_main(run_args(tmp_path, chats, "chat", f"--init_from={runs / 'base'}", "--lora_rank=4",
+                               "--learning_rate=2e-2", "--max_iters=6", "--eval_interval=6")) == 0
+    assert "4 new token(s)" in capsys.readouterr().out
+    state = ckpt_io.load_checkpoint(tmp_path / "chat" / "best.pt")
+    assert state["adapter"]["new_rows_from"] == known and "chat_template" in state
+    assert state["adapter"]["weights"]["transformer.wte.new_rows"].shape == (state["model_config"]["vocab_size"] - known, 16)
+    assert (runs / "base" / "best.pt").read_bytes() == base_bytes  # the base's file stays as it was
+    chat = ckpt_io.load_model(tmp_path / "chat")
+    assert chat.chat_template is not None and chat.tokenizer.special_tokens == chat.chat_template.tokenizer.special_tokens
+    ids = tiny_ids(known)
+    with lora.adapters_disabled(chat.model):  # the known tokens' logits are the base's
+        torch.testing.assert_close(logits_of(chat.model, ids)[..., :known], logits_of(base.model, ids), rtol=0, atol=1e-6)
+    # sample.py --chat, and the task scorer, through the adapter (found from it, or applied to the base named).
+    args = ["--chat", "--prompt=dog", "--temperature=0", "--max_new_tokens=4", "--stream=false"]
+    assert sample_main([f"--ckpt={tmp_path / 'chat'}", *args]) == 0
+    answer = capsys.readouterr().out
+    assert sample_main([f"--ckpt={runs / 'base'}", f"--adapter={tmp_path / 'chat'}", *args]) == 0
+    assert capsys.readouterr().out == answer and "<|" not in answer
+    assert tasks.main(["eval", f"--ckpt={runs / 'base'}", f"--adapter={tmp_path / 'chat'}", f"--data={test}",
+                       "--json", "--max_new_tokens=4", "--progress=false"]) == 0
+    assert json.loads(capsys.readouterr().out)["prompting"] == "chat template"
+    # Merged: a plain chat model with the same logits and template.
+    assert lora.main(["merge", "--ckpt", str(tmp_path / "chat"), "--out", str(tmp_path / "merged.pt")]) == 0
+    merged = ckpt_io.load_model(tmp_path / "merged.pt")
+    assert merged.chat_template.to_dict() == chat.chat_template.to_dict()
+    ids = tiny_ids(merged.model.config.vocab_size)
+    torch.testing.assert_close(logits_of(merged.model, ids), logits_of(chat.model, ids), rtol=1e-5, atol=1e-5)
+    # Over an instruction-tuned model (the merged one): it has the markers, so nothing grows; its template carries on.
+    more = write_conversations(tmp_path / "more.jsonl", 10)
+    assert train_main(run_args(tmp_path, more, "again", f"--init_from={tmp_path / 'merged.pt'}", "--lora_rank=2",
+                               "--max_iters=2", "--eval_interval=2")) == 0
+    again = ckpt_io.load_model(tmp_path / "again")
+    assert again.checkpoint["adapter"]["new_rows_from"] is None and again.base_path == tmp_path / "merged.pt"
+    assert again.chat_template.to_dict() == merged.chat_template.to_dict()
 
 
 # ---------------------------------------------------------------------------------------------------
