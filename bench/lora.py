@@ -16,7 +16,8 @@ Two parts:
           same tensors; this is what the machine here can measure without one.
 
     python bench/lora.py runs --base out/default --data shakespeare --steps 500 --ranks 1,4,16
-    python bench/lora.py runs --base out/sft_base --tasks data/tasks --steps 600
+    python bench/lora.py runs --base out/default --tasks data/tasks --config configs/sft_tasks_cpu.toml \
+        --steps 600 --full_lr 2e-3 --lora_lr 1e-2 --parallel 4
     python bench/lora.py shape --rank 8 --repeats 6
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,24 +39,33 @@ import harness
 REPO = harness.REPO
 
 
-def train(out: Path, base: str, data: str, steps: int, extra: list[str], data_dir: str) -> dict:
-    """One train.py run as a user types it; its log, the process's peak RSS and wall time."""
-    cmd = [sys.executable, str(REPO / "train.py"), f"--init_from={base}", f"--data={data}", f"--out_dir={out}",
+def start_training(out: Path, base: str, data: str, steps: int, extra: list[str], data_dir: str, config: str = ""):
+    """Start one train.py run as a user types it (its output goes to out.log); finish_training waits for it."""
+    cmd = [sys.executable, str(REPO / "train.py"), *([config] if config else []), f"--init_from={base}", f"--data={data}", f"--out_dir={out}",
            f"--data_dir={data_dir}", f"--max_iters={steps}", f"--lr_decay_iters={steps}", "--plot=false",
            "--progress=false", *extra]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    log = open(out.with_suffix(".log"), "w")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    output = proc.stdout.read()
+    return proc, out, extra, time.perf_counter()
+
+
+def finish_training(started) -> dict:
+    """Wait for a run: its log's numbers, the process's peak RSS and wall time."""
+    proc, out, extra, start = started
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
-        raise SystemExit(f"train.py {' '.join(extra)} failed:\n{output[-3000:]}")
+        raise SystemExit(f"train.py {' '.join(extra)} failed:\n{out.with_suffix('.log').read_text()[-3000:]}")
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     speeds = [r["tok_per_s"] for r in records if r.get("tok_per_s")][2:]  # leave out the warm-up windows
     evals = [r for r in records if "val_loss" in r]
     return {"val_loss_before": evals[0]["val_loss"], "val_loss": evals[-1]["val_loss"],
             "tok_per_s": statistics.median(speeds) if speeds else None, "peak_rss_mb": usage.ru_maxrss / 1024,
             "wall_s": time.perf_counter() - start}
+
+
+def train(out: Path, base: str, data: str, steps: int, extra: list[str], data_dir: str, config: str = "") -> dict:
+    return finish_training(start_training(out, base, data, steps, extra, data_dir, config))
 
 
 def checkpoint_numbers(out: Path) -> dict:
@@ -78,6 +89,9 @@ def checkpoint_numbers(out: Path) -> dict:
             "optimizer_state_bytes": optimizer_bytes}
 
 
+TASK_GROUPS = ("new_inputs", "new_phrasings", "held_out_tasks")  # the test split's groups (gpt/tasks.py)
+
+
 def exact_match(out: Path, test_file: Path) -> dict | None:
     cmd = [sys.executable, "-m", "gpt.tasks", "eval", f"--ckpt={out}", f"--data={test_file}", "--json"]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -93,22 +107,33 @@ def runs(args: argparse.Namespace) -> None:
         variants[f"lora r{rank}"] = [f"--lora_rank={rank}", f"--learning_rate={args.lora_lr}",
                                      f"--min_lr={args.lora_lr / 10}"]
     data = str(Path(args.tasks) / "train.jsonl") if args.tasks else args.data
+    if args.tasks:
+        extra = [f"--val_data={Path(args.tasks) / 'val.jsonl'}", *extra]
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, flags in variants.items():  # the quality runs (deterministic: seeded)
-            out = Path(tmp) / name.replace(" ", "_")
-            print(f"training {name} for {args.steps} steps ...", flush=True)
-            results[name] = {**train(out, args.base, data, args.steps, flags + extra, args.data_dir),
-                             **checkpoint_numbers(out)}
-            if args.tasks:
-                results[name]["tasks"] = exact_match(out, Path(args.tasks) / "test.jsonl")
+        # The quality runs (deterministic: seeded), --parallel at a time: their results do not depend on it.
+        names = list(variants)
+        for first in range(0, len(names), args.parallel):
+            batch = names[first:first + args.parallel]
+            print(f"training {', '.join(batch)} for {args.steps} steps ...", flush=True)
+            started = {name: start_training(Path(tmp) / name.replace(" ", "_"), args.base, data, args.steps,
+                                            variants[name] + extra, args.data_dir, args.config) for name in batch}
+            for name in batch:
+                out = Path(tmp) / name.replace(" ", "_")
+                results[name] = {**finish_training(started[name]), **checkpoint_numbers(out)}
+                if args.keep:
+                    shutil.copytree(out, Path(args.keep) / out.name, dirs_exist_ok=False)
+        if args.tasks:  # exact match on the test split, one model at a time
+            for name in names:
+                print(f"scoring {name} on {args.tasks}/test.jsonl ...", flush=True)
+                results[name]["tasks"] = exact_match(Path(tmp) / name.replace(" ", "_"), Path(args.tasks) / "test.jsonl")
         # Speed, side by side: short runs alternating the variants.
         timing = {name: [] for name in variants}
         for round_ in range(args.repeats):
             for name, flags in variants.items():
                 out = Path(tmp) / f"timing_{round_}_{name.replace(' ', '_')}"
                 run = train(out, args.base, data, args.timing_steps, flags + extra + ["--eval_interval=100000",
-                                                                                    "--eval_iters=1"], args.data_dir)
+                                                                                    "--eval_iters=1"], args.data_dir, args.config)
                 timing[name].append(run["tok_per_s"])
     full = results["full"]
     rows = []
@@ -122,12 +147,14 @@ def runs(args: argparse.Namespace) -> None:
                f"{r['optimizer_state_bytes'] / 1e3:,.0f} kB", f"{r['tok_per_s_alternating']['median']:,.0f}",
                f"{r['speed_vs_full']:.2f}", f"{r['peak_rss_mb']:,.0f}"]
         if args.tasks:
-            row.append(f"{100 * r['tasks'].get('exact_match', float('nan')):.1f}%")
+            groups = r["tasks"].get("groups", {})
+            row += [f"{100 * groups[g]['exact_match']:.1f}%" if g in groups else "-" for g in TASK_GROUPS]
+            row.append(f"{100 * r['tasks']['exact_match']:.1f}%")
         rows.append(row)
     headers = ["variant", "trained", "% of model", "val before", "val after", "best.pt", "vs full", "optimizer state",
-               "tok/s", "vs full", "RSS MB"] + (["exact match"] if args.tasks else [])
+               "tok/s", "vs full", "RSS MB"] + ([*TASK_GROUPS, "exact match (all)"] if args.tasks else [])
     path = harness.write(f"lora_runs{'_tasks' if args.tasks else ''}",
-                         {"base": args.base, "data": data, "steps": args.steps, "full_lr": args.full_lr,
+                         {"base": args.base, "data": data, "config": args.config, "steps": args.steps, "full_lr": args.full_lr,
                           "lora_lr": args.lora_lr, "extra": extra, "results": results})
     print(f"wrote {path}")
     print(harness.table(headers, rows))
@@ -238,6 +265,9 @@ def main() -> None:
     p.add_argument("--timing_steps", type=int, default=40)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--data_dir", default=str(REPO / "data"))
+    p.add_argument("--config", default="", help="a train.py config file every run starts from (flags override it), e.g. configs/sft_tasks_cpu.toml")
+    p.add_argument("--parallel", type=int, default=1, help="quality runs at a time (each its own process)")
+    p.add_argument("--keep", default="", help="copy each quality run's out_dir into this folder")
     s = sub.add_parser("shape", help="one training step at GPT-2 124M's shape: full against LoRA")
     s.add_argument("--rank", type=int, default=8)
     s.add_argument("--batch", type=int, default=1)
