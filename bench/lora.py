@@ -56,12 +56,16 @@ def finish_training(started) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         raise SystemExit(f"train.py {' '.join(extra)} failed:\n{out.with_suffix('.log').read_text()[-3000:]}")
+    return {**log_numbers(out), "peak_rss_mb": usage.ru_maxrss / 1024, "wall_s": time.perf_counter() - start}
+
+
+def log_numbers(out: Path) -> dict:
+    """A finished run's val loss before and after, and its median training speed, from its log.jsonl."""
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     speeds = [r["tok_per_s"] for r in records if r.get("tok_per_s")][2:]  # leave out the warm-up windows
     evals = [r for r in records if "val_loss" in r]
-    return {"val_loss_before": evals[0]["val_loss"], "val_loss": evals[-1]["val_loss"],
-            "tok_per_s": statistics.median(speeds) if speeds else None, "peak_rss_mb": usage.ru_maxrss / 1024,
-            "wall_s": time.perf_counter() - start}
+    return {"val_loss_before": evals[0]["val_loss"], "val_loss": min(e["val_loss"] for e in evals),
+            "tok_per_s": statistics.median(speeds) if speeds else None}
 
 
 def train(out: Path, base: str, data: str, steps: int, extra: list[str], data_dir: str, config: str = "") -> dict:
@@ -113,7 +117,11 @@ def runs(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # The quality runs (deterministic: seeded), --parallel at a time: their results do not depend on it.
         names = list(variants)
-        for first in range(0, len(names), args.parallel):
+        for name in names if args.reuse else []:  # runs kept by an earlier --keep: numbers from their files
+            results[name] = {**log_numbers(Path(args.reuse) / name.replace(" ", "_")), "peak_rss_mb": None}
+            shutil.copytree(Path(args.reuse) / name.replace(" ", "_"), Path(tmp) / name.replace(" ", "_"))
+            results[name].update(checkpoint_numbers(Path(tmp) / name.replace(" ", "_")))
+        for first in range(0, len(names) if not args.reuse else 0, args.parallel):
             batch = names[first:first + args.parallel]
             print(f"training {', '.join(batch)} for {args.steps} steps ...", flush=True)
             started = {name: start_training(Path(tmp) / name.replace(" ", "_"), args.base, data, args.steps,
@@ -132,8 +140,8 @@ def runs(args: argparse.Namespace) -> None:
         for round_ in range(args.repeats):
             for name, flags in variants.items():
                 out = Path(tmp) / f"timing_{round_}_{name.replace(' ', '_')}"
-                run = train(out, args.base, data, args.timing_steps, flags + extra + ["--eval_interval=100000",
-                                                                                    "--eval_iters=1"], args.data_dir, args.config)
+                run = train(out, args.base, data, args.timing_steps, flags + extra + [
+                    "--eval_interval=100000", "--eval_iters=1", "--log_interval=1"], args.data_dir, args.config)
                 timing[name].append(run["tok_per_s"])
     full = results["full"]
     rows = []
@@ -145,7 +153,7 @@ def runs(args: argparse.Namespace) -> None:
         row = [name, f"{r['trained_params']:,}", f"{r['trained_pct']:.2f}%", f"{r['val_loss_before']:.4f}",
                f"{r['val_loss']:.4f}", f"{r['best_pt_bytes'] / 1e3:,.0f} kB", f"{100 * r['best_pt_vs_full']:.2f}%",
                f"{r['optimizer_state_bytes'] / 1e3:,.0f} kB", f"{r['tok_per_s_alternating']['median']:,.0f}",
-               f"{r['speed_vs_full']:.2f}", f"{r['peak_rss_mb']:,.0f}"]
+               f"{r['speed_vs_full']:.2f}", "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:,.0f}"]
         if args.tasks:
             groups = r["tasks"].get("groups", {})
             row += [f"{100 * groups[g]['exact_match']:.1f}%" if g in groups else "-" for g in TASK_GROUPS]
@@ -267,6 +275,7 @@ def main() -> None:
     p.add_argument("--data_dir", default=str(REPO / "data"))
     p.add_argument("--config", default="", help="a train.py config file every run starts from (flags override it), e.g. configs/sft_tasks_cpu.toml")
     p.add_argument("--parallel", type=int, default=1, help="quality runs at a time (each its own process)")
+    p.add_argument("--reuse", default="", help="take the quality runs from a folder an earlier --keep wrote (no peak RSS then)")
     p.add_argument("--keep", default="", help="copy each quality run's out_dir into this folder")
     s = sub.add_parser("shape", help="one training step at GPT-2 124M's shape: full against LoRA")
     s.add_argument("--rank", type=int, default=8)
