@@ -418,7 +418,8 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
     model with its adapters off, so no second copy of the weights is needed; a forward pass inside the block
     (under torch.no_grad) gives the reference's logits, one outside it the policy's. Switching costs a flag per
     adapted layer. The rows of tokens new to the base are the base's too (as they were when the run started).
-    Works through torch.compile's and DDP's wrappers (compile traces the switched-off model once more).
+    Works through torch.compile's and DDP's wrappers (compile traces the switched-off model once more, and its
+    kernels give the base's logits to float rounding rather than bit for bit).
     A model without an adapter is an error: it has no frozen base inside it to fall back on (keep a copy).
     """
     if attached(model) is None:
