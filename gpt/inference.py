@@ -63,7 +63,11 @@ def prepare_for_inference(model: nn.Module, weights: str = "float32", compile: b
         # torch.compile cannot trace the quantized layers: the graph breaks at each, and measured slower than
         # int8 alone (BENCHMARKS.md).
         raise UserError("compile does not combine with weights = int8 (it made int8 slower): choose one of them")
-    model.eval()
+    from gpt.lora import merge_adapter
+
+    # A LoRA adapter is folded into its base first: a plain model, as fast as the base, whose Linear layers the
+    # options below convert (int8 would leave an adapter's layers in float32).
+    model = merge_adapter(model).eval()
     if weights == "bfloat16":
         model.to(torch.bfloat16)
     elif weights == "int8":

@@ -354,6 +354,17 @@ def test_a_hugging_face_folder_is_a_base_too_and_gpt_hf_exports_an_adapter_run_m
     assert loaded.base_path == folder.resolve() and lora.attached(loaded.model).settings.rank == 2
 
 
+def test_inference_options_fold_the_adapter_in_first(runs):
+    from gpt.inference import prepare_for_inference
+
+    ids = tiny_ids(28)
+    adapted = logits_of(ckpt_io.load_model(runs / "adapter_a").model, ids)
+    for weights in ("float32", "int8"):  # int8 converts nn.Linear layers: an adapter's own would stay float
+        model = prepare_for_inference(ckpt_io.load_model(runs / "adapter_a").model, weights)
+        assert lora.attached(model) is None and not list(lora.lora_layers(model))
+        torch.testing.assert_close(logits_of(model, ids), adapted, rtol=0, atol=1e-5 if weights == "float32" else 0.1)
+
+
 def test_sample_py_applies_an_adapter_to_its_base(runs, capsys):
     from gpt.generate import main as sample_main
 

@@ -53,6 +53,8 @@ MAX_BODY_BYTES = 8 * 2**20
 @dataclass
 class ServeConfig:
     ckpt: str = setting("out/default", "an out_dir (best.pt, else ckpt.pt), a .pt checkpoint, or a local Hugging Face GPT-2 folder")
+    adapter: str | None = setting(None, "a LoRA adapter (the out_dir or .pt of a run with lora_rank > 0) to apply to the --ckpt model, its base")
+    base: str | None = setting(None, "with a LoRA run's checkpoint as --ckpt: where its base model is, if it moved since training")
     host: str = setting("127.0.0.1", "address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 opens it to the network (set an api_key)")
     port: int = setting(8000, "port to listen on (0: any free port, printed at start)")
     api_key: str | None = setting(None, f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_ENV} if set; the variable keeps it out of `ps`)")
@@ -463,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    loaded = load_model(cfg.ckpt, device)
+    loaded = load_model(cfg.ckpt, device, adapter=cfg.adapter, base=cfg.base)
     model = prepare_for_inference(loaded.model, cfg.weights, cfg.compile, dtype)
     engine = Engine(model, loaded.tokenizer, max_batch=cfg.max_batch, max_waiting=cfg.max_waiting, dtype=dtype)
     if cfg.compile:
