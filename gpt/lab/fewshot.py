@@ -1,0 +1,248 @@
+"""`python -m gpt.lab fewshot`: in-context learning on real tasks, as exact match against the number of examples
+shown in the prompt (0, 1, 2, 4, 8, ... as many as fit in block_size).
+
+The task set is JSONL, one example per line, in any of three shapes:
+
+    {"prompt": "...", "response": "...", "task": "..."}                 ("task" is optional everywhere)
+    {"instruction": "...", "input": "...", "output": "..."}             prompt = instruction, newline, input
+    {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}
+                                                                        the last assistant turn is the response,
+                                                                        the user turn before it the prompt
+
+Each example is asked with k solved examples of the same task before it, all written with one plain-text
+template (default "Input: {prompt}\\nOutput: {response}\\n"): the shots in full, then the question up to
+{response}. The model continues greedily until the template's end (the text after {response}) appears;
+the answer counts when it equals the response, both stripped of surrounding whitespace. The shots of an
+example are the first k of a seeded shuffle of the task's other examples, so each k adds to the k before.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt.config import parse_args, setting
+from gpt.errors import UserError, exit_on_user_error
+from gpt.generate import TextStream, generate_tokens
+from gpt.lab import plots
+from gpt.lab.output import table, write_json
+from gpt.lab.probes import CKPT_HELP, load, out_path
+
+
+@dataclass
+class FewshotConfig:
+    ckpt: str = setting("", CKPT_HELP)
+    data: str = setting("", "the task set: a JSONL file of prompt/response (or instruction/input/output, or messages) lines")
+    template: str = setting("Input: {prompt}\nOutput: {response}\n", "how one example is written; the text after {response} ends an answer (\\n for newline)")
+    max_shots: int = setting(64, "the most examples to put in a prompt (fewer when block_size or the task set is shorter)")
+    max_examples: int = setting(50, "examples scored per task (a seeded sample; 0 = all)")
+    max_new_tokens: int = setting(0, "longest answer generated (0 = the longest response's tokens + 4)")
+    seed: int = setting(0, "seeds the choice of examples and of their shots")
+    out_dir: str = setting("out/lab/fewshot", "where fewshot.json and fewshot.png go (replaced if there)")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
+
+
+@dataclass
+class Example:
+    prompt: str
+    response: str
+    task: str
+
+
+def _text(value: Any, what: str, where: str) -> str:
+    if not isinstance(value, str):
+        raise UserError(f"{where}: {what} must be a string")
+    return value
+
+
+def parse_example(record: Any, where: str) -> Example:
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: expected a JSON object with prompt/response, instruction/output or messages")
+    task = _text(record.get("task", "all"), "task", where)
+    if "prompt" in record and "response" in record:
+        return Example(_text(record["prompt"], "prompt", where), _text(record["response"], "response", where), task)
+    if "instruction" in record and "output" in record:
+        prompt = _text(record["instruction"], "instruction", where)
+        extra = _text(record.get("input", ""), "input", where)
+        return Example(prompt + ("\n" + extra if extra else ""), _text(record["output"], "output", where), task)
+    if "messages" in record:
+        messages = record["messages"]
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise UserError(f"{where}: messages must be a list of {{\"role\", \"content\"}} objects")
+        roles = [m.get("role") for m in messages]
+        if "assistant" not in roles:
+            raise UserError(f"{where}: the messages have no assistant turn to score")
+        answer = len(roles) - 1 - roles[::-1].index("assistant")
+        users = [i for i in range(answer) if roles[i] == "user"]
+        if not users:
+            raise UserError(f"{where}: no user turn before the last assistant turn")
+        return Example(_text(messages[users[-1]].get("content"), "content", where),
+                       _text(messages[answer].get("content"), "content", where), task)
+    raise UserError(f"{where}: expected prompt/response, instruction/output or messages (keys found: "
+                    f"{', '.join(sorted(record)) or 'none'})")
+
+
+def read_examples(path: str) -> list[Example]:
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"task file {file} not found")
+    examples = []
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{file} is not UTF-8 text") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{file}:{number}: not valid JSON ({e.msg})") from None
+        examples.append(parse_example(record, f"{file}:{number}"))
+    if not examples:
+        raise UserError(f"{file} holds no examples")
+    return examples
+
+
+def split_template(template: str) -> tuple[str, str, str]:
+    """The template's text before {prompt}, between {prompt} and {response}, and after {response} (the end)."""
+    if template.count("{prompt}") != 1 or template.count("{response}") != 1 or \
+            template.index("{prompt}") > template.index("{response}"):
+        raise UserError("the template needs one {prompt} followed by one {response}, e.g. 'Input: {prompt}\\nOutput: {response}\\n'")
+    before, rest = template.split("{prompt}")
+    middle, end = rest.split("{response}")
+    if not end:
+        raise UserError("the template needs text after {response} (e.g. a newline): it marks where an answer ends")
+    return before, middle, end
+
+
+def shot_counts(max_shots: int) -> list[int]:
+    counts, k = [0], 1
+    while k <= max_shots:
+        counts.append(k)
+        k *= 2
+    return counts
+
+
+def build_prompt(shots: list[Example], question: Example, parts: tuple[str, str, str]) -> str:
+    before, middle, end = parts
+    solved = "".join(f"{before}{s.prompt}{middle}{s.response}{end}" for s in shots)
+    return f"{solved}{before}{question.prompt}{middle}"
+
+
+def greedy_answer(model, tokenizer, prompt_ids: list[int], max_new_tokens: int, stop: str, device) -> str:
+    stream = TextStream(tokenizer, [stop])
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    for next_id in generate_tokens(model, ids, max_new_tokens, temperature=0.0, vocab_size=tokenizer.vocab_size):
+        token = int(next_id[0])
+        if token == tokenizer.eot_id:
+            break
+        stream.push(token)
+        if stream.done:
+            break
+    stream.finish()
+    return stream.text
+
+
+def run_fewshot(cfg: FewshotConfig, say=print) -> dict[str, Any]:
+    from gpt.generate import unescape
+
+    if not cfg.data:
+        raise UserError("give the task set: --data tasks.jsonl (lines of prompt/response)")
+    if cfg.max_shots < 0 or cfg.max_examples < 0 or cfg.max_new_tokens < 0:
+        raise UserError("max_shots, max_examples and max_new_tokens must be 0 or more")
+    parts = split_template(unescape(cfg.template))
+    stop = parts[2]
+    examples = read_examples(cfg.data)
+    for i, ex in enumerate(examples):
+        if stop in ex.response:
+            raise UserError(f"example {i + 1}'s response contains the template's end {stop!r}, so its answer could never "
+                            "match: choose a --template whose end cannot appear in a response")
+    loaded, device = load(cfg.ckpt, cfg.device)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    block_size = model.config.block_size
+
+    rng = random.Random(cfg.seed)
+    tasks: dict[str, list[Example]] = {}
+    for ex in examples:
+        tasks.setdefault(ex.task, []).append(ex)
+    scored: dict[str, list[int]] = {}  # task -> indexes (into its examples) that are asked
+    shot_order: dict[tuple[str, int], list[int]] = {}  # (task, asked index) -> the other examples, shuffled
+    for task, items in tasks.items():
+        indexes = list(range(len(items)))
+        if cfg.max_examples and len(indexes) > cfg.max_examples:
+            indexes = sorted(rng.sample(indexes, cfg.max_examples))
+        scored[task] = indexes
+        for i in indexes:
+            others = [j for j in range(len(items)) if j != i]
+            rng.shuffle(others)
+            shot_order[(task, i)] = others
+
+    encode = tokenizer.encode
+    answer_budget = cfg.max_new_tokens or max(len(encode(ex.response + stop)) for ex in examples) + 4
+    fewest = min(len(items) for items in tasks.values())
+    counts, stopped = [], None
+    for k in shot_counts(cfg.max_shots):
+        if k > fewest - 1:
+            stopped = f"{k} shots: a task has only {fewest} examples (k shots need k + 1)"
+            break
+        longest = max(len(encode(build_prompt([tasks[t][j] for j in shot_order[(t, i)][:k]], tasks[t][i], parts)))
+                      for t in tasks for i in scored[t])
+        if longest + answer_budget > block_size:
+            stopped = (f"{k} shots: the longest prompt ({longest} tokens) and its answer ({answer_budget}) do not fit "
+                       f"in block_size {block_size}")
+            break
+        counts.append(k)
+    if not counts:
+        raise UserError(f"not even a question without examples fits in block_size {block_size} with room for a "
+                        f"{answer_budget}-token answer: shorten the prompts or lower --max_new_tokens")
+
+    say(f"fewshot: {sum(len(v) for v in scored.values())} examples in {len(tasks)} task(s), shots {counts}"
+        + (f" (stopped at {stopped})" if stopped else ""))
+    results: dict[str, list[float]] = {task: [] for task in tasks}
+    overall: list[float] = []
+    samples: dict[str, list[dict[str, str]]] = {}
+    for k in counts:
+        right_total = 0
+        for task, items in tasks.items():
+            right = 0
+            for i in scored[task]:
+                shots = [items[j] for j in shot_order[(task, i)][:k]]
+                prompt = build_prompt(shots, items[i], parts)
+                answer = greedy_answer(model, tokenizer, encode(prompt), answer_budget, stop, device)
+                correct = answer.strip() == items[i].response.strip()
+                right += correct
+                if len(samples.setdefault(str(k), [])) < 3:
+                    samples[str(k)].append({"task": task, "prompt": items[i].prompt, "expected": items[i].response,
+                                            "answer": answer, "correct": correct})
+            results[task].append(right / len(scored[task]))
+            right_total += right
+        overall.append(right_total / sum(len(v) for v in scored.values()))
+        say(f"  {k:>3} shots: exact match {overall[-1]:.3f}")
+
+    report = {"ckpt": str(loaded.path), "data": cfg.data, "template": cfg.template, "shots": counts,
+              "stopped": stopped, "exact_match": {"overall": overall, "tasks": results},
+              "examples": {task: len(v) for task, v in scored.items()}, "samples": samples}
+    out = out_path(cfg.out_dir)
+    write_json(out / "fewshot.json", report)
+    curves = {"overall": overall, **(results if len(results) > 1 else {})}
+    drawn = plots.draw_fewshot(out / "fewshot.png", counts, curves)
+    shown_tasks = list(results)[:6] if len(results) > 1 else []
+    say(table([[k, overall[n]] + [results[t][n] for t in shown_tasks] for n, k in enumerate(counts)],
+              ["shots", "overall"] + shown_tasks))
+    say(f"wrote {out / 'fewshot.json'}" + (f" and {out / 'fewshot.png'}" if drawn else ""))
+    return report
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    cfg, _ = parse_args(FewshotConfig, argv, prog="python -m gpt.lab fewshot", description=(
+        "Exact match on a task set against the number of solved examples put in the prompt.\n"
+        "Example:\n  python -m gpt.lab fewshot --ckpt out/default --data tasks.jsonl"))
+    run_fewshot(cfg)
+    return 0
