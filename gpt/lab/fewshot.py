@@ -1,5 +1,5 @@
 """`python -m gpt.lab fewshot`: in-context learning on real tasks, as exact match against the number of examples
-shown in the prompt (0, 1, 2, 4, 8, ... as many as fit in block_size).
+shown in the prompt (0, 1, 2, 4, 8, ... as many as fit in block_size, task by task).
 
 The task set is JSONL, one example per line, in any of three shapes:
 
@@ -14,6 +14,8 @@ template (default "Input: {prompt}\\nOutput: {response}\\n"): the shots in full,
 {response}. The model continues greedily until the template's end (the text after {response}) appears;
 the answer counts when it equals the response, both stripped of surrounding whitespace. The shots of an
 example are the first k of a seeded shuffle of the task's other examples, so each k adds to the k before.
+Each task is scored up to the most shots at which all of its prompts fit in block_size; the overall exact match
+at k is over the tasks scored at k (the report says how many).
 """
 
 from __future__ import annotations
@@ -185,31 +187,40 @@ def run_fewshot(cfg: FewshotConfig, say=print) -> dict[str, Any]:
 
     encode = tokenizer.encode
     answer_budget = cfg.max_new_tokens or max(len(encode(ex.response + stop)) for ex in examples) + 4
-    fewest = min(len(items) for items in tasks.values())
-    counts, stopped = [], None
-    for k in shot_counts(cfg.max_shots):
-        if k > fewest - 1:
-            stopped = f"{k} shots: a task has only {fewest} examples (k shots need k + 1)"
-            break
-        longest = max(len(encode(build_prompt([tasks[t][j] for j in shot_order[(t, i)][:k]], tasks[t][i], parts)))
-                      for t in tasks for i in scored[t])
-        if longest + answer_budget > block_size:
-            stopped = (f"{k} shots: the longest prompt ({longest} tokens) and its answer ({answer_budget}) do not fit "
-                       f"in block_size {block_size}")
-            break
-        counts.append(k)
-    if not counts:
+    # Each task goes up to the most shots that fit: short tasks need not stop where the longest one does.
+    counts_by_task: dict[str, list[int]] = {}
+    stopped: dict[str, str] = {}
+    for task, items in tasks.items():
+        counts_by_task[task] = []
+        for k in shot_counts(cfg.max_shots):
+            if k > len(items) - 1:
+                stopped[task] = f"{k} shots: the task has only {len(items)} examples (k shots need k + 1)"
+                break
+            longest = max(len(encode(build_prompt([items[j] for j in shot_order[(task, i)][:k]], items[i], parts)))
+                          for i in scored[task])
+            if longest + answer_budget > block_size:
+                stopped[task] = (f"{k} shots: the longest prompt ({longest} tokens) and its answer ({answer_budget}) "
+                                 f"do not fit in block_size {block_size}")
+                break
+            counts_by_task[task].append(k)
+    if not any(counts_by_task.values()):
         raise UserError(f"not even a question without examples fits in block_size {block_size} with room for a "
                         f"{answer_budget}-token answer: shorten the prompts or lower --max_new_tokens")
+    counts = sorted(set().union(*counts_by_task.values()))
 
     say(f"fewshot: {sum(len(v) for v in scored.values())} examples in {len(tasks)} task(s), shots {counts}"
-        + (f" (stopped at {stopped})" if stopped else ""))
+        + (f"; {len(stopped)} task(s) stop early (see 'stopped' in the report)" if stopped else ""))
+    nan = float("nan")
     results: dict[str, list[float]] = {task: [] for task in tasks}
     overall: list[float] = []
+    tasks_scored: list[int] = []
     samples: dict[str, list[dict[str, str]]] = {}
     for k in counts:
-        right_total = 0
+        right_total, asked_total, included = 0, 0, 0
         for task, items in tasks.items():
+            if k not in counts_by_task[task]:
+                results[task].append(nan)
+                continue
             right = 0
             for i in scored[task]:
                 shots = [items[j] for j in shot_order[(task, i)][:k]]
@@ -222,19 +233,22 @@ def run_fewshot(cfg: FewshotConfig, say=print) -> dict[str, Any]:
                                             "answer": answer, "correct": correct})
             results[task].append(right / len(scored[task]))
             right_total += right
-        overall.append(right_total / sum(len(v) for v in scored.values()))
-        say(f"  {k:>3} shots: exact match {overall[-1]:.3f}")
+            asked_total += len(scored[task])
+            included += 1
+        overall.append(right_total / asked_total)
+        tasks_scored.append(included)
+        say(f"  {k:>3} shots: exact match {overall[-1]:.3f} ({included} of {len(tasks)} tasks)")
 
     report = {"ckpt": str(loaded.path), "data": cfg.data, "template": cfg.template, "shots": counts,
-              "stopped": stopped, "exact_match": {"overall": overall, "tasks": results},
+              "stopped": stopped, "tasks_scored": tasks_scored, "exact_match": {"overall": overall, "tasks": results},
               "examples": {task: len(v) for task, v in scored.items()}, "samples": samples}
     out = out_path(cfg.out_dir)
     write_json(out / "fewshot.json", report)
     curves = {"overall": overall, **(results if len(results) > 1 else {})}
     drawn = plots.draw_fewshot(out / "fewshot.png", counts, curves)
     shown_tasks = list(results)[:6] if len(results) > 1 else []
-    say(table([[k, overall[n]] + [results[t][n] for t in shown_tasks] for n, k in enumerate(counts)],
-              ["shots", "overall"] + shown_tasks))
+    say(table([[k, tasks_scored[n], overall[n]] + [results[t][n] for t in shown_tasks] for n, k in enumerate(counts)],
+              ["shots", "tasks", "overall"] + shown_tasks))
     say(f"wrote {out / 'fewshot.json'}" + (f" and {out / 'fewshot.png'}" if drawn else ""))
     return report
 

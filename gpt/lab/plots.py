@@ -234,6 +234,7 @@ def draw_fewshot(path: Path, shots: Sequence[int], curves: dict[str, Sequence[fl
     fig, ax = plt.subplots(figsize=(7, 4))
     x = [math.log2(k + 1) for k in shots]
     for name, values in curves.items():
+        values = [float("nan") if v is None else v for v in values]  # a task not scored at that many shots
         ax.plot(x, values, "o-" if name == "overall" else ".--", lw=2.0 if name == "overall" else 1.0, label=name)
     ax.set_xticks(x, [str(k) for k in shots])
     ax.set_ylim(-0.02, 1.02)
