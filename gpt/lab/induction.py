@@ -47,18 +47,19 @@ class InductionConfig:
     seed: int = setting(0, "seeds the models' initialisation and the training and held-out sequences")
     # The data
     vocab_size: int = setting(64, "distinct tokens; the loss of a uniform guess is ln(vocab_size)")
-    block_size: int = setting(64, "tokens per sequence")
-    min_segment: int = setting(4, "shortest repeated segment")
-    max_segment: int = setting(24, "longest repeated segment (two copies must fit in block_size + 1 tokens)")
+    block_size: int = setting(32, "tokens per sequence")
+    min_segment: int = setting(6, "shortest repeated segment")
+    max_segment: int = setting(16, "longest repeated segment (two copies must fit in block_size + 1 tokens)")
+    skip_prob: float = setting(0.0, "probability that a filler token is fixed by the token two before it (0 = all uniform)")
     # The models
     n_layer: int = setting(2, "layers of the model that can form induction heads")
     control_n_layer: int = setting(1, "layers of the control model, trained the same way (0 = no control)")
     n_head: int = setting(4, "attention heads per layer")
-    n_embd: int = setting(64, "width of the residual stream")
+    n_embd: int = setting(128, "width of the residual stream")
     # Training (gpt/optim.py reads these)
     max_iters: int = setting(3000, "training steps of each model")
-    batch_size: int = setting(32, "sequences per step")
-    learning_rate: float = setting(1e-3, "peak learning rate (AdamW)")
+    batch_size: int = setting(64, "sequences per step")
+    learning_rate: float = setting(3e-3, "peak learning rate (AdamW)")
     warmup_iters: int = setting(100, "steps of linear warmup")
     decay_lr: bool = setting(False, "decay the learning rate on a cosine after warmup (down to min_lr)")
     lr_decay_iters: int = setting(0, "steps of the cosine decay (0 = max_iters)")
@@ -72,7 +73,7 @@ class InductionConfig:
     eval_sequences: int = setting(256, "held-out sequences the measurements average over")
     ablation_threshold: float = setting(0.2, "heads with an induction score above this are switched off together")
     device: str = setting("cpu", "auto, cpu, cuda, cuda:N or mps (these models are small: the CPU is fine)")
-    threads: int = setting(0, "CPU threads for torch (0 = torch's default; 1 is often faster for models this small)")
+    threads: int = setting(1, "CPU threads for torch (0 = torch's default); one is faster for models this small on a busy CPU")
     save_models: bool = setting(True, "save each trained model as out_dir/<model>/ckpt.pt for the other lab commands")
 
 
@@ -81,6 +82,8 @@ def check_settings(cfg: InductionConfig) -> None:
                  "eval_interval", "eval_sequences"):
         if getattr(cfg, name) < 1:
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if not 0.0 <= cfg.skip_prob <= 1.0:
+        raise UserError(f"skip_prob is a probability: give a number from 0 to 1, got {cfg.skip_prob}")
     if cfg.threads < 0:
         raise UserError(f"threads must be 0 (torch's default) or more, got {cfg.threads}")
     if cfg.control_n_layer < 0:
@@ -167,6 +170,11 @@ def change_step(history: list[dict[str, Any]]) -> int | None:
 # The experiment
 
 
+def make_skip_rule(cfg: InductionConfig) -> torch.Tensor:
+    """The fixed rule of the filler: token t is rule[token t - 2] (with probability skip_prob)."""
+    return torch.randperm(cfg.vocab_size, generator=torch.Generator().manual_seed(cfg.seed + 7))
+
+
 def build_model(cfg: InductionConfig, n_layer: int, device: torch.device) -> GPT:
     torch.manual_seed(cfg.seed)
     config = GPTConfig(vocab_size=cfg.vocab_size, block_size=cfg.block_size, n_layer=n_layer, n_head=cfg.n_head,
@@ -180,6 +188,7 @@ def train_and_measure(cfg: InductionConfig, n_layer: int, held_out: RepeatBatch,
     model = build_model(cfg, n_layer, device)
     keys = held_out.induction_keys()
     data = torch.Generator().manual_seed(cfg.seed + 1)  # the same batches for every model
+    skip_rule = make_skip_rule(cfg)
     history: list[dict[str, Any]] = []
     example_attention: list[torch.Tensor] = []  # [n_layer, nh, T, T] of held-out sequence 0, at each measurement
     started = time.perf_counter()
@@ -190,11 +199,13 @@ def train_and_measure(cfg: InductionConfig, n_layer: int, held_out: RepeatBatch,
         example_attention.append(weights[:, 0].float().cpu())
         if step % (cfg.eval_interval * 5) == 0 or step == cfg.max_iters:
             best = max(max(row) for row in entry["induction"])
+            best_previous = max(max(row) for row in entry["previous_token"])
             say(f"  {model_name(n_layer)} step {step:>5}: repeat loss {entry['repeat_loss']:.3f}, first occurrence "
-                f"{entry['first_loss']:.3f}, best induction score {best:.2f}")
+                f"{entry['first_loss']:.3f}, best induction score {best:.2f}, best previous-token score {best_previous:.2f}")
 
     def next_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = repeat_batch(cfg.batch_size, cfg.block_size, cfg.vocab_size, cfg.min_segment, cfg.max_segment, data)
+        batch = repeat_batch(cfg.batch_size, cfg.block_size, cfg.vocab_size, cfg.min_segment, cfg.max_segment, data,
+                             skip_rule, cfg.skip_prob)
         return batch.x.to(device), batch.y.to(device)
 
     train(model, cfg, next_batch, record, grad_clip=cfg.grad_clip)
@@ -262,7 +273,7 @@ def run(cfg: InductionConfig, say=print) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     held_out = repeat_batch(cfg.eval_sequences, cfg.block_size, cfg.vocab_size, cfg.min_segment, cfg.max_segment,
-                            torch.Generator().manual_seed(cfg.seed + 1_000_003))
+                            torch.Generator().manual_seed(cfg.seed + 1_000_003), make_skip_rule(cfg), cfg.skip_prob)
     held_out = RepeatBatch(held_out.ids.to(device), held_out.first_start.to(device), held_out.copy_start.to(device),
                            held_out.length.to(device))
     started = time.perf_counter()
@@ -289,7 +300,7 @@ def run(cfg: InductionConfig, say=print) -> dict[str, Any]:
     drawn = plots.draw_losses(out / "losses.png", runs)
     if drawn:
         plots.draw_head_scores(out / "head_scores.png", runs)
-        plots.draw_attention_snapshots(out / "attention.png", main_run["_attention"])
+        plots.draw_attention_snapshots(out / "attention.png", [(t, w.numpy()) for t, w in main_run["_attention"]])
         plots.draw_ablation(out / "ablation.png", model_name(cfg.n_layer), main_run["ablation"])
     say(summary(report))
     say(f"wrote {out / 'report.json'}" + (", losses.png, head_scores.png, attention.png, ablation.png" if drawn else "")

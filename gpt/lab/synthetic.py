@@ -70,7 +70,7 @@ class RepeatBatch:
 
 
 def repeat_batch(batch_size: int, block_size: int, vocab_size: int, min_len: int, max_len: int,
-                 generator: torch.Generator) -> RepeatBatch:
+                 generator: torch.Generator, skip_rule: torch.Tensor | None = None, skip_prob: float = 0.0) -> RepeatBatch:
     """Sequences of block_size + 1 uniform random tokens, each with a segment of min_len..max_len tokens copied later.
 
     Per sequence: the length L is uniform in [min_len, max_len]; the first occurrence starts uniformly where
@@ -82,13 +82,21 @@ def repeat_batch(batch_size: int, block_size: int, vocab_size: int, min_len: int
     if 2 * max_len > n:
         raise ValueError(f"two copies of a {max_len}-token segment do not fit in {n} tokens")
     ids = torch.randint(vocab_size, (batch_size, n), generator=generator)
+    if skip_rule is not None and skip_prob > 0:
+        # Some tokens follow from the token two before them (a fixed rule): reading the previous token's
+        # predecessor then pays off on its own, as in natural text, which is what gets previous-token heads going.
+        follows = torch.rand(batch_size, n, generator=generator) < skip_prob
+        for t in range(2, n):
+            ids[:, t] = torch.where(follows[:, t], skip_rule[ids[:, t - 2]], ids[:, t])
     lengths = torch.randint(min_len, max_len + 1, (batch_size,), generator=generator)
     # Uniform draws in ranges that differ per row: scale a uniform [0, 1) number by the range's size.
     first = (torch.rand(batch_size, generator=generator) * (n - 2 * lengths + 1)).long()
     copy = first + lengths + (torch.rand(batch_size, generator=generator) * (n - first - 2 * lengths + 1)).long()
+    segments = torch.randint(vocab_size, (batch_size, max_len), generator=generator)  # uniform, whatever the filler
     for b in range(batch_size):
         L, s1, s2 = int(lengths[b]), int(first[b]), int(copy[b])
-        ids[b, s2 : s2 + L] = ids[b, s1 : s1 + L]
+        ids[b, s1 : s1 + L] = segments[b, :L]
+        ids[b, s2 : s2 + L] = segments[b, :L]
     return RepeatBatch(ids, first, copy, lengths)
 
 
