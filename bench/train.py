@@ -72,21 +72,17 @@ def run_once(shape: str, extra: list[str], steps: int, data_dir: str, device: st
 def model_numbers(shape: str, extra: list[str]) -> dict:
     """Parameters and FLOPs per token of the shape, from the config (no training)."""
     sys.path.insert(0, str(REPO))
-    from gpt.config import load_toml
-    from gpt.model import GPT, GPTConfig
+    from gpt.config import parse_args
+    from gpt.model import GPT
+    from gpt.trainer import TrainConfig, model_config
 
     config, overrides = SHAPES[shape]
-    values = load_toml(REPO / config)
-    for flag in overrides + extra:
-        key, value = flag[2:].split("=", 1)
-        values[key] = value
-    vocab = 65 if "shakespeare" in str(values.get("data", "")) else 222  # char vocabularies of the corpora
-    cfg = GPTConfig(vocab_size=vocab, block_size=int(values["block_size"]), n_layer=int(values["n_layer"]),
-                    n_head=int(values["n_head"]), n_embd=int(values["n_embd"]))
+    settings, _ = parse_args(TrainConfig, [str(REPO / config), *overrides, *extra])
+    vocab = 65 if "shakespeare" in settings.data else 222  # char vocabularies of the corpora
     with torch.device("meta"):
-        model = GPT(cfg)
+        model = GPT(model_config(settings, vocab))
     return {"params": model.num_params(), "flops_per_token": model.flops_per_token(),
-            "flops_6n": 6 * model.num_params(), "tokens_per_step": int(values["batch_size"]) * cfg.block_size}
+            "flops_6n": 6 * model.num_params(), "tokens_per_step": settings.batch_size * settings.block_size}
 
 
 def main() -> None:

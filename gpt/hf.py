@@ -50,6 +50,9 @@ PYTORCH_BIN_NAME = "pytorch_model.bin"
 LAYER_NORM_EPS = 1e-5  # torch's nn.LayerNorm default, which gpt/model.py uses; GPT-2's value too
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # both are GELU with the tanh approximation, as ours
 ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
+# The options of gpt/model.py that GPT-2 cannot compute, with GPT-2's value. (An untied LM head is
+# tie_word_embeddings = false; zero_init only changes the initial weights.)
+GPT2_ONLY = ("position", "norm", "mlp", "qk_norm", "logit_softcap", "attention_only")
 # The weights GPT-2 stores as Conv1D, (in, out): nn.Linear wants them transposed.
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Causal-mask buffers some files carry; our attention builds its mask itself, so they are dropped.
@@ -78,6 +81,15 @@ ST_DTYPES: dict[str, torch.dtype] = {
 }
 ST_NAMES = {dtype: name for name, dtype in ST_DTYPES.items()}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # a header is a few KB per tensor; anything huge is a corrupt file
+
+
+def not_gpt2(config: GPTConfig) -> str | None:
+    """Why Hugging Face's GPT-2 cannot compute this model (e.g. "position = 'rope'"), or None if it can."""
+    gpt2 = GPTConfig()
+    for name in GPT2_ONLY:
+        if getattr(config, name) != getattr(gpt2, name):
+            return f"{name} = {getattr(config, name)!r} is not GPT-2's ({getattr(gpt2, name)!r})"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -161,8 +173,11 @@ def gpt_config_from_hf(hf: dict[str, Any], where: Path | str = CONFIG_NAME) -> G
         if not isinstance(value, int) or isinstance(value, bool):
             raise UserError(f"{where}: {hf_name} should be an integer, got {value!r}")
         values[our_name] = value
+    tied = hf.get("tie_word_embeddings", True)
+    if not isinstance(tied, bool):
+        raise UserError(f"{where}: tie_word_embeddings should be true or false, got {tied!r}")
     try:
-        return GPTConfig(**values, dropout=0.0, bias=True)
+        return GPTConfig(**values, dropout=0.0, bias=True, tie_embeddings=tied)
     except ValueError as e:
         raise UserError(f"{where}: {e}") from None
 
@@ -289,11 +304,17 @@ def convert_from_hf(tensors: dict[str, torch.Tensor], model: GPT, where: Path | 
             raise UserError(f"{where}: weight {name} has dtype {tensor.dtype}, expected floating point")
         state[our_key] = tensor
     wte = state["transformer.wte.weight"]
+    if not model.config.tie_embeddings:  # tie_word_embeddings = false: the head is a matrix of its own
+        if lm_head is None or tuple(lm_head.shape) != tuple(wte.shape):
+            raise UserError(f"{where}: config.json unties the LM head (tie_word_embeddings = false), but the file has "
+                            f"no lm_head.weight of shape {tuple(wte.shape)}")
+        state["lm_head.weight"] = lm_head
+        return state
     if lm_head is not None:
         # Our LM head is the token embedding; a file with a different head would load as another model.
         if tuple(lm_head.shape) != tuple(wte.shape) or not torch.equal(lm_head.to(wte.dtype), wte):
-            raise UserError(f"{where}: lm_head.weight differs from the token embedding (untied LM head); this "
-                            "model ties them")
+            raise UserError(f"{where}: lm_head.weight differs from the token embedding (untied LM head), but "
+                            "config.json ties them (tie_word_embeddings)")
     state["lm_head.weight"] = wte
     return state
 
@@ -357,7 +378,7 @@ def save_hf_gpt2(model: torch.nn.Module, path: str | Path, tokenizer: Tokenizer 
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
         "add_cross_attention": False,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": config.tie_embeddings,
         "use_cache": True,
         # GPT-2's <|endoftext|> id, where the vocabulary is GPT-2's; other tokenizers have none here.
         "bos_token_id": 50256 if config.vocab_size > 50256 else None,
@@ -377,6 +398,10 @@ def check_gpt2_shape(config: GPTConfig) -> None:
     if config.attention_only:
         raise UserError("an attention-only model (no MLPs) cannot be written as GPT-2: Hugging Face's GPT-2 always "
                         "has an MLP in every block")
+    reason = not_gpt2(config)
+    if reason:
+        raise UserError(f"this model cannot be written as GPT-2: {reason} (only models trained with arch = 'gpt2' "
+                        "can)")
 
 
 def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
@@ -387,7 +412,7 @@ def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _hf_keys(config: GPTConfig) -> list[tuple[str, tuple[int, ...]]]:
-    """GPT-2's weights (our names, our shapes) in file order; the tied LM head is left out, as transformers does."""
+    """GPT-2's weights (our names, our shapes) in file order; a tied LM head is left out, as transformers does."""
     C = config.n_embd
     keys = [("transformer.wte.weight", (config.vocab_size, C)), ("transformer.wpe.weight", (config.block_size, C))]
     for i in range(config.n_layer):
@@ -401,6 +426,8 @@ def _hf_keys(config: GPTConfig) -> list[tuple[str, tuple[int, ...]]]:
             (p + "mlp.c_proj.weight", (C, 4 * C)), (p + "mlp.c_proj.bias", (C,)),
         ]
     keys += [("transformer.ln_f.weight", (C,)), ("transformer.ln_f.bias", (C,))]
+    if not config.tie_embeddings:
+        keys.append(("lm_head.weight", (config.vocab_size, C)))
     return keys
 
 

@@ -4,10 +4,14 @@ Its place in the flow: batches of token ids x [B, T] come in (from gpt/data.py);
 go out, and with targets y (x shifted by one) the cross-entropy loss that training (gpt/trainer.py)
 minimises. Sampling (gpt/generate.py) calls the same forward with a KV cache, one new token at a time.
 
-The architecture is GPT-2's, so GPT-2's weights load into it (gpt/hf.py):
+By default the architecture is GPT-2's, so GPT-2's weights load into it (gpt/hf.py):
 
     ids ─▶ token embedding + position embedding ─▶ n_layer x Block ─▶ LayerNorm ─▶ LM head ─▶ logits
     Block:  x = x + attention(LayerNorm(x));  x = x + MLP(LayerNorm(x))          ("pre-LayerNorm")
+
+Since GPT-2 (2019), a few changes have been found to buy a lower loss for the same compute (Llama, the
+modded-nanogpt speedrun, nanochat). Each is an option of GPTConfig, off by default, a small branch below
+that says what it buys; ARCHITECTURES names two sets of them, "gpt2" (none) and "modern" (BENCHMARKS.md).
 
 Shapes in the comments: B batch size, T sequence length, C = n_embd (channels), nh = n_head,
 hs = head size = C / nh, V = vocab_size, L = number of positions held in the KV cache.
@@ -34,6 +38,14 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in the Linear layers and LayerNorms, as GPT-2 has
     attention_only: bool = False  # blocks without the MLP: the small models of the induction-heads studies
+    # The options since GPT-2; each default is GPT-2's.
+    position: str = "learned"  # "learned": a trained vector added per position (GPT-2); "rope": rotary (Rotary)
+    norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm" (make_norm)
+    mlp: str = "gelu"  # the MLP's nonlinearity: "gelu" (GPT-2), "relu2" or "swiglu" (MLP)
+    qk_norm: bool = False  # normalise each head's queries and keys (CausalSelfAttention)
+    tie_embeddings: bool = True  # the LM head is the token embedding matrix (GPT-2), or a matrix of its own
+    zero_init: bool = False  # the layers that write into the residual stream (and an untied head) start at zero
+    logit_softcap: float = 0.0  # above 0: logits = cap * tanh(logits / cap) (GPT.logits)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -43,6 +55,61 @@ class GPTConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name, choices in (("position", "learned, rope"), ("norm", "layernorm, rmsnorm"),
+                              ("mlp", "gelu, relu2, swiglu")):
+            if getattr(self, name) not in choices.split(", "):
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"position = 'rope' turns pairs of channels: the head size n_embd / n_head must be even, "
+                             f"got {self.n_embd // self.n_head}")
+        if self.logit_softcap < 0:
+            raise ValueError(f"logit_softcap must not be negative (0 = off), got {self.logit_softcap}")
+
+
+# Named sets of the options: GPT-2 exactly, and the best combination measured here (BENCHMARKS.md).
+ARCHITECTURES = {
+    "gpt2": dict(position="learned", norm="layernorm", mlp="gelu", qk_norm=False, tie_embeddings=True,
+                 zero_init=False, logit_softcap=0.0),
+    "modern": dict(position="rope", norm="layernorm", mlp="relu2", qk_norm=True, tie_embeddings=False,
+                   zero_init=True, logit_softcap=0.0),
+}
+
+
+def make_norm(config: GPTConfig, size: int) -> nn.Module:
+    """LayerNorm (GPT-2) subtracts the mean, divides by the standard deviation, then scales (and shifts).
+    RMSNorm (Zhang & Sennrich 2019; Llama) only divides by the root mean square and scales: one reduction
+    fewer, for the same loss per step here. GPUs run it fused; torch runs it as several operations on a CPU,
+    3.6x slower than the fused LayerNorm, which is why "modern" keeps LayerNorm (BENCHMARKS.md)."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(size, eps=1e-5)
+    return nn.LayerNorm(size, bias=config.bias)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (RoPE; Su et al. 2021, in Llama and most models since): instead of adding a
+    learned vector per position to the input, turn each pair of channels of every query and key by an angle
+    proportional to the token's position, each pair at its own frequency. The score of a query at position m
+    with a key at position n then depends on m - n only: attention sees relative positions, and no position
+    weights are learned."""
+
+    def __init__(self, head_size: int, block_size: int, base: float = 10000.0):
+        super().__init__()
+        freqs = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)  # [hs/2], fast to slow
+        angles = torch.outer(torch.arange(block_size, dtype=torch.float32), freqs)  # [block_size, hs/2]
+        # Computed from the config, not learned: kept out of the state_dict (persistent=False).
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # pos [T] or [B, T] -> cos and sin of each pair's angle, [1, T, hs/2] or [B, 1, T, hs/2]: one for all heads
+        return self.cos[pos].unsqueeze(-3), self.sin[pos].unsqueeze(-3)
+
+
+def rotate(x: torch.Tensor, turn: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """x [B, nh, T, hs], its channels taken in pairs (x0, x1), each pair turned by its angle (Rotary's cos, sin)."""
+    cos, sin = turn
+    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # [B, nh, T, hs/2] each
+    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2).type_as(x)
 
 
 class KVCache:
@@ -50,7 +117,8 @@ class KVCache:
 
     Without a cache, generating each new token re-runs the whole sequence through the model. With it,
     a step feeds only the new token: its query attends to the stored keys and values of the earlier
-    ones, which never change (attention is causal). The buffers are allocated once, full size.
+    ones, which never change (attention is causal; with RoPE each key is stored already turned by its own
+    position). The buffers are allocated once, full size.
 
     Each row of the batch is a sequence of its own length (`lengths`): a server decodes requests that
     started at different times side by side. A forward pass first takes the next positions of every row
@@ -123,16 +191,25 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        # QK-norm (Dehghani et al. 2023; OLMo 2, modded-nanogpt): normalising each head's queries and keys (with
+        # the model's norm) bounds the attention scores: a large learning rate cannot turn the softmax one-hot.
+        hs = config.n_embd // config.n_head
+        self.q_norm, self.k_norm = (make_norm(config, hs), make_norm(config, hs)) if config.qk_norm else (None, None)
         # plain=True computes attention with plain_attention and keeps its weights in self.weights, for
         # looking inside the model (gpt/lab); training and sampling use the fused kernel.
         self.plain = False
         self.weights: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.shape
         qkv = self.c_attn(x)  # [B, T, 3C]: queries, keys and values of all heads side by side
         # Split into q, k, v and the channels into heads: [B, T, 3, nh, hs] -> 3 x [B, nh, T, hs]
         q, k, v = qkv.view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:  # the turns for these tokens' positions (GPT.forward)
+            q, k = rotate(q, rope), rotate(k, rope)
 
         allowed = None  # without a cache: plain causal attention over these T tokens
         if cache is not None:
@@ -153,17 +230,33 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """A per-position two-layer network, 4x as wide inside: where most of the parameters live."""
+    """A per-position two-layer network, 4x as wide inside: where most of the parameters live.
+
+    The nonlinearity: "gelu" is GPT-2's (GELU's tanh approximation). "relu2" is relu(h)^2 (So et al. 2021,
+    "Primer"; modded-nanogpt): sparse and cheap. "swiglu" (Shazeer 2020; Llama) gates the hidden units with a
+    third matrix, silu(gate(x)) * fc(x), 2/3 as wide so that the three hold as many weights as GELU's two.
+    """
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation of GELU
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        C, hidden = config.n_embd, 4 * config.n_embd
+        self.kind = config.mlp
+        if self.kind == "swiglu":
+            hidden = 64 * math.ceil(8 * C / 3 / 64)  # 2/3 of 4C, rounded up to a multiple of 64
+            self.c_gate = nn.Linear(C, hidden, bias=config.bias)
+        self.c_fc = nn.Linear(C, hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, C, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # [B, T, C] -> [B, T, 4C] -> [B, T, C]
+        h = self.c_fc(x)  # [B, T, C] -> [B, T, 4C]
+        if self.kind == "gelu":
+            h = F.gelu(h, approximate="tanh")
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = F.silu(self.c_gate(x)) * h
+        return self.dropout(self.c_proj(h))  # [B, T, 4C] -> [B, T, C]
 
 
 class Block(nn.Module):
@@ -171,15 +264,16 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = None if config.attention_only else nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = None if config.attention_only else make_norm(config, config.n_embd)
         self.mlp = None if config.attention_only else MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         # Each sub-layer adds to the residual stream x rather than replacing it, which keeps deep
         # stacks trainable: gradients flow straight through the additions.
-        x = x + self.attn(self.ln_1(x), cache, layer)
+        x = x + self.attn(self.ln_1(x), cache, layer, rope)
         if self.mlp is not None:
             x = x + self.mlp(self.ln_2(x))
         return x
@@ -189,26 +283,32 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding: id -> vector
-                wpe=nn.Embedding(config.block_size, config.n_embd),  # position embedding: 0..block_size-1
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-            )
-        )
+        self.transformer = nn.ModuleDict(dict(wte=nn.Embedding(config.vocab_size, config.n_embd)))  # id -> vector
+        self.rotary = None
+        if config.position == "learned":
+            self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)  # position 0..block_size-1
+        else:
+            self.rotary = Rotary(config.n_embd // config.n_head, config.block_size)
+        self.transformer.update(dict(drop=nn.Dropout(config.dropout), h=nn.ModuleList(
+            Block(config) for _ in range(config.n_layer)), ln_f=make_norm(config, config.n_embd)))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying: the LM head scores each token by the dot product of the final hidden state with
-        # that token's embedding. One matrix, used at both ends, as in GPT-2.
-        self.lm_head.weight = self.transformer.wte.weight
+        if config.tie_embeddings:
+            # Weight tying: the LM head scores each token by the dot product of the final hidden state with
+            # that token's embedding. One matrix, used at both ends, as in GPT-2. Untied (modded-nanogpt,
+            # nanochat), the input and the output each get the matrix that suits them, for V x C more weights.
+            self.lm_head.weight = self.transformer.wte.weight
 
         self.apply(self._init_weights)
-        # GPT-2 scales the init of the layers that write into the residual stream by 1/sqrt(2 * n_layer):
-        # each layer adds two of them, so the stream's variance stays the same however deep the model.
+        # GPT-2 scales the init of the layers that write into the residual stream by 1/sqrt(2 * n_layer): each
+        # layer adds two of them, so the stream's variance stays the same however deep the model. zero_init
+        # (modded-nanogpt) starts them at 0 instead: every block starts as the identity, and (with an untied head)
+        # the first prediction is uniform, so the first steps are not spent undoing random writes.
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+            if name.endswith("c_proj.weight") or (name == "lm_head.weight" and not config.tie_embeddings):
+                if config.zero_init:
+                    nn.init.zeros_(p)
+                elif name != "lm_head.weight":
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -219,13 +319,8 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(
-        self,
-        idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        kv_cache: KVCache | None = None,
-        all_logits: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                all_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for the next token at each position of idx [B, T], and the loss when targets [B, T] are given.
 
         Targets equal to -1 are left out of the loss (e.g. prompt tokens when fine-tuning on answers).
@@ -241,20 +336,30 @@ class GPT(nn.Module):
             pos = torch.arange(T, device=idx.device)  # [T]
         else:
             pos = kv_cache.advance(T)  # [B, T]: each row continues its own sequence
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # [B, T, C] + [T, C] or [B, T, C] -> [B, T, C]
+        x = self.transformer.wte(idx)  # [B, T, C]
+        rope = None if self.rotary is None else self.rotary(pos)  # cos, sin: how far every layer turns q and k
+        if rope is None:
+            x = x + self.transformer.wpe(pos)  # [B, T, C] + [T, C] or [B, T, C] -> [B, T, C]
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, kv_cache, layer)  # [B, T, C]
+            x = block(x, kv_cache, layer, rope)  # [B, T, C]
         x = self.transformer.ln_f(x)
 
         if targets is not None:
-            logits = self.lm_head(x)  # [B, T, V]
+            logits = self.logits(x)  # [B, T, V]
             # Cross-entropy = -log(probability the model gave to the true next token), averaged.
             loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), ignore_index=-1)
             return logits, loss
         if not all_logits:
             x = x[:, -1:, :]  # [B, 1, C]: the next token after the sequence
-        return self.lm_head(x), None
+        return self.logits(x), None
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The LM head: final hidden states [..., C] -> one score per vocabulary entry [..., V]."""
+        logits, cap = self.lm_head(x), self.config.logit_softcap
+        if cap:  # soft-capping (Gemma 2; modded-nanogpt): a smooth clamp into (-cap, cap) against overconfidence
+            logits = cap * torch.tanh(logits / cap)
+        return logits
 
     def _check_input(self, idx: torch.Tensor, start: int) -> None:
         T = idx.shape[1]
@@ -270,19 +375,21 @@ class GPT(nn.Module):
                 raise ValueError(f"token id {bad} is out of range for vocab_size {self.config.vocab_size}")
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count. The position embedding is a lookup, not a matmul, so FLOP counts leave it out;
-        the token embedding stays in because, tied to the LM head, it does a matmul there."""
+        """Parameter count. Embeddings are lookups, not matmuls, so FLOP counts leave them out: the position
+        embedding, and the token embedding unless it is tied to the LM head (a matmul there)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.transformer.wpe.weight.numel()
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.transformer.wte.weight.numel()
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward): 6 per parameter (2 forward, 4 backward for each
         multiply-add), plus attention's scores and weighted sum, which grow with the sequence length."""
-        T = seq_len or self.config.block_size
         cfg = self.config
-        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * (seq_len or cfg.block_size)
 
     def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache on this model's device, in its dtype (or `dtype`: the autocast dtype, if any)."""

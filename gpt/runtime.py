@@ -27,7 +27,8 @@ from gpt import checkpoint as ckpt_io
 from gpt import lora
 from gpt.device import pick_device
 from gpt.errors import UserError
-from gpt.model import GPT, GPTConfig
+from gpt.hf import not_gpt2
+from gpt.model import ARCHITECTURES, GPT, GPTConfig
 from gpt.tokenizer import Tokenizer, tokenizer_from_dict
 
 try:
@@ -225,7 +226,8 @@ def rebuild(model: GPT, **changes: Any) -> GPT:
     weights = ckpt_io.clean_state_dict(model)
     if config.block_size < model.config.block_size:
         # A shorter context only needs the first positions' embeddings.
-        weights["transformer.wpe.weight"] = weights["transformer.wpe.weight"][: config.block_size].clone()
+        if "transformer.wpe.weight" in weights:  # (rotary positions have no weights)
+            weights["transformer.wpe.weight"] = weights["transformer.wpe.weight"][: config.block_size].clone()
     new = GPT(config)
     new.load_state_dict(weights)
     return new
@@ -264,7 +266,9 @@ def starting_model(cfg: Any, resume_state: dict[str, Any] | None, log) -> tuple[
         model = rebuild(lora.merge_adapter(loaded.model), dropout=cfg.dropout, block_size=block_size)
         # The run's record shows the shape actually trained, whatever the settings said.
         cfg = dataclasses.replace(cfg, n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
-                                  bias=shape.bias, block_size=block_size, tokenizer=loaded.tokenizer.name)
+                                  bias=shape.bias, block_size=block_size, tokenizer=loaded.tokenizer.name,
+                                  arch="gpt2" if not_gpt2(shape) is None else "modern",
+                                  **{name: getattr(shape, name) for name in ARCH_OPTIONS})
         log(f"fine-tuning {loaded.path} ({model.num_params() / 1e6:.2f}M parameters)")
         if cfg.lora_rank:
             lora.attach(model, lora.settings_of(cfg), base)
@@ -311,10 +315,32 @@ def training_flops_per_token(model: GPT) -> float:
     return model.flops_per_token() - 2 * frozen
 
 
+# The architecture options of gpt/model.py: each from the arch preset unless set on its own.
+ARCH_OPTIONS = tuple(ARCHITECTURES["gpt2"])
+
+
+def model_config(cfg: Any, vocab_size: int) -> GPTConfig:
+    """The model the settings describe: the arch preset's options, those set explicitly on top; a UserError
+    naming the setting for a combination that cannot work."""
+    if cfg.arch not in ARCHITECTURES:
+        raise UserError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {cfg.arch!r}")
+    options = dict(ARCHITECTURES[cfg.arch])
+    options.update({name: getattr(cfg, name) for name in ARCH_OPTIONS if getattr(cfg, name) is not None})
+    try:
+        config = GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                           n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, **options)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    reason = not_gpt2(config) if cfg.arch == "gpt2" else None
+    if reason:
+        raise UserError(f"arch = 'gpt2' keeps GPT-2's exact architecture, but {reason}: drop that setting, or use "
+                        "arch = 'modern'")
+    return config
+
+
 def new_model(cfg: Any, vocab_size: int) -> GPT:
     padded = -(-vocab_size // cfg.vocab_multiple) * cfg.vocab_multiple
-    return GPT(GPTConfig(vocab_size=padded, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                         n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
+    return GPT(model_config(cfg, padded))
 
 
 # ---------------------------------------------------------------------------------------------------

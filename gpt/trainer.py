@@ -40,11 +40,12 @@ from gpt.device import autocast, peak_flops, pick_dtype
 from gpt.errors import UserError, exit_on_user_error
 from gpt.lora import DEFAULT_TARGETS, check_settings as check_lora_settings, trainable_summary as lora_summary, \
     with_new_token_rows
+from gpt.model import GPTConfig
 from gpt.optim import learning_rate_at, make_optimizer, param_groups, set_hyperparameters  # noqa: F401 (re-exported)
 from gpt.runlog import MFU_EXPLAINED
 from gpt.atomic import check_writable
-from gpt.runtime import (Dist, OutDirLock, Run, add_token_rows, dist_from_env, end_process_group, new_model,
-                         restore_rng, restore_sampler, seed_everything, setup_device, starting_model,
+from gpt.runtime import (ARCH_OPTIONS, Dist, OutDirLock, Run, add_token_rows, dist_from_env, end_process_group,
+                         model_config, new_model, restore_rng, restore_sampler, seed_everything, setup_device, starting_model,
                          training_flops_per_token)
 from gpt.tokenizer import Tokenizer
 
@@ -53,6 +54,8 @@ from gpt.tokenizer import Tokenizer
 # the adapters' shape and scale.
 SHAPE_SETTINGS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
 FIXED_AT_START = ("vocab_multiple", "seed", "init_from", "lora_rank", "lora_alpha", "lora_targets")
+# What a checkpoint from before the architecture options existed was trained with.
+LEGACY_SETTINGS = {"arch": "gpt2"}
 
 
 @dataclass
@@ -86,6 +89,14 @@ class TrainConfig:
     dropout: float = setting(0.0, "dropout probability (0 for small data runs that do not overfit)")
     bias: bool = setting(False, "biases in Linear layers and LayerNorms, as GPT-2 has (off: 1.2x faster on CPU, see BENCHMARKS.md)")
     vocab_multiple: int = setting(1, "round the model's vocabulary up to a multiple of this (64 speeds up GPUs)")
+    arch: str = setting("gpt2", "gpt2 (GPT-2 exactly: exports to Hugging Face) or modern (the options below that measured best); each option set below overrides it")
+    position: str | None = setting(None, "positions: learned (GPT-2) or rope (rotary) (none = arch's)")
+    norm: str | None = setting(None, "layernorm (GPT-2) or rmsnorm (none = arch's)")
+    mlp: str | None = setting(None, "the MLP's nonlinearity: gelu (GPT-2), relu2 or swiglu (none = arch's)")
+    qk_norm: bool | None = setting(None, "normalise each head's queries and keys (none = arch's)")
+    tie_embeddings: bool | None = setting(None, "the LM head is the token embedding (GPT-2) (none = arch's)")
+    zero_init: bool | None = setting(None, "output projections (and an untied head) start at zero (none = arch's)")
+    logit_softcap: float | None = setting(None, "logits = cap * tanh(logits / cap); 0 = off (none = arch's)")
     # optimizer and schedule
     batch_size: int = setting(16, "sequences per micro-batch, per process")
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step, over all processes")
@@ -139,6 +150,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.lora_rank and cfg.init_from == "scratch":
         raise UserError("lora_rank adapts a trained model, and init_from is scratch: give --init_from (an out_dir, a "
                         ".pt or a Hugging Face GPT-2 folder), or set --lora_rank=0 to train from scratch")
+    model_config(cfg, vocab_size=1)  # a combination of architecture options that cannot work names its setting
 
 
 def resolve_config(argv: list[str]) -> tuple[TrainConfig, dict[str, Any] | None]:
@@ -161,6 +173,7 @@ def resolve_config(argv: list[str]) -> tuple[TrainConfig, dict[str, Any] | None]
         raise UserError(f"{path} holds weights only, not a training state: use --init_from={path} to fine-tune")
     # The saved run's settings, then the TOML file's (if one was given), then the flags.
     saved = {k: v for k, v in state["config"].items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    saved = {**LEGACY_SETTINGS, **saved}
     base = from_dict(TrainConfig, saved, where=f"in {path}")
     cfg, _ = parse_args(TrainConfig, argv, prog="train.py", base=base)
     cfg.resume = True
@@ -172,6 +185,12 @@ def resolve_config(argv: list[str]) -> tuple[TrainConfig, dict[str, Any] | None]
             raise UserError(f"cannot resume {out_dir} with {name}={getattr(cfg, name)}: the run started with "
                             f"{name}={saved_value}, which a resumed run keeps (use another --out_dir for a new run, "
                             "or --init_from to fine-tune)")
+    saved_arch = dataclasses.asdict(GPTConfig(**state["model_config"]))  # old checkpoints lack the options: GPT-2's
+    wanted = model_config(cfg, vocab_size=1)
+    for name in ARCH_OPTIONS:
+        if getattr(wanted, name) != saved_arch[name]:
+            raise UserError(f"cannot resume {out_dir} with {name}={getattr(wanted, name)}: the saved model has "
+                            f"{name}={saved_arch[name]} (use another --out_dir for a new model)")
     if cfg.tokenizer != state["config"].get("tokenizer", cfg.tokenizer) and cfg.init_from == "scratch":
         raise UserError(f"cannot resume {out_dir} with tokenizer {cfg.tokenizer!r}: it was trained with "
                         f"{state['config'].get('tokenizer')!r}")

@@ -100,10 +100,12 @@ def test_load_half_precision_file(tmp_path):
     assert torch.equal(model.transformer.wte.weight, state["transformer.wte.weight"].float())
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_round_trip_through_transformers(tmp_path, bias):
+@pytest.mark.parametrize("bias, tied", [(True, True), (False, True), (False, False)])
+def test_round_trip_through_transformers(tmp_path, bias, tied):
+    # An untied LM head is GPT-2 with tie_word_embeddings = false; zero_init only changes the initial weights.
     torch.manual_seed(2)
-    model = GPT(GPTConfig(vocab_size=53, block_size=12, n_layer=2, n_head=2, n_embd=16, bias=bias)).eval()
+    model = GPT(GPTConfig(vocab_size=53, block_size=12, n_layer=2, n_head=2, n_embd=16, bias=bias,
+                          tie_embeddings=tied, zero_init=not tied)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -112,6 +114,7 @@ def test_round_trip_through_transformers(tmp_path, bias):
     ids = torch.randint(0, 53, (2, 12))
     assert (our_logits(model, ids) - hf_logits(ref, ids)).abs().max().item() < 1e-4
     again = load_hf_gpt2(tmp_path / "hf").eval()
+    assert again.config.tie_embeddings == tied and ref.config.tie_word_embeddings == tied
     assert (our_logits(again, ids) - our_logits(model, ids)).abs().max().item() < 1e-6
     assert not list((tmp_path / "hf").glob("*.tmp")), "temp files left behind"
 
@@ -270,6 +273,17 @@ def test_attention_only_model_is_refused(tmp_path):
     with pytest.raises(UserError, match="attention-only"):
         save_hf_gpt2(model, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("option", [dict(position="rope"), dict(norm="rmsnorm"), dict(mlp="relu2"),
+                                    dict(mlp="swiglu"), dict(qk_norm=True), dict(logit_softcap=30.0)])
+def test_options_gpt2_cannot_compute_are_refused(tmp_path, option):
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, **option))
+    with pytest.raises(UserError) as info:
+        save_hf_gpt2(model, tmp_path / "hf")
+    (name,) = option
+    assert "cannot be written as GPT-2" in str(info.value) and name in str(info.value)
+    assert "\n" not in str(info.value) and not (tmp_path / "hf").exists()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from gpt.model import GPT, GPTConfig, KVCache
+from gpt.model import ARCHITECTURES, GPT, GPTConfig, KVCache, Rotary, make_norm, rotate
 
 
 def tiny(**overrides) -> GPT:
@@ -207,3 +207,133 @@ def test_attention_only_blocks_have_no_mlp():
     idx = torch.randint(0, 37, (2, 8))
     logits, loss = model(idx, idx)
     assert logits.shape == (2, 8, 37) and torch.isfinite(loss)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The options since GPT-2 (each against a plain reference where there is one)
+
+OPTIONS = [
+    dict(position="rope"), dict(norm="rmsnorm"), dict(mlp="relu2"), dict(mlp="swiglu"), dict(qk_norm=True),
+    dict(tie_embeddings=False), dict(zero_init=True), dict(logit_softcap=5.0), ARCHITECTURES["modern"],
+    dict(ARCHITECTURES["modern"], mlp="swiglu", logit_softcap=10.0, bias=False, attention_only=True),
+]
+
+
+def randomized(model: GPT) -> GPT:
+    """Every weight random (zero-initialised projections would make the checks below trivially true)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    # Shifting every position by the same amount leaves every attention score unchanged.
+    torch.manual_seed(0)
+    model = randomized(tiny(position="rope", block_size=32))
+    attn = model.transformer.h[0].attn
+    attn.plain = True
+    x = torch.randn(2, 8, 32)
+    weights = []
+    for shift in (0, 5, 24):
+        attn(x, rope=model.rotary(torch.arange(shift, shift + 8)))
+        weights.append(attn.weights)
+    torch.testing.assert_close(weights[1], weights[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(weights[2], weights[0], atol=1e-5, rtol=1e-4)
+    # ...while the scores do depend on the distance between query and key: no longer a bag of tokens.
+    same = torch.randn(1, 1, 32).expand(1, 8, 32)
+    attn(same, rope=model.rotary(torch.arange(8)))
+    assert not torch.allclose(attn.weights[0, 0, -1], torch.full((8,), 1 / 8), atol=1e-3)
+    # A rotation never changes a vector's length.
+    q = torch.randn(1, 2, 8, 16)
+    turned = rotate(q, model.rotary(torch.arange(8)))
+    torch.testing.assert_close(turned.norm(dim=-1), q.norm(dim=-1))
+
+
+def test_rmsnorm_follows_its_formula():
+    norm = make_norm(GPTConfig(norm="rmsnorm", n_embd=8, n_head=1), 8)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2.0, 8))
+    x = 3 * torch.randn(4, 5, 8) + 1
+    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight
+    torch.testing.assert_close(norm(x), expected)
+    assert not any(name.endswith("bias") for name, _ in norm.named_parameters())
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "+".join(f"{k}={v}" for k, v in o.items()))
+def test_every_option_keeps_the_kv_cache_exact_and_the_model_causal(options):
+    torch.manual_seed(0)
+    model = randomized(tiny(**options))
+    idx = torch.randint(0, 37, (2, 12))
+    full, _ = model(idx, all_logits=True)
+    cache = model.new_kv_cache(batch_size=2)
+    chunks = [model(idx[:, a:b], kv_cache=cache, all_logits=True)[0] for a, b in ((0, 5), (5, 9), (9, 10), (10, 12))]
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-4, rtol=1e-4)
+    changed = idx.clone()
+    changed[:, 7] = (changed[:, 7] + 1) % 37
+    torch.testing.assert_close(model(changed, all_logits=True)[0][:, :7], full[:, :7])
+    # Greedy decoding with the cache picks exactly the tokens that recomputing every window picks.
+    from gpt.generate import generate_tokens
+
+    def greedy(use_kv_cache):
+        return [t.tolist() for t in generate_tokens(model, idx[:, :3], 30, temperature=0.0, use_kv_cache=use_kv_cache)]
+
+    assert greedy(True) == greedy(False)
+    for block in model.transformer.h:  # the plain attention path (gpt/lab) agrees with the fused kernel
+        block.attn.plain = True
+    torch.testing.assert_close(model(idx, all_logits=True)[0], full, atol=1e-4, rtol=1e-4)
+
+
+def test_rotate_turns_each_channel_pair_by_position_times_frequency():
+    rotary = Rotary(head_size=4, block_size=8)
+    x = torch.randn(1, 1, 8, 4)
+    turned = rotate(x, rotary(torch.arange(8)))
+    for pos in (0, 3, 7):
+        for pair, freq in enumerate((1.0, 0.01)):  # 10000 ** (-2 pair / 4)
+            a = pos * freq
+            x0, x1 = x[0, 0, pos, 2 * pair], x[0, 0, pos, 2 * pair + 1]
+            expected = torch.stack([x0 * math.cos(a) - x1 * math.sin(a), x0 * math.sin(a) + x1 * math.cos(a)])
+            torch.testing.assert_close(turned[0, 0, pos, 2 * pair : 2 * pair + 2], expected)
+
+
+def test_option_details():
+    torch.manual_seed(0)
+    zero = tiny(zero_init=True, tie_embeddings=False)
+    assert all(torch.all(block.attn.c_proj.weight == 0) and torch.all(block.mlp.c_proj.weight == 0)
+               for block in zero.transformer.h)
+    x = torch.randint(0, 37, (2, 8))
+    assert zero(x, x)[1].item() == pytest.approx(math.log(37))  # zero head: a uniform first guess
+    untied = tiny(tie_embeddings=False)
+    assert untied.lm_head.weight is not untied.transformer.wte.weight
+    # Embeddings are lookups: an untied model counts its head but not its token embedding in num_params.
+    assert untied.num_params() == sum(p.numel() for p in untied.parameters()) - 16 * 32 - 37 * 32
+    rope = tiny(position="rope")
+    assert "transformer.wpe.weight" not in rope.state_dict() and not any("rotary" in k for k in rope.state_dict())
+    capped = randomized(tiny(logit_softcap=2.0))
+    with torch.no_grad():
+        capped.lm_head.weight.mul_(20)
+    logits, _ = capped(x, all_logits=True)
+    capped.config.logit_softcap = 0.0
+    raw, _ = capped(x, all_logits=True)
+    assert raw.abs().max() > 4 and logits.abs().max() < 2
+    torch.testing.assert_close(logits, 2 * torch.tanh(raw / 2))
+    swiglu = tiny(mlp="swiglu", n_embd=96, n_head=2)
+    assert isinstance(swiglu.transformer.h[0].mlp.c_gate, torch.nn.Linear)  # LoRA wraps Linear layers
+    mlp_weights = lambda m: sum(p.numel() for n, p in m.named_parameters() if ".mlp." in n)  # noqa: E731
+    assert abs(mlp_weights(swiglu) / mlp_weights(tiny(n_embd=96, n_head=2)) - 1) < 0.05
+    qk = tiny(qk_norm=True)
+    assert isinstance(qk.transformer.h[0].attn.q_norm, torch.nn.LayerNorm)  # the model's norm, per head
+    assert qk.transformer.h[0].attn.q_norm.weight.shape == (16,)
+
+
+@pytest.mark.parametrize("changes, words", [
+    (dict(position="rope", n_embd=30, n_head=2), ["position = 'rope'", "head size", "15"]),
+    (dict(mlp="swish"), ["mlp must be one of", "'swish'"]),
+    (dict(norm="batchnorm"), ["norm must be one of"]),
+    (dict(logit_softcap=-1.0), ["logit_softcap"]),
+])
+def test_bad_options_name_the_setting(changes, words):
+    with pytest.raises(ValueError) as info:
+        tiny(**changes)
+    for word in words:
+        assert word in str(info.value)

@@ -396,3 +396,52 @@ def test_a_stop_whose_save_fails_says_so_and_names_the_latest_good_checkpoint(ti
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "SIGINT" in err[0] and "could not be saved" in err[0] and "step 2" in err[0]
     assert ckpt_io.load_checkpoint(tmp_path / "out" / "ckpt.pt")["step"] == 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# Architecture options
+
+
+def test_arch_presets_and_options_resolve_and_bad_combinations_name_the_setting():
+    from gpt.errors import UserError
+    from gpt.trainer import model_config
+
+    assert model_config(TrainConfig(arch="gpt2"), 10) == GPTConfig(
+        vocab_size=10, block_size=128, n_layer=4, n_head=4, n_embd=128, bias=False)
+    modern = model_config(TrainConfig(arch="modern", qk_norm=False, mlp="swiglu"), 10)
+    assert modern.position == "rope" and modern.qk_norm is False and modern.mlp == "swiglu"
+    assert model_config(TrainConfig(arch="gpt2", tie_embeddings=False, zero_init=True), 10).zero_init
+    for cfg, words in [
+        (TrainConfig(arch="gpt2", position="rope"), ["arch = 'gpt2'", "position = 'rope'"]),
+        (TrainConfig(arch="gpt2", logit_softcap=30.0), ["arch = 'gpt2'", "logit_softcap"]),
+        (TrainConfig(arch="modern", n_embd=96, n_head=32), ["position = 'rope'", "even"]),
+        (TrainConfig(arch="llama"), ["arch must be one of gpt2, modern"]),
+        (TrainConfig(arch="modern", mlp="geglu"), ["mlp must be one of"]),
+    ]:
+        with pytest.raises(UserError) as info:
+            model_config(cfg, 10)
+        assert all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_checkpoints_remember_the_architecture_and_old_ones_load_as_gpt2(tiny, tmp_path):
+    assert main(tiny("modern", "--arch=modern", "--mlp=swiglu", "--max_iters=2")) == 0
+    loaded = ckpt_io.load_model(tmp_path / "modern").model
+    assert (loaded.config.position, loaded.config.mlp, loaded.config.tie_embeddings) == ("rope", "swiglu", False)
+    # Resuming keeps it, and refuses another architecture.
+    assert main(tiny("modern", "--resume", "--max_iters=3")) == 0
+    assert ckpt_io.load_checkpoint(tmp_path / "modern" / "ckpt.pt")["step"] == 3
+    for flag in ("--mlp=relu2", "--arch=gpt2"):
+        assert main(tiny("modern", "--resume", "--max_iters=4", flag)) == 2
+
+    # A checkpoint from before the options existed: no option fields, no arch setting.
+    assert main(tiny("old", "--arch=gpt2", "--max_iters=2")) == 0
+    path = tmp_path / "old" / "ckpt.pt"
+    state = ckpt_io.load_checkpoint(path)
+    for name in ("position", "norm", "mlp", "qk_norm", "tie_embeddings", "zero_init", "logit_softcap"):
+        del state["model_config"][name]
+        state["config"].pop(name)
+    del state["config"]["arch"]
+    ckpt_io.save_checkpoint({k: v for k, v in state.items() if k != "format_version"}, path)
+    old = ckpt_io.load_model(path).model
+    assert old.config == GPTConfig(**{**state["model_config"]}) and old.config.position == "learned"
+    assert main(tiny("old", "--resume", "--max_iters=3")) == 0  # with the built-in defaults, whatever they are
