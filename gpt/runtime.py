@@ -575,7 +575,7 @@ class Run:
                       f"Resume with:\n  python train.py --out_dir={self.cfg.out_dir} --resume", flush=True)
         return 128 + (self.stop.signum or signal.SIGTERM)
 
-    def done(self) -> int:
+    def done(self, note: str = "") -> int:
         self.progress.close()
         if not self.dist.master:
             return 0
@@ -583,5 +583,5 @@ class Run:
             print(f"error: training ended at step {self.step}, but its last checkpoint could not be saved "
                   f"({self.failed_save}); {self._latest_good()}", file=sys.stderr, flush=True)
             return 1
-        print(f"done: {self.step} steps; best val loss {self.best_val_loss:.4f}; checkpoints in {self.out_dir}", flush=True)
+        print(f"done: {self.step} steps{note}; best val loss {self.best_val_loss:.4f}; checkpoints in {self.out_dir}", flush=True)
         return 0

@@ -41,7 +41,8 @@ from gpt.errors import UserError, exit_on_user_error
 from gpt.lora import DEFAULT_TARGETS, check_settings as check_lora_settings, trainable_summary as lora_summary, \
     with_new_token_rows
 from gpt.model import GPTConfig
-from gpt.optim import learning_rate_at, make_optimizer, param_groups, set_hyperparameters  # noqa: F401 (re-exported)
+from gpt.optim import (learning_rate_at, make_optimizer, param_groups,  # noqa: F401 (re-exported)
+                       set_hyperparameters, set_learning_rate)
 from gpt.runlog import MFU_EXPLAINED
 from gpt.atomic import check_writable
 from gpt.runtime import (ARCH_OPTIONS, Dist, OutDirLock, Run, add_token_rows, dist_from_env, end_process_group,
@@ -55,7 +56,7 @@ from gpt.tokenizer import Tokenizer
 SHAPE_SETTINGS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
 FIXED_AT_START = ("vocab_multiple", "seed", "init_from", "lora_rank", "lora_alpha", "lora_targets")
 # What a checkpoint from before the architecture options existed was trained with.
-LEGACY_SETTINGS = {"arch": "gpt2"}
+LEGACY_SETTINGS = {"arch": "gpt2", "optimizer": "adamw", "lr_schedule": "cosine"}
 
 
 @dataclass
@@ -101,12 +102,18 @@ class TrainConfig:
     batch_size: int = setting(16, "sequences per micro-batch, per process")
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step, over all processes")
     max_iters: int = setting(2000, "optimizer steps to train for (in total, counting resumed ones)")
-    learning_rate: float = setting(2e-3, "peak learning rate")
-    min_lr: float = setting(2e-4, "learning rate at the end of the cosine decay")
+    max_seconds: float = setting(0.0, "also stop after this many seconds of run time, the schedule fitted to them (0 = off)")
+    learning_rate: float = setting(2e-3, "peak learning rate (AdamW's; Muon's is muon_lr_scale times it)")
+    min_lr: float = setting(2e-4, "learning rate at the end of the decay")
     warmup_iters: int = setting(100, "steps of linear warmup")
-    lr_decay_iters: int = setting(2000, "step where the cosine decay reaches min_lr (0 = max_iters)")
-    decay_lr: bool = setting(True, "warmup + cosine decay; false = constant learning_rate")
-    weight_decay: float = setting(0.1, "AdamW weight decay, on matrices and embeddings only")
+    lr_decay_iters: int = setting(2000, "step where the decay reaches min_lr (0 = max_iters)")
+    decay_lr: bool = setting(True, "warmup, then the lr_schedule; false = constant learning_rate")
+    lr_schedule: str = setting("cosine", "cosine, or wsd: warmup-stable-decay, flat then a linear decay over the last decay_fraction")
+    decay_fraction: float = setting(0.3, "wsd: the share of the run spent decaying")
+    optimizer: str = setting("adamw", "adamw for every weight (GPT-2), or muon: Muon for the blocks' matrices, AdamW for the rest")
+    muon_lr_scale: float = setting(10.0, "Muon's learning rate as a multiple of learning_rate (its steps need a larger one)")
+    muon_momentum: float = setting(0.95, "Muon's momentum")
+    weight_decay: float = setting(0.1, "decoupled weight decay, on matrices and embeddings only")
     beta1: float = setting(0.9, "AdamW beta1")
     beta2: float = setting(0.99, "AdamW beta2")
     grad_clip: float = setting(1.0, "clip the gradient norm to this (0 = off)")
@@ -142,8 +149,16 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("learning_rate must be positive and min_lr not negative")
     if not (0.0 <= cfg.beta1 < 1.0 and 0.0 <= cfg.beta2 < 1.0):
         raise UserError(f"beta1 and beta2 must be in [0, 1), got {cfg.beta1} and {cfg.beta2}")
-    if cfg.weight_decay < 0 or cfg.grad_clip < 0 or cfg.peak_flops < 0:
-        raise UserError("weight_decay, grad_clip and peak_flops must not be negative")
+    if cfg.weight_decay < 0 or cfg.grad_clip < 0 or cfg.peak_flops < 0 or cfg.max_seconds < 0:
+        raise UserError("weight_decay, grad_clip, peak_flops and max_seconds must not be negative")
+    for name, choices in (("lr_schedule", ("cosine", "wsd")), ("optimizer", ("adamw", "muon"))):
+        if getattr(cfg, name) not in choices:
+            raise UserError(f"{name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
+    if not 0.0 <= cfg.decay_fraction <= 1.0:
+        raise UserError(f"decay_fraction must be between 0 and 1, got {cfg.decay_fraction}")
+    if cfg.muon_lr_scale <= 0 or not 0.0 <= cfg.muon_momentum < 1.0:
+        raise UserError(f"muon_lr_scale must be positive and muon_momentum in [0, 1), got {cfg.muon_lr_scale} and "
+                        f"{cfg.muon_momentum}")
     if cfg.loss_on not in ("assistant", "all"):
         raise UserError(f"loss_on must be assistant (the answers only) or all (every token), got {cfg.loss_on!r}")
     check_lora_settings(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
@@ -191,6 +206,9 @@ def resolve_config(argv: list[str]) -> tuple[TrainConfig, dict[str, Any] | None]
         if getattr(wanted, name) != saved_arch[name]:
             raise UserError(f"cannot resume {out_dir} with {name}={getattr(wanted, name)}: the saved model has "
                             f"{name}={saved_arch[name]} (use another --out_dir for a new model)")
+    if cfg.optimizer != saved["optimizer"]:
+        raise UserError(f"cannot resume {out_dir} with optimizer={cfg.optimizer}: it was trained with "
+                        f"{saved['optimizer']}, whose state the checkpoint holds")
     if cfg.tokenizer != state["config"].get("tokenizer", cfg.tokenizer) and cfg.init_from == "scratch":
         raise UserError(f"cannot resume {out_dir} with tokenizer {cfg.tokenizer!r}: it was trained with "
                         f"{state['config'].get('tokenizer')!r}")
@@ -237,6 +255,9 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
         torch.set_num_threads(cfg.threads)
     device = setup_device(cfg.device, dist)
     dtype = pick_dtype(cfg.dtype, device)
+    if dtype == torch.float16 and cfg.optimizer == "muon":
+        raise UserError("optimizer = 'muon' does not take fp16's gradient scaling: use --dtype=bfloat16 or float32, "
+                        "or optimizer = 'adamw'")
     show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     log = (lambda text: print(text, flush=True)) if dist.master else (lambda text: None)
 
@@ -314,10 +335,10 @@ def fit(run: Run, train_model: torch.nn.Module, autocast_dtype: torch.dtype) -> 
     run.stop.install()
     train_model.train()
     try:
-        while run.step < cfg.max_iters:
-            lr = learning_rate_at(run.step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+        elapsed, out_of_time = run.elapsed_before, False
+        while run.step < cfg.max_iters and not out_of_time:
+            lr = learning_rate_at(run.step, cfg, elapsed)
+            set_learning_rate(optimizer, lr)
             step_loss = torch.zeros((), device=device)
             for micro in range(local_accum):
                 batch = run.batches.next()
@@ -339,7 +360,11 @@ def fit(run: Run, train_model: torch.nn.Module, autocast_dtype: torch.dtype) -> 
 
             # Between steps: logs, evaluations, checkpoints, and a stop request (all processes stop at one step).
             stop_now = dist.any(run.stop.signum is not None, device)
-            is_last = run.step == cfg.max_iters
+            # With max_seconds, rank 0's clock times the run for all: they agree on the learning rate and last step.
+            elapsed = run.elapsed() if not (cfg.max_seconds and dist.enabled) else float(dist.all_reduce_sum(
+                torch.tensor([run.elapsed() if dist.master else 0.0], device=device, dtype=torch.float64)).item())
+            out_of_time = 0 < cfg.max_seconds <= elapsed
+            is_last = run.step == cfg.max_iters or out_of_time
             is_log = run.step % cfg.log_interval == 0 or is_last
             is_eval = run.step % cfg.eval_interval == 0 or is_last
             is_ckpt = is_last or stop_now or (run.step % cfg.checkpoint_interval == 0 if cfg.checkpoint_interval
@@ -355,7 +380,7 @@ def fit(run: Run, train_model: torch.nn.Module, autocast_dtype: torch.dtype) -> 
     finally:
         run.stop.restore()
         run.progress.close()
-    return run.done()
+    return run.done(note=" (max_seconds reached)" if out_of_time else "")
 
 
 @torch.no_grad()

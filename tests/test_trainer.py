@@ -399,7 +399,7 @@ def test_a_stop_whose_save_fails_says_so_and_names_the_latest_good_checkpoint(ti
 
 
 # ---------------------------------------------------------------------------------------------------
-# Architecture options
+# Architecture options, Muon, max_seconds
 
 
 def test_arch_presets_and_options_resolve_and_bad_combinations_name_the_setting():
@@ -424,24 +424,45 @@ def test_arch_presets_and_options_resolve_and_bad_combinations_name_the_setting(
 
 
 def test_checkpoints_remember_the_architecture_and_old_ones_load_as_gpt2(tiny, tmp_path):
-    assert main(tiny("modern", "--arch=modern", "--mlp=swiglu", "--max_iters=2")) == 0
+    assert main(tiny("modern", "--arch=modern", "--mlp=swiglu", "--optimizer=muon", "--lr_schedule=wsd",
+                     "--max_iters=2")) == 0
     loaded = ckpt_io.load_model(tmp_path / "modern").model
     assert (loaded.config.position, loaded.config.mlp, loaded.config.tie_embeddings) == ("rope", "swiglu", False)
-    # Resuming keeps it, and refuses another architecture.
+    # Resuming keeps it, and refuses another architecture or optimizer.
     assert main(tiny("modern", "--resume", "--max_iters=3")) == 0
     assert ckpt_io.load_checkpoint(tmp_path / "modern" / "ckpt.pt")["step"] == 3
-    for flag in ("--mlp=relu2", "--arch=gpt2"):
+    for flag in ("--mlp=relu2", "--arch=gpt2", "--optimizer=adamw"):
         assert main(tiny("modern", "--resume", "--max_iters=4", flag)) == 2
 
-    # A checkpoint from before the options existed: no option fields, no arch setting.
+    # A checkpoint from before the options existed: no option fields, no arch, optimizer or schedule settings.
     assert main(tiny("old", "--arch=gpt2", "--max_iters=2")) == 0
     path = tmp_path / "old" / "ckpt.pt"
     state = ckpt_io.load_checkpoint(path)
     for name in ("position", "norm", "mlp", "qk_norm", "tie_embeddings", "zero_init", "logit_softcap"):
         del state["model_config"][name]
         state["config"].pop(name)
-    del state["config"]["arch"]
+    for name in ("arch", "optimizer", "lr_schedule", "decay_fraction", "muon_lr_scale", "muon_momentum", "max_seconds"):
+        del state["config"][name]
     ckpt_io.save_checkpoint({k: v for k, v in state.items() if k != "format_version"}, path)
     old = ckpt_io.load_model(path).model
     assert old.config == GPTConfig(**{**state["model_config"]}) and old.config.position == "learned"
     assert main(tiny("old", "--resume", "--max_iters=3")) == 0  # with the built-in defaults, whatever they are
+
+
+def test_max_seconds_ends_the_run_and_its_schedule(tiny, tmp_path, capsys):
+    assert main(tiny("out", "--max_iters=1000", "--max_seconds=1e-6")) == 0
+    assert "max_seconds reached" in capsys.readouterr().out
+    (last,) = records(tmp_path / "out", "train")
+    assert last["step"] == 1
+    assert [r["step"] for r in records(tmp_path / "out", "eval")] == [0, 1]  # the end of a run is evaluated
+    assert ckpt_io.load_checkpoint(tmp_path / "out" / "ckpt.pt")["step"] == 1
+
+
+def test_muon_and_the_modern_architecture_resume_exactly(tiny, tmp_path):
+    args = ("--arch=modern", "--optimizer=muon", "--lr_schedule=wsd", "--threads=1", "--eval_interval=100")
+    assert main(tiny("straight", *args, "--max_iters=6")) == 0
+    assert main(tiny("split", *args, "--max_iters=3")) == 0
+    assert main(tiny("split", "--resume", "--max_iters=6")) == 0
+    straight = [r["loss"] for r in records(tmp_path / "straight", "train")]
+    split = [r["loss"] for r in records(tmp_path / "split", "train")]
+    assert split == straight
