@@ -52,7 +52,7 @@ def main() -> None:
     tokens = accum * args.batch * config.block_size
     params = list(model.parameters())
     # The trainer's optimizer (fused AdamW, decay on matrices only), with configs/gpt2_124m.toml's settings.
-    optimizer = make_optimizer(model, TrainConfig(learning_rate=6e-4, beta2=0.95, weight_decay=0.1))
+    optimizer = make_optimizer(model, TrainConfig(optimizer="adamw", learning_rate=6e-4, beta2=0.95, weight_decay=0.1))
     compiled = model if args.mode == "none" else torch.compile(model, mode=None if args.mode == "default" else args.mode)
 
     from torch.nn.attention import SDPBackend, sdpa_kernel

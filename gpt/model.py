@@ -78,8 +78,8 @@ ARCHITECTURES = {
 def make_norm(config: GPTConfig, size: int) -> nn.Module:
     """LayerNorm (GPT-2) subtracts the mean, divides by the standard deviation, then scales (and shifts).
     RMSNorm (Zhang & Sennrich 2019; Llama) only divides by the root mean square and scales: one reduction
-    fewer, for the same loss per step here. GPUs run it fused; torch runs it as several operations on a CPU,
-    3.6x slower than the fused LayerNorm, which is why "modern" keeps LayerNorm (BENCHMARKS.md)."""
+    fewer, cheaper on GPUs; on a CPU torch runs it as several operations, 3.3x slower than its fused
+    LayerNorm, which is why "modern" keeps LayerNorm (BENCHMARKS.md)."""
     if config.norm == "rmsnorm":
         return nn.RMSNorm(size, eps=1e-5)
     return nn.LayerNorm(size, bias=config.bias)

@@ -82,15 +82,15 @@ def make_optimizer(model: torch.nn.Module, cfg):
     On a GPU, Muon is torch.optim.Muon (torch >= 2.9). On a CPU it is the Muon class below, the same step with
     the orthogonalisation in fp32: torch's runs it in bf16, 3-6x slower on this project's CPU (BENCHMARKS.md).
     """
-    if cfg.optimizer == "adamw":
-        return adamw(param_groups(model, cfg.weight_decay), cfg)
     hidden = hidden_matrices(model)
+    if cfg.optimizer == "adamw" or not hidden:  # (a LoRA run trains no hidden matrix of the model's own)
+        return adamw(param_groups(model, cfg.weight_decay), cfg)
     rest = [p for p in model.parameters() if p.requires_grad and all(p is not h for h in hidden)]
     # Muon's orthogonalised steps have a fixed size, about 1 per singular direction, and take a rate about 10x
     # AdamW's (modded-nanogpt: 0.05 against 0.008 for the head). It follows the same schedule, scaled.
     muon_settings = dict(lr=cfg.learning_rate * cfg.muon_lr_scale, momentum=cfg.muon_momentum,
                          weight_decay=cfg.weight_decay)
-    muon = muon_class(hidden[0].device if hidden else torch.device("cpu"))(hidden, **muon_settings)
+    muon = muon_class(hidden[0].device)(hidden, **muon_settings)
     muon.param_groups[0]["lr_scale"] = cfg.muon_lr_scale
     groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]

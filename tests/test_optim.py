@@ -127,7 +127,7 @@ def test_muon_state_round_trips_and_refuses_adamw_state():
     again.load_state_dict(state)
     assert torch.equal(again.muon.state_dict()["state"][0]["momentum_buffer"], state["muon"]["state"][0]["momentum_buffer"])
     with pytest.raises(UserError, match="AdamW's, not Muon's"):
-        again.load_state_dict(make_optimizer(model, TrainConfig()).state_dict())
+        again.load_state_dict(make_optimizer(model, TrainConfig(optimizer="adamw")).state_dict())
 
 
 def test_muon_is_torchs_on_a_gpu_and_older_torch_gets_a_one_line_error(monkeypatch):

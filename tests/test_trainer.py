@@ -83,7 +83,7 @@ def test_weight_decay_applies_to_matrices_and_embeddings_only():
     assert {names[id(p)] for p in no_decay["params"]} >= {"transformer.ln_f.weight", "transformer.h.0.attn.c_attn.bias"}
     # Every parameter exactly once (the tied LM head is the token embedding).
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
-    optimizer = make_optimizer(model, TrainConfig(weight_decay=0.1))
+    optimizer = make_optimizer(model, TrainConfig(optimizer="adamw", weight_decay=0.1))
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
     assert optimizer.defaults["fused"]  # torch >= 2.4 has the fused AdamW kernel on the CPU too
 
