@@ -61,7 +61,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
     torch.set_num_threads(1)
     base_text = write_corpus(root / "base.txt", seed=0)
-    assert train_main(run_args(root, base_text, "base", "--bias=true", "--learning_rate=1e-2")) == 0
+    assert train_main(run_args(root, base_text, "base", "--bias=true", "--arch=gpt2", "--optimizer=adamw", "--learning_rate=1e-2")) == 0
     a_text = write_corpus(root / "a.txt", seed=1, words=WORDS[:6])
     b_text = write_corpus(root / "b.txt", seed=2, words=WORDS[6:])
     common = [f"--init_from={root / 'base'}", "--learning_rate=2e-2"]

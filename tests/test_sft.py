@@ -29,7 +29,8 @@ def tiny(root: Path, out: str, *extra: str) -> list[str]:
     return [f"--data={suite / 'train.jsonl'}", f"--val_data={suite / 'val.jsonl'}", f"--data_dir={root / 'data'}",
             f"--out_dir={root / out}", "--n_layer=2", "--n_head=2", "--n_embd=48", "--block_size=64",
             "--batch_size=8", "--learning_rate=5e-3", "--warmup_iters=20", "--lr_decay_iters=300", "--eval_iters=2",
-            "--log_interval=50", "--plot=false", "--progress=false", "--peak_flops=1e11", "--threads=1", *extra]
+            "--log_interval=50", "--plot=false", "--progress=false", "--peak_flops=1e11", "--threads=1",
+            "--arch=gpt2", "--optimizer=adamw", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_a_pretrained_model_grows_its_vocabulary_for_the_markers(tmp_path, capsy
     text.write_text("Reverse the word abc. cba\nWrite it backwards.\n" * 60, encoding="utf-8")
     common = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--max_iters=2",
               "--eval_interval=2", "--eval_iters=1", "--plot=false", "--progress=false", "--threads=1",
-              f"--data_dir={tmp_path / 'data'}"]
+              "--arch=gpt2", "--optimizer=adamw", f"--data_dir={tmp_path / 'data'}"]
     assert train([f"--data={text}", f"--out_dir={tmp_path / 'base'}", *common]) == 0
     base = ckpt_io.load_model(tmp_path / "base")
     assert base.chat_template is None

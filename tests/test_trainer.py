@@ -435,7 +435,7 @@ def test_checkpoints_remember_the_architecture_and_old_ones_load_as_gpt2(tiny, t
         assert main(tiny("modern", "--resume", "--max_iters=4", flag)) == 2
 
     # A checkpoint from before the options existed: no option fields, no arch, optimizer or schedule settings.
-    assert main(tiny("old", "--arch=gpt2", "--max_iters=2")) == 0
+    assert main(tiny("old", "--arch=gpt2", "--optimizer=adamw", "--max_iters=2")) == 0
     path = tmp_path / "old" / "ckpt.pt"
     state = ckpt_io.load_checkpoint(path)
     for name in ("position", "norm", "mlp", "qk_norm", "tie_embeddings", "zero_init", "logit_softcap"):
