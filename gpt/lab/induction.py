@@ -23,7 +23,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -67,6 +67,9 @@ class InductionConfig:
     weight_decay: float = setting(0.0, "AdamW weight decay of the matrices")
     beta1: float = setting(0.9, "AdamW beta1")
     beta2: float = setting(0.98, "AdamW beta2")
+    # The lab's results were measured with AdamW and a cosine: pinned, whatever train.py's defaults become.
+    optimizer: ClassVar[str] = "adamw"
+    lr_schedule: ClassVar[str] = "cosine"
     grad_clip: float = setting(1.0, "clip the gradient norm at this value")
     # Measuring
     eval_interval: int = setting(100, "measure every this many steps")
