@@ -84,6 +84,8 @@ def line_form(obj: Any, where: str) -> str:
     """Which form a parsed JSONL line has: messages, prompt, instruction or text."""
     if not isinstance(obj, dict):
         raise UserError(f"{where}: a line must be a JSON object, one of {FORM_HELP}")
+    if "chosen" in obj or "rejected" in obj:
+        return "pairs"  # preference pairs, for preference tuning (gpt/dpo.py reads them)
     for form, keys in FORMS.items():
         if keys[0] in obj:
             missing = [k for k in keys if k not in obj]
@@ -199,6 +201,9 @@ def read_records(path: Path) -> tuple[str, list[Conversation | str]]:
     for line_no, obj in read_jsonl(path):
         where = f"{path}:{line_no}"
         this = line_form(obj, where)
+        if this == "pairs":
+            raise UserError(f"{where}: a preference pair (chosen/rejected), not a conversation: pairs train with "
+                            "train.py --init_from=<a tuned model>, and a file holds one form")
         kind = "text" if this == "text" else "conversation"
         if form is None:
             form = this

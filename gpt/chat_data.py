@@ -72,14 +72,14 @@ def jsonl_files(data: str | list[str], include: str | None, data_dir: str | Path
 
 
 def jsonl_kind(files: list[Path]) -> str:
-    """"text" or "conversations": the kind of every file (each file's own lines are checked when read)."""
+    """"text", "conversations" or "pairs" (preference pairs): the kind of every file (each file's own lines are checked when read)."""
     from gpt.chat import file_form
 
     kinds = {}
     for path in files:
         form = file_form(path)
         if form is not None:
-            kinds[path] = "text" if form == "text" else "conversations"
+            kinds[path] = form if form in ("text", "pairs") else "conversations"
     if not kinds:
         raise UserError(f"{files[0]} holds no lines: give one JSON object per line")
     first = next(iter(kinds.values()))

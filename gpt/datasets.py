@@ -12,6 +12,8 @@ Each kind of data is one class here, picked from the form of the `data` setting 
     TextData     plain text (files, folders, named corpora, {"text"} JSONL): random windows; loss = next-token
                  cross-entropy
     ChatData     conversations in JSONL (gpt/chat_data.py): packed windows; loss on the assistant's tokens
+    PreferenceData  preference pairs in JSONL (gpt/dpo.py): a chosen and a rejected answer per prompt; the DPO
+                 loss against a frozen reference (the starting model)
 
 A new kind (conversations, preference pairs, ...) is a new class beside TextData and one more case in
 `open_training_data`; the loop does not change.
@@ -60,6 +62,10 @@ class TrainingData(ABC):
     def bits_per_byte(self, split: str, loss: float) -> float | None:
         """The loss in bits per byte of text, where the data knows its bytes (None otherwise)."""
         return None
+
+    def use_starting_model(self, model: torch.nn.Module, cfg: Any, *, resumed: bool, log: Any) -> None:
+        """Called once the model to train is built and on its device, before the first step. A kind of data whose
+        loss needs the model the run started from (preference pairs: the frozen reference) takes it here."""
 
     @property
     def chat_template(self) -> Any:
@@ -113,14 +119,20 @@ class TextData(TrainingData):
 
 def open_training_data(cfg: Any, tokenizer: Tokenizer | str, *, progress: bool) -> TrainingData:
     """The training data named by cfg.data, recognised by its form, prepared (or found in the cache): .jsonl files
-    of conversations are ChatData; anything else, {"text"} JSONL included, is TextData."""
+    of conversations are ChatData, of preference pairs PreferenceData; anything else, {"text"} JSONL included, is
+    TextData."""
     from gpt.chat_data import jsonl_files, jsonl_kind, jsonl_text_file, open_conversations
     from gpt.data import prepare
 
     data = cfg.data
     files = jsonl_files(cfg.data, cfg.include, cfg.data_dir)
-    if files is not None and jsonl_kind(files) == "conversations":
+    kind = jsonl_kind(files) if files is not None else "text"
+    if kind == "conversations":
         return open_conversations(files, cfg, tokenizer)
+    if kind == "pairs":
+        from gpt.dpo import open_pairs
+
+        return open_pairs(files, cfg, tokenizer)
     if getattr(cfg, "val_data", None):
         raise UserError("val_data (a separate validation file) is for conversation data; plain text holds out "
                         "val_fraction of itself")

@@ -5,6 +5,7 @@ these say whether it does what it is asked, and stops:
 
     python -m gpt.tasks make --out data/tasks          train.jsonl, val.jsonl, test.jsonl (offline, seeded)
     python -m gpt.tasks eval --ckpt out/sft_tasks --data data/tasks/test.jsonl [--json]
+    python -m gpt.tasks pairs --out data/task_pairs    preference pairs on the same items (gpt/dpo.py trains on them)
 
 The tasks are procedural (reverse a word, add two numbers, look up a key, ...): each draws random inputs,
 knows its one correct answer, can build plausible wrong ones (for preference pairs), and is phrased several
@@ -240,9 +241,11 @@ GROUPS = ("new_inputs", "new_phrasings", "held_out_tasks")
 
 
 def make_suite(seed: int = 1234, train_per_task: int = 2000, val_per_task: int = 50, test_per_task: int = 100,
-               tasks: Sequence[str] = (), held_out: Sequence[str] = HELD_OUT_TASKS) -> dict[str, list[dict]]:
+               tasks: Sequence[str] = (), held_out: Sequence[str] = HELD_OUT_TASKS,
+               with_fields: bool = False) -> dict[str, list[dict]]:
     """The train, val and test items. No input of val or test is a train input (per task); train and val use
-    the trained phrasings only; test holds the three GROUPS (see the module docstring)."""
+    the trained phrasings only; test holds the three GROUPS (see the module docstring). with_fields: each item
+    also holds its inputs ("fields"), from which make_pairs builds wrong answers."""
     names = list(tasks) or list(TASKS)
     unknown = [n for n in [*names, *held_out] if n not in TASKS]
     if unknown:
@@ -267,6 +270,8 @@ def make_suite(seed: int = 1234, train_per_task: int = 2000, val_per_task: int =
     def item(task: Task, phrasing: str, group: str | None = None) -> dict:
         fields = fresh(task)
         line = {"prompt": task.prompt(fields, phrasing), "response": task.answer(fields), "task": task.name}
+        if with_fields:
+            line["fields"] = fields
         return line if group is None else {**line, "group": group}
 
     suite: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
@@ -283,6 +288,93 @@ def make_suite(seed: int = 1234, train_per_task: int = 2000, val_per_task: int =
         suite["test"] += [item(task, rng.choice(task.phrasings), "held_out_tasks") for _ in range(test_per_task)]
     rng.shuffle(suite["train"])
     return suite
+
+
+# ---------------------------------------------------------------------------------------------------
+# Preference pairs: the right answer against a plausible wrong one
+
+
+MISTAKES = ("off_by_one", "half_reversed", "wrong_case", "run_on", "task_mistake")
+
+
+def _items(answer: str) -> tuple[list[str], str]:
+    """An answer as its items and their separator: "3 15 42" -> (["3", "15", "42"], " "); "c-a-t" by "-";
+    a word -> its letters."""
+    for separator in (" ", "-", ", "):
+        if separator in answer:
+            return answer.split(separator), separator
+    return list(answer), ""
+
+
+def _half_reversed(answer: str) -> str:
+    """The second half of the answer's items reversed ("abcdef" -> "abcfed"), else the first half."""
+    items, separator = _items(answer)
+    half = len(items) // 2
+    for wrong in (items[:half] + items[half:][::-1], items[:half][::-1] + items[half:]):
+        if wrong != items:
+            return separator.join(wrong)
+    return answer
+
+
+def _run_on(task: Task, fields: Fields, rng: random.Random) -> str:
+    """The right answer, and then no stop: it repeats itself, or goes on to ask and answer another request."""
+    right = task.answer(fields)
+    if rng.random() < 0.5:
+        return " ".join([right] * rng.randint(2, 4))
+    other = task.draw(rng)
+    return f"{right} {task.prompt(other, rng.choice(task.trained_phrasings))} {task.answer(other)}"
+
+
+def wrong_answers(task: Task, fields: Fields, rng: random.Random) -> dict[str, str]:
+    """The plausible wrong answers to one request, by kind of mistake (only the kinds that fit the answer):
+
+        off_by_one     a number one more or one less          (answers that are a number)
+        half_reversed  half of the answer's items reversed    (words, lists, spellings)
+        wrong_case     the answer in another case             (answers with letters)
+        run_on         the right answer, then it goes on      (every task: the answer that does not stop)
+        task_mistake   the task's own likely slip (Task.mistakes: the input unchanged, sorted the wrong way, ...)
+    """
+    right = task.answer(fields)
+    wrong: dict[str, str] = {}
+    if right.isdigit():
+        value = int(right)
+        wrong["off_by_one"] = str(value + 1 if value == 0 or rng.random() < 0.5 else value - 1)
+    elif len(_items(right)[0]) >= 2:
+        wrong["half_reversed"] = _half_reversed(right)
+    cases = [c for c in (right.upper(), right.lower(), right.capitalize()) if c != right]
+    if cases:
+        wrong["wrong_case"] = rng.choice(cases)
+    wrong["run_on"] = _run_on(task, fields, rng)
+    wrong["task_mistake"] = task.wrong_answer(fields, rng)
+    return {kind: text for kind, text in wrong.items() if text.strip() != right.strip() and text.strip()}
+
+
+def make_pairs(suite: dict[str, list[dict]], seed: int = 1234, pairs_per_task: int = 500,
+               tasks: Sequence[str] = ()) -> dict[str, list[dict]]:
+    """Preference pairs on the suite's own items: train pairs from its train split (the first pairs_per_task of
+    each task), val pairs from its val split, test pairs from its test split (with their group). So no pair
+    holds a test input in training. Each pair's mistake is one of the kinds that fit, in turn at random."""
+    rng = random.Random(seed + 1)
+    wanted = set(tasks) or {line["task"] for line in suite["train"]}
+    unknown = sorted(wanted - set(TASKS))
+    if unknown:
+        raise UserError(f"unknown task(s) {', '.join(unknown)}: choose from {', '.join(TASKS)}")
+    pairs: dict[str, list[dict]] = {}
+    for split, lines in suite.items():
+        taken: dict[str, int] = {}
+        pairs[split] = []
+        for line in lines:
+            name = line["task"]
+            if name not in wanted or (split == "train" and taken.get(name, 0) >= pairs_per_task):
+                continue
+            taken[name] = taken.get(name, 0) + 1
+            task = TASKS[name]
+            wrong = wrong_answers(task, line["fields"], rng)
+            kind = rng.choice(sorted(wrong))
+            pair = {"prompt": line["prompt"], "chosen": line["response"], "rejected": wrong[kind], "task": name,
+                    "mistake": kind}
+            pairs[split].append({**pair, "group": line["group"]} if "group" in line else pair)
+    return pairs
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -404,6 +496,20 @@ class MakeConfig:
 
 
 @dataclass
+class PairsConfig:
+    out: str = setting("data/task_pairs", "folder to write the pairs' train.jsonl, val.jsonl and test.jsonl into")
+    pairs_per_task: int = setting(500, "training pairs per task (from the suite's train items)")
+    pair_tasks: list[str] = setting([], "make pairs for these tasks only (default: every task of the suite); repeat or join with ','")
+    seed: int = setting(1234, "the suite's seed (the same as `make`'s: the pairs are on the suite's own items)")
+    train_per_task: int = setting(2000, "the suite's setting, as given to `make`")
+    val_per_task: int = setting(50, "the suite's setting, as given to `make`")
+    test_per_task: int = setting(100, "the suite's setting, as given to `make`")
+    tasks: list[str] = setting([], "the suite's setting, as given to `make`")
+    held_out: list[str] = setting(list(HELD_OUT_TASKS), "the suite's setting, as given to `make`")
+    force: bool = setting(False, "overwrite the files if the folder already holds pairs")
+
+
+@dataclass
 class ScoreConfig:
     ckpt: str = setting("out/sft_tasks", "the model: an out_dir (best.pt, else ckpt.pt), a .pt checkpoint, or a local Hugging Face GPT-2 folder")
     adapter: str | None = setting(None, "a LoRA adapter (the out_dir or .pt of a run with lora_rank > 0) to apply to the --ckpt model, its base")
@@ -416,11 +522,46 @@ class ScoreConfig:
     dtype: str = setting("auto", "auto (bf16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16")
     json: bool = setting(False, "print one JSON object instead of a table")
     answers: str | None = setting(None, "also write every prompt, expected answer and answer to this JSONL file")
+    ref: str | None = setting(None, "preference pairs only: the reference model for DPO's accuracy and margin (default: the init_from the checkpoint was tuned from, when it is there; 'none' for no reference)")
     progress: bool = setting(True, "show a progress bar (on stderr)")
 
 
 def _split_list(values: list[str]) -> list[str]:
     return [part for value in values for part in value.split(",") if part]
+
+
+def _write_splits(out: Path, lines: dict[str, list[dict]], force: bool) -> dict[str, Path]:
+    files = {split: out / f"{split}.jsonl" for split in lines}
+    existing = [str(p) for p in files.values() if p.exists()]
+    if existing and not force:
+        raise UserError(f"{existing[0]} already exists: add --force to write it again, or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for split, path in files.items():
+            write_text(path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines[split]))
+    except OSError as e:
+        raise UserError(f"cannot write to {out}: {e.strerror}; choose a writable --out") from None
+    return files
+
+
+def pairs_main(argv: list[str]) -> int:
+    cfg, _ = parse_args(PairsConfig, argv, prog="python -m gpt.tasks pairs",
+                        description="Write preference pairs on the task suite's items (for preference tuning, DPO): "
+                                    "chosen = the right answer, rejected = a plausible wrong one.")
+    for name in ("pairs_per_task", "train_per_task", "val_per_task", "test_per_task"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    suite = make_suite(cfg.seed, cfg.train_per_task, cfg.val_per_task, cfg.test_per_task, _split_list(cfg.tasks),
+                       _split_list(cfg.held_out), with_fields=True)
+    pairs = make_pairs(suite, cfg.seed, cfg.pairs_per_task, _split_list(cfg.pair_tasks))
+    files = _write_splits(Path(cfg.out), pairs, cfg.force)
+    for split, path in files.items():
+        kinds: dict[str, int] = {}
+        for line in pairs[split]:
+            kinds[line["mistake"]] = kinds.get(line["mistake"], 0) + 1
+        print(f"{path}: {len(pairs[split]):,} pairs, {len({line['task'] for line in pairs[split]})} tasks; rejected: "
+              + ", ".join(f"{kind} {n:,}" for kind, n in sorted(kinds.items())))
+    return 0
 
 
 def make_main(argv: list[str]) -> int:
@@ -429,19 +570,9 @@ def make_main(argv: list[str]) -> int:
     for name in ("train_per_task", "val_per_task", "test_per_task"):
         if getattr(cfg, name) < 1:
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    out = Path(cfg.out)
-    files = {split: out / f"{split}.jsonl" for split in ("train", "val", "test")}
     suite = make_suite(cfg.seed, cfg.train_per_task, cfg.val_per_task, cfg.test_per_task,
                        _split_list(cfg.tasks), _split_list(cfg.held_out))
-    existing = [str(p) for p in files.values() if p.exists()]
-    if existing and not cfg.force:
-        raise UserError(f"{existing[0]} already exists: add --force to write the suite again, or choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for split, path in files.items():
-            write_text(path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in suite[split]))
-    except OSError as e:
-        raise UserError(f"cannot write to {out}: {e.strerror}; choose a writable --out") from None
+    files = _write_splits(Path(cfg.out), suite, cfg.force)
     for split, path in files.items():
         tasks = sorted({line["task"] for line in suite[split]})
         print(f"{path}: {len(suite[split]):,} items, {len(tasks)} tasks")
@@ -465,6 +596,10 @@ def score_main(argv: list[str]) -> int:
                         "writes one)")
     if cfg.answers and Path(cfg.answers).exists():
         raise UserError(f"{cfg.answers} already exists: choose another --answers file or remove it")
+    from gpt.chat import file_form
+
+    if file_form(path) == "pairs":
+        return score_pairs_main(cfg, path)
     items = read_conversations([path])
     if cfg.limit:
         items = items[: cfg.limit]
@@ -483,6 +618,83 @@ def score_main(argv: list[str]) -> int:
         write_text(cfg.answers, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
     print(json.dumps(report) if cfg.json else format_report(report, cfg.max_new_tokens))
     return 0
+
+
+def score_pairs_main(cfg: ScoreConfig, path: Path) -> int:
+    """eval on a file of preference pairs: how the model ranks the two answers of each (gpt/dpo.py score_pairs)."""
+    from gpt.checkpoint import load_model
+    from gpt.device import pick_device
+    from gpt.dpo import read_pairs, score_pairs
+    from gpt.runtime import add_token_rows
+
+    pairs = read_pairs(path)
+    if cfg.limit:
+        pairs = pairs[: cfg.limit]
+    device = pick_device(cfg.device)
+    loaded = load_model(cfg.ckpt, device)
+    if loaded.chat_template is None:
+        raise UserError(f"{loaded.path} has no chat template: preference pairs are scored as the answers of a chat "
+                        "model (instruction-tune it first)")
+    config = (loaded.checkpoint or {}).get("config", {})
+    ref_path = cfg.ref
+    if ref_path is None and _tuned_on_pairs(config) and Path(config["init_from"]).exists():
+        ref_path = config["init_from"]  # the reference the run trained against
+    reference = None
+    if ref_path is not None and ref_path != "none":
+        ref = load_model(ref_path, device)
+        from gpt.chat import ChatTemplate
+
+        if ChatTemplate.add_tokens(ref.tokenizer).to_dict() != loaded.tokenizer.to_dict():
+            raise UserError(f"the reference {ref.path} has another tokenizer than {loaded.path}: give the model it "
+                            "was tuned from (--ref), or --ref=none")
+        reference = add_token_rows(ref.model, ref.tokenizer.vocab_size, loaded.tokenizer.vocab_size).to(device)
+        reference.eval()
+    model = loaded.model.eval()
+    report = score_pairs(model, loaded.chat_template, pairs, batch_size=cfg.batch_size, reference=reference,
+                         beta=float(config.get("dpo_beta", 0.1)))
+    report = {"ckpt": str(loaded.path), "data": str(path), "reference": None if reference is None else str(ref.path),
+              **report}
+    print(json.dumps(report) if cfg.json else format_pairs_report(report))
+    return 0
+
+
+def _tuned_on_pairs(config: dict[str, Any]) -> bool:
+    """Whether a checkpoint's run trained on preference pairs (its data files, where they still are, say so)."""
+    from gpt.chat_data import jsonl_files, jsonl_kind
+
+    if config.get("init_from", "scratch") == "scratch":
+        return False
+    try:
+        files = jsonl_files(config.get("data", []), config.get("include"), config.get("data_dir", "data"))
+        return files is not None and jsonl_kind(files) == "pairs"
+    except (UserError, OSError):
+        return False
+
+
+def format_pairs_report(report: dict[str, Any]) -> str:
+    with_ref = report["reference"] is not None
+    lines = [f"{report['ckpt']} on {report['data']}: {report['n']:,} preference pairs"
+             + (f" ({report['too_long']} longer than the model's context, left out)" if report["too_long"] else "")
+             + (f" ({report['unencodable']} with characters its tokenizer lacks, left out)"
+                if report["unencodable"] else "")
+             + (f"; reference {report['reference']}, beta {report['beta']:g}" if with_ref else "; no reference"), "",
+             "prefers: the share of pairs where the model gives the chosen answer the higher probability"
+             + ("; accuracy: where its reward (log-ratio to the reference) is the higher" if with_ref else ""), ""]
+    names = ["prefers_chosen", "chosen_logp", "rejected_logp"] + (["accuracy", "margin"] if with_ref else [])
+    heads = ["prefers", "chosen lp", "rejected lp"] + (["accuracy", "margin"] if with_ref else [])
+    width = max([len(t) for t in [*report["tasks"], *report.get("mistakes", {})]] + [14])
+    lines.append(f"{'':<8} {'':<{width}} {'n':>6} " + " ".join(f"{h:>11}" for h in heads))
+
+    def row(kind: str, name: str, s: dict) -> str:
+        cells = [f"{s[n]:>11.1%}" if n in ("prefers_chosen", "accuracy") else f"{s[n]:>11.3f}" for n in names]
+        return f"{kind:<8} {name:<{width}} {s['n']:>6} " + " ".join(cells)
+
+    for task, s in report["tasks"].items():
+        lines.append(row("task", task, s))
+    for mistake, s in report.get("mistakes", {}).items():
+        lines.append(row("mistake", mistake, s))
+    lines.append(row("overall", "", report))
+    return "\n".join(lines)
 
 
 def format_report(report: dict[str, Any], max_new_tokens: int) -> str:
@@ -510,7 +722,8 @@ def format_report(report: dict[str, Any], max_new_tokens: int) -> str:
 
 SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "make": (make_main, "write the task suite (train/val/test JSONL)"),
-    "eval": (score_main, "score a checkpoint on a prompt/response JSONL"),
+    "eval": (score_main, "score a checkpoint on a prompt/response JSONL (or on preference pairs: which answer it prefers)"),
+    "pairs": (pairs_main, "write preference pairs on the suite's items (right answer vs a plausible wrong one)"),
 }
 
 

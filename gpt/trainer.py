@@ -62,10 +62,11 @@ LEGACY_SETTINGS = {"arch": "gpt2", "optimizer": "adamw", "lr_schedule": "cosine"
 @dataclass
 class TrainConfig:
     # data
-    data: list[str] = setting(["stdlib"], "the text: a file, a folder, or a named corpus (stdlib, shakespeare); .jsonl files of conversations train a chat model; several: repeat --data or join with ','")
+    data: list[str] = setting(["stdlib"], "the text: a file, a folder, or a named corpus (stdlib, shakespeare); .jsonl files of conversations train a chat model, of preference pairs tune one with DPO (needs init_from); several: repeat --data or join with ','")
     include: str | None = setting(None, "with a folder: only files matching this glob (e.g. '*.py')")
     val_fraction: float = setting(0.1, "share of the text (or of the conversations) held out for validation")
-    val_data: str | None = setting(None, "conversations only: a .jsonl file (or folder) to validate on instead of a val_fraction share")
+    val_data: str | None = setting(None, "conversations or preference pairs only: a .jsonl file (or folder) to validate on instead of a val_fraction share")
+    dpo_beta: float = setting(0.1, "preference pairs only: DPO's beta, how far the model may move from the reference for a given preference (smaller: further; 0.1 is usual)")
     loss_on: str = setting("assistant", "conversations only: assistant (the loss counts the answers and their end token) or all (every token)")
     data_dir: str = setting("data", "where prepared token bins are cached")
     on_invalid_utf8: str = setting("error", "a file that is not UTF-8: error (with file and byte offset) or replace (bad bytes become U+FFFD)")
@@ -159,6 +160,8 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.muon_lr_scale <= 0 or not 0.0 <= cfg.muon_momentum < 1.0:
         raise UserError(f"muon_lr_scale must be positive and muon_momentum in [0, 1), got {cfg.muon_lr_scale} and "
                         f"{cfg.muon_momentum}")
+    if cfg.dpo_beta <= 0:
+        raise UserError(f"dpo_beta must be positive (it scales DPO's reward; 0.1 is usual), got {cfg.dpo_beta}")
     if cfg.loss_on not in ("assistant", "all"):
         raise UserError(f"loss_on must be assistant (the answers only) or all (every token), got {cfg.loss_on!r}")
     check_lora_settings(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
@@ -283,6 +286,7 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
             if cfg.lora_rank:
                 log(lora_summary(model))
     model.to(device)
+    data.use_starting_model(model, cfg, resumed=resume_state is not None, log=log)
 
     optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
@@ -406,7 +410,7 @@ def evaluate(model: torch.nn.Module, data: TrainingData, eval_batches: dict[str,
             for name, value in metrics.items():
                 totals[name] = totals.get(name, torch.zeros((), device=device, dtype=torch.float64)) + value.double()
         # A process may have scored no batch (eval_iters < processes): the names come from all of them.
-        names = sorted({n for names in dist.gather(sorted(totals)) for n in names})
+        names = sorted({n for names in dist.gather(sorted(totals)) for n in names}, key=lambda n: (n != "loss", n))
         zero = torch.zeros((), device=device, dtype=torch.float64)
         stacked = dist.all_reduce_sum(torch.stack([totals.get(n, zero) for n in names])) / cfg.eval_iters
         result[split] = dict(zip(names, stacked.tolist()))

@@ -1,0 +1,252 @@
+"""Preference tuning (gpt/dpo.py): the DPO loss against hand-computed values, the frozen reference, the pairs the
+task suite makes, the reader's one-line errors, and a short run through train.py that raises held-out preference
+accuracy."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from gpt import tasks
+from gpt.chat import ChatTemplate, Message
+from gpt.dpo import PreferenceData, dpo_loss, pair_from_json, read_pairs, sequence_logprobs
+from gpt.errors import UserError
+from gpt.model import GPT, GPTConfig
+from gpt.tokenizer import CharTokenizer
+from gpt.trainer import main as train
+
+# ---------------------------------------------------------------------------------------------------
+# The loss
+
+
+def test_sequence_logprobs_sum_the_scored_tokens_only():
+    # Row 0: two scored tokens under uniform logits over 2 tokens: 2 log(1/2). Row 1: one scored token whose
+    # logit is log 3 against 0: log(3/4). Unscored positions (-1) count nothing, whatever their logits.
+    logits = torch.zeros(2, 3, 2)
+    logits[1, 2] = torch.tensor([math.log(3.0), 0.0])
+    logits[1, 0] = torch.tensor([50.0, -50.0])
+    targets = torch.tensor([[-1, 0, 1], [-1, -1, 0]])
+    assert torch.allclose(sequence_logprobs(logits, targets), torch.tensor([2 * math.log(0.5), math.log(0.75)]))
+
+
+def test_dpo_loss_against_a_hand_computed_case():
+    # Pair 1: the policy raised the chosen answer by 1 nat and lowered the rejected one by 1 (beta 0.5): rewards
+    # +0.5 and -0.5, margin 1, loss -log sigmoid(1) = log(1 + e^-1). Pair 2: the other way round: margin -1.
+    scores = dpo_loss(policy_chosen=torch.tensor([-1.0, -4.0]), policy_rejected=torch.tensor([-3.0, -2.0]),
+                      reference_chosen=torch.tensor([-2.0, -3.0]), reference_rejected=torch.tensor([-2.0, -3.0]),
+                      beta=0.5)
+    expected = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(1))) / 2  # 0.81326...
+    assert scores["loss"].item() == pytest.approx(expected, abs=1e-6)
+    assert scores["accuracy"].item() == 0.5 and scores["margin"].item() == pytest.approx(0.0)
+    assert scores["chosen_logp"].item() == -2.5 and scores["rejected_logp"].item() == -2.5
+    assert scores["prefers_chosen"].item() == 0.5  # pair 1: -1 > -3; pair 2: -4 < -2
+    # Where policy = reference every reward is 0: the loss is log 2 and a tie counts half.
+    same = dpo_loss(*[torch.tensor([-1.0, -2.0])] * 4, beta=0.1)
+    assert same["loss"].item() == pytest.approx(math.log(2)) and same["accuracy"].item() == 0.5
+
+
+def _pairs_data(beta: float = 0.1) -> tuple[PreferenceData, GPT]:
+    words = ["cat", "dog", "sun", "map", "pen", "cup", "hat", "box"]
+    lines = [{"prompt": f"Reverse {w}.", "chosen": w[::-1], "rejected": w, "task": "reverse"} for w in words]
+    pairs = [pair_from_json(line, f"mem:{i + 1}") for i, line in enumerate(lines)]
+    tokenizer = ChatTemplate.add_tokens(CharTokenizer("".join(sorted({c for l in lines for c in json.dumps(l)}))))
+    data = PreferenceData(pairs[:6], pairs[6:], tokenizer, beta)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16, bias=False))
+    return data, model
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only add waiting, a lot of it on a busy machine
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_reference_stays_frozen_while_the_policy_learns(one_thread):
+    data, model = _pairs_data()
+    said: list[str] = []
+    data.use_starting_model(model, SimpleNamespace(init_from="a test model"), resumed=False, log=said.append)
+    assert said == [data.reference_note] and "frozen copy" in said[0]
+    reference = data.reference_model
+    assert reference is not model
+    before = {k: v.clone() for k, v in reference.state_dict().items()}
+    batches = data.batches("train", 32, 6, seed=0)
+    batch = batches.next()
+    assert batch[0].shape[0] == 12  # 6 chosen rows, then their 6 rejected ones
+    start = data.metrics(model, batch)
+    assert start["loss"].item() == pytest.approx(math.log(2), abs=1e-6) and start["accuracy"].item() == 0.5
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss = data.loss(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert all(not p.requires_grad and p.grad is None for p in reference.parameters())
+    assert all(torch.equal(before[k], v) for k, v in reference.state_dict().items())
+    after = data.metrics(model, batch)
+    assert after["loss"].item() < 0.2 and after["accuracy"].item() == 1.0 and after["margin"].item() > 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pairs made from the task suite
+
+
+def test_the_suite_makes_pairs_of_a_right_and_a_plausible_wrong_answer(tmp_path, capsys):
+    names = "reverse,uppercase,add,sort_numbers,spell"
+    common = ["--seed=7", "--train_per_task=40", "--val_per_task=5", "--test_per_task=5", f"--tasks={names}",
+              "--held_out=spell"]
+    assert tasks.main(["make", f"--out={tmp_path / 'suite'}", *common]) == 0
+    assert tasks.main(["pairs", f"--out={tmp_path / 'pairs'}", "--pairs_per_task=30", *common]) == 0
+    suite = {split: [json.loads(line) for line in (tmp_path / "suite" / f"{split}.jsonl").read_text().splitlines()]
+             for split in ("train", "val", "test")}
+    pairs = {split: read_pairs(tmp_path / "pairs" / f"{split}.jsonl") for split in ("train", "val", "test")}
+    assert len(pairs["train"]) == 4 * 30 and len(pairs["val"]) == 4 * 5
+    answers = {(line["prompt"], line["response"]) for lines in suite.values() for line in lines}
+    kinds = set()
+    for split, split_pairs in pairs.items():
+        for pair in split_pairs:
+            assert (pair.prompt[0].content, pair.chosen) in answers  # chosen: the suite's right answer
+            assert pair.rejected.strip() != pair.chosen.strip() and pair.task != "spell"
+            kinds.add(pair.extra["mistake"])
+            if pair.extra["mistake"] == "run_on":
+                assert pair.rejected.startswith(pair.chosen + " ")
+            if pair.extra["mistake"] == "off_by_one":
+                assert abs(int(pair.rejected) - int(pair.chosen)) == 1
+            if pair.extra["mistake"] == "wrong_case":
+                assert pair.rejected.lower() == pair.chosen.lower()
+    assert kinds == {"off_by_one", "half_reversed", "wrong_case", "run_on", "task_mistake"}
+    # No test input is trained on: the train pairs' prompts are the suite's train prompts.
+    train_prompts = {line["prompt"] for line in suite["train"]}
+    assert {p.prompt[0].content for p in pairs["train"]} <= train_prompts
+    assert not {p.prompt[0].content for p in pairs["test"]} & train_prompts
+    assert "already exists" in _refused(["pairs", f"--out={tmp_path / 'pairs'}"], capsys)
+
+
+def _refused(argv: list[str], capsys) -> str:
+    capsys.readouterr()
+    assert tasks.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    return err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input
+
+
+BAD_PAIRS = [
+    ('{"prompt": "a", "chosen": "b", "rejected": "c"}\nnot json\n', ":2: not valid JSON"),
+    ('{"prompt": "a", "chosen": "b"}\n', ":1: a preference pair lacks 'rejected'"),
+    ('{"chosen": "b", "rejected": "c"}\n', ":1: a preference pair lacks 'prompt'"),
+    ('{"prompt": "a", "chosen": " ", "rejected": "c"}\n', ":1: 'chosen' is empty"),
+    ('{"prompt": "a", "chosen": "b ", "rejected": "b"}\n', ":1: 'chosen' and 'rejected' are the same answer"),
+    ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "chosen": "b", '
+     '"rejected": "c"}\n', ":1: the shared messages must end with a user turn"),
+    ('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "response": "b"}\n',
+     ":2: not a preference pair"),
+]
+
+
+@pytest.mark.parametrize("content,message", BAD_PAIRS)
+def test_bad_pairs_are_a_one_line_error_naming_file_and_line(tmp_path, content, message):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(UserError) as e:
+        read_pairs(path)
+    assert f"{path}{message}" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_messages_pairs_and_assistant_message_answers_read():
+    pair = pair_from_json({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+                           "chosen": {"role": "assistant", "content": "hello"}, "rejected": "go away"}, "f:1")
+    assert [m.role for m in pair.prompt] == ["system", "user"] and pair.chosen == "hello"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Through train.py
+
+
+def _args(root: Path, out: str, *extra: str) -> list[str]:
+    return [f"--data_dir={root / 'data'}", f"--out_dir={root / out}", "--n_layer=2", "--n_head=2", "--n_embd=48",
+            "--block_size=64", "--batch_size=16", "--eval_iters=2", "--log_interval=50", "--plot=false",
+            "--progress=false", "--peak_flops=1e11", "--threads=1", *extra]
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory) -> Path:
+    """A tiny suite and its pairs, and a tiny model instruction-tuned on the suite for a few steps."""
+    root = tmp_path_factory.mktemp("dpo")
+    common = ["--train_per_task=200", "--val_per_task=16", "--test_per_task=8", "--tasks=length,compare,copy",
+              "--held_out=copy"]
+    assert tasks.main(["make", f"--out={root / 'suite'}", *common]) == 0
+    assert tasks.main(["pairs", f"--out={root / 'pairs'}", "--pairs_per_task=200", *common]) == 0
+    assert train([f"--data={root / 'suite' / 'train.jsonl'}", f"--val_data={root / 'suite' / 'val.jsonl'}",
+                  *_args(root, "sft", "--max_iters=40", "--eval_interval=40", "--learning_rate=5e-3")]) == 0
+    return root
+
+
+def _evals(out: Path) -> list[dict]:
+    return [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+
+
+def test_a_short_dpo_run_raises_held_out_preference_accuracy(tuned, capsys):
+    capsys.readouterr()
+    assert train([f"--data={tuned / 'pairs' / 'train.jsonl'}", f"--val_data={tuned / 'pairs' / 'val.jsonl'}",
+                  f"--init_from={tuned / 'sft'}", "--dpo_beta=0.1", "--learning_rate=3e-3", "--warmup_iters=5",
+                  *_args(tuned, "dpo", "--max_iters=60", "--eval_interval=60")]) == 0
+    out = capsys.readouterr().out
+    assert "preference pairs (2 tasks); DPO loss, beta 0.1" in out and "reference model: a frozen copy" in out
+    start, end = _evals(tuned / "dpo")
+    assert start["val_loss"] == pytest.approx(math.log(2), abs=1e-4) and start["val_accuracy"] == 0.5
+    # From a 40-step model on two tasks, 60 steps: most held-out pairs are now ranked right, with a clear margin.
+    assert end["val_accuracy"] >= 0.75 and end["val_loss"] < 0.55 and end["val_margin"] > 1, end
+    assert end["val_prefers_chosen"] > start["val_prefers_chosen"]
+    assert {"val_chosen_logp", "val_rejected_logp", "train_accuracy"} <= set(end)
+    # The scorer on the whole held-out file: the reference is found from the run's init_from.
+    capsys.readouterr()
+    assert tasks.main(["eval", f"--ckpt={tuned / 'dpo'}", f"--data={tuned / 'pairs' / 'val.jsonl'}", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["reference"] == str(tuned / "sft" / "best.pt") and report["beta"] == 0.1
+    assert report["accuracy"] >= 0.75 and report["n"] + report["too_long"] == 32
+    assert set(report["mistakes"]) <= {"off_by_one", "run_on", "task_mistake"}
+    assert tasks.main(["eval", f"--ckpt={tuned / 'sft'}", f"--data={tuned / 'pairs' / 'val.jsonl'}", "--json"]) == 0
+    before = json.loads(capsys.readouterr().out)
+    assert before["reference"] is None and "accuracy" not in before
+    assert report["prefers_chosen"] > before["prefers_chosen"]
+    # The tuned model keeps the template: sampling and the scorer use it.
+    from gpt import checkpoint as ckpt_io
+
+    loaded = ckpt_io.load_model(tuned / "dpo")
+    assert loaded.chat_template is not None
+    assert loaded.chat_template.prompt([Message("user", "x")]) == ckpt_io.load_model(tuned / "sft").chat_template.prompt(
+        [Message("user", "x")])
+
+
+def test_a_dpo_run_resumes_exactly_with_its_reference(tuned):
+    def losses(out: Path) -> list[float]:
+        return [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+
+    args = [f"--data={tuned / 'pairs' / 'train.jsonl'}", f"--init_from={tuned / 'sft'}"]
+    every = ["--log_interval=1", "--eval_interval=3", "--eval_iters=1", "--lr_decay_iters=6"]
+    assert train([*args, *_args(tuned, "whole", "--max_iters=6", *every)]) == 0
+    assert train([*args, *_args(tuned, "half", "--max_iters=3", *every)]) == 0
+    assert train([f"--out_dir={tuned / 'half'}", "--resume", "--max_iters=6"]) == 0
+    assert losses(tuned / "half") == losses(tuned / "whole") and len(losses(tuned / "whole")) == 6
+
+
+def test_preference_tuning_needs_a_starting_model(tuned, capsys):
+    capsys.readouterr()
+    code = train([f"--data={tuned / 'pairs' / 'train.jsonl'}", *_args(tuned, "refused", "--max_iters=1")])
+    err = capsys.readouterr().err
+    assert code == 2 and "give --init_from" in err and err.count("\n") == 1
+    assert not (tuned / "refused" / "ckpt.pt").exists()
+    assert train([f"--data={tuned / 'pairs' / 'train.jsonl'}", f"--init_from={tuned / 'sft'}", "--dpo_beta=0",
+                  *_args(tuned, "refused", "--max_iters=1")]) == 2
+    assert "dpo_beta must be positive" in capsys.readouterr().err
