@@ -24,6 +24,11 @@ sampling:
     reward(y)  = beta * (log pi(y|x) - log pi_ref(y|x))            log p of a sequence: the sum over its tokens
     loss       = -log sigmoid(reward(chosen) - reward(rejected))   averaged over the pairs
 
+A known failure: DPO only needs the difference of the two log-probs to grow, and can get it with both
+falling; the probability the chosen answers lose goes to other tokens, and greedy answers get worse.
+dpo_nll > 0 adds the chosen answers' negative log-likelihood per token, weighted (as in Pang et al. 2024,
+"Iterative Reasoning Preference Optimization"), which holds them up: loss = DPO + dpo_nll * NLL(chosen).
+
 beta (dpo_beta) sets how far the policy may move from the reference: a small beta lets it move a lot for a
 given margin, a large one holds it close. Only the answer's tokens (and its <|end|>) count in log p: the
 prompt is the same in both sequences. The reference is the starting model, frozen: a copy of it in memory, or,
@@ -39,6 +44,8 @@ What an evaluation reports, on held-out pairs (each a mean over pairs):
     rejected_logp   grow, and can get it with both falling, a known failure (the model then likes neither)
     prefers_chosen  the share of pairs where the policy itself gives the chosen answer the higher probability,
                     without the reference: the model's own preference, meaningful before training as well
+    chosen_nll      the chosen answers' negative log-likelihood per token (what instruction tuning minimises)
+    dpo_loss        DPO's loss alone, when dpo_nll adds the NLL to "loss"
 """
 
 from __future__ import annotations
@@ -80,16 +87,29 @@ def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
-             reference_rejected: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
-    """The DPO loss and what an evaluation reports (see the module docstring); every input is [B] log-probs."""
+             reference_rejected: torch.Tensor, beta: float, *, chosen_tokens: torch.Tensor | None = None,
+             nll_weight: float = 0.0) -> dict[str, torch.Tensor]:
+    """The DPO loss and what an evaluation reports (see the module docstring); every input is [B] log-probs.
+
+    With nll_weight > 0 the loss also counts the chosen answers' negative log-likelihood per token (chosen_tokens
+    [B]: how many tokens each has), weighted: "loss" = DPO + nll_weight * NLL, and "dpo_loss" is DPO's alone.
+    """
     chosen_reward = beta * (policy_chosen - reference_chosen)  # [B]
     rejected_reward = beta * (policy_rejected - reference_rejected)  # [B]
     margin = chosen_reward - rejected_reward  # [B]
     wins = (margin > 0).float() + 0.5 * (margin == 0).float()
     prefers = (policy_chosen > policy_rejected).float() + 0.5 * (policy_chosen == policy_rejected).float()
-    return {"loss": -F.logsigmoid(margin).mean(), "accuracy": wins.mean(), "margin": margin.mean().detach(),
-            "chosen_logp": policy_chosen.mean().detach(), "rejected_logp": policy_rejected.mean().detach(),
-            "prefers_chosen": prefers.mean()}
+    dpo = -F.logsigmoid(margin).mean()
+    scores = {"loss": dpo, "accuracy": wins.mean(), "margin": margin.mean().detach(),
+              "chosen_logp": policy_chosen.mean().detach(), "rejected_logp": policy_rejected.mean().detach(),
+              "prefers_chosen": prefers.mean()}
+    if chosen_tokens is not None:
+        nll = (-policy_chosen / chosen_tokens.clamp(min=1)).mean()  # per token of the chosen answers
+        scores["chosen_nll"] = nll.detach()
+        if nll_weight > 0:
+            scores["dpo_loss"] = dpo.detach()
+            scores["loss"] = dpo + nll_weight * nll
+    return scores
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -304,9 +324,13 @@ class PreferenceData(TrainingData):
 
     kind = "pairs"
 
-    def __init__(self, train: list[Pair], val: list[Pair], tokenizer: Tokenizer, beta: float, *, source: str = ""):
+    def __init__(self, train: list[Pair], val: list[Pair], tokenizer: Tokenizer, beta: float, *, source: str = "",
+                 nll_weight: float = 0.0):
         if beta <= 0:
             raise UserError(f"dpo_beta must be positive (it scales the reward: 0.1 is usual), got {beta}")
+        if nll_weight < 0:
+            raise UserError(f"dpo_nll must not be negative, got {nll_weight}")
+        self.nll_weight = float(nll_weight)
         self.tokenizer = tokenizer
         self.template = ChatTemplate(tokenizer)
         self.beta = float(beta)
@@ -326,7 +350,8 @@ class PreferenceData(TrainingData):
         tasks = {t for t in train.tasks if t}
         return (f"{len(train):,} train / {len(val):,} val preference pairs"
                 + (f" ({len(tasks)} task{'s' if len(tasks) > 1 else ''})" if tasks else "")
-                + f"; DPO loss, beta {self.beta:g}" + self.fit_note)
+                + f"; DPO loss, beta {self.beta:g}"
+                + (f", plus {self.nll_weight:g} x the chosen answers' NLL" if self.nll_weight else "") + self.fit_note)
 
     def check_fits(self, block_size: int, batch_size: int, world_size: int) -> None:
         window = block_size + 1
@@ -353,7 +378,13 @@ class PreferenceData(TrainingData):
 
     def use_starting_model(self, model: torch.nn.Module, cfg: Any, *, resumed: bool, log: Any) -> None:
         """The reference is the model the run started from: a frozen copy of `model` (before its first step), or,
-        when resuming, cfg.init_from loaded again the way the run first loaded it."""
+        when resuming, cfg.init_from loaded again the way the run first loaded it. A LoRA run's model carries its
+        frozen starting weights inside it: the reference is the same model with the adapter switched off."""
+        if getattr(model, "lora", None) is not None:  # an adapter attached by gpt/lora.py
+            self.use_reference_function(adapter_off_logprobs(model), "reference model: the same model with its LoRA "
+                                        "adapter switched off (no second copy in memory)")
+            log(self.reference_note)
+            return
         if not resumed:
             reference = frozen_copy(model)
             where = "a frozen copy of the starting model"
@@ -395,7 +426,8 @@ class PreferenceData(TrainingData):
         logits, _ = model(x, all_logits=True)  # [2B, T, V]
         policy = sequence_logprobs(logits, y)  # [2B]
         reference = self.reference_logprobs(x, y)  # [2B], no gradient
-        return dpo_loss(policy[:B], policy[B:], reference[:B], reference[B:], self.beta)
+        return dpo_loss(policy[:B], policy[B:], reference[:B], reference[B:], self.beta,
+                        chosen_tokens=(y[:B] >= 0).sum(dim=1), nll_weight=self.nll_weight)
 
     def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return self._scores(model, batch)["loss"]
@@ -411,6 +443,25 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     for p in reference.parameters():
         p.requires_grad_(False)
     return reference
+
+
+def adapter_off_logprobs(model: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The reference of a LoRA run: the log-probs of the model with its adapter off, which is exactly the model
+    the run started from (its base weights never train). In eval mode (no dropout), without gradients."""
+    from gpt import lora
+
+    @torch.no_grad()
+    def logprobs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        try:
+            with lora.adapters_disabled(model):
+                logits, _ = model(x, all_logits=True)
+        finally:
+            model.train(was_training)
+        return sequence_logprobs(logits, y)
+
+    return logprobs
 
 
 def starting_reference(cfg: Any, tokenizer: Tokenizer, model: torch.nn.Module) -> torch.nn.Module:
@@ -471,7 +522,7 @@ def open_pairs(files: list[Path], cfg: Any, tokenizer: str | Tokenizer) -> Prefe
         held = _val_pick(train, cfg.val_fraction)
         train, val = [p for i, p in enumerate(train) if i not in held], [p for i, p in enumerate(train) if i in held]
     return PreferenceData(train, val, ChatTemplate.add_tokens(tokenizer), getattr(cfg, "dpo_beta", 0.1),
-                          source=",".join(str(f) for f in files))
+                          source=",".join(str(f) for f in files), nll_weight=getattr(cfg, "dpo_nll", 0.0))
 
 
 # ---------------------------------------------------------------------------------------------------

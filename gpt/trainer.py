@@ -67,6 +67,7 @@ class TrainConfig:
     val_fraction: float = setting(0.1, "share of the text (or of the conversations) held out for validation")
     val_data: str | None = setting(None, "conversations or preference pairs only: a .jsonl file (or folder) to validate on instead of a val_fraction share")
     dpo_beta: float = setting(0.1, "preference pairs only: DPO's beta, how far the model may move from the reference for a given preference (smaller: further; 0.1 is usual)")
+    dpo_nll: float = setting(0.0, "preference pairs only: add this weight x the chosen answers' negative log-likelihood per token to the DPO loss, which keeps them likely (0 = plain DPO)")
     loss_on: str = setting("assistant", "conversations only: assistant (the loss counts the answers and their end token) or all (every token)")
     data_dir: str = setting("data", "where prepared token bins are cached")
     on_invalid_utf8: str = setting("error", "a file that is not UTF-8: error (with file and byte offset) or replace (bad bytes become U+FFFD)")
@@ -160,6 +161,8 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.muon_lr_scale <= 0 or not 0.0 <= cfg.muon_momentum < 1.0:
         raise UserError(f"muon_lr_scale must be positive and muon_momentum in [0, 1), got {cfg.muon_lr_scale} and "
                         f"{cfg.muon_momentum}")
+    if cfg.dpo_nll < 0:
+        raise UserError(f"dpo_nll must not be negative, got {cfg.dpo_nll}")
     if cfg.dpo_beta <= 0:
         raise UserError(f"dpo_beta must be positive (it scales DPO's reward; 0.1 is usual), got {cfg.dpo_beta}")
     if cfg.loss_on not in ("assistant", "all"):

@@ -45,6 +45,12 @@ def test_dpo_loss_against_a_hand_computed_case():
     assert scores["accuracy"].item() == 0.5 and scores["margin"].item() == pytest.approx(0.0)
     assert scores["chosen_logp"].item() == -2.5 and scores["rejected_logp"].item() == -2.5
     assert scores["prefers_chosen"].item() == 0.5  # pair 1: -1 > -3; pair 2: -4 < -2
+    # dpo_nll adds the chosen answers' NLL per token: (1/2 + 4/4) / 2 = 0.75 for answers of 2 and 4 tokens.
+    with_nll = dpo_loss(torch.tensor([-1.0, -4.0]), torch.tensor([-3.0, -2.0]), torch.tensor([-2.0, -3.0]),
+                        torch.tensor([-2.0, -3.0]), beta=0.5, chosen_tokens=torch.tensor([2, 4]), nll_weight=0.5)
+    assert with_nll["chosen_nll"].item() == pytest.approx(0.75)
+    assert with_nll["dpo_loss"].item() == pytest.approx(expected, abs=1e-6)
+    assert with_nll["loss"].item() == pytest.approx(expected + 0.5 * 0.75, abs=1e-6)
     # Where policy = reference every reward is 0: the loss is log 2 and a tie counts half.
     same = dpo_loss(*[torch.tensor([-1.0, -2.0])] * 4, beta=0.1)
     assert same["loss"].item() == pytest.approx(math.log(2)) and same["accuracy"].item() == 0.5
