@@ -415,7 +415,7 @@ class PreferenceData(TrainingData):
                                note: str) -> None:
         """The reference as a function (x, y) -> [N] log-probs (e.g. the trained model with its adapter off)."""
         self.reference_logprobs = logprobs
-        self.reference_model = reference
+        self.reference_model = None
         self.reference_note = note
 
     def _scores(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:

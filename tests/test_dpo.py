@@ -256,3 +256,33 @@ def test_preference_tuning_needs_a_starting_model(tuned, capsys):
     assert train([f"--data={tuned / 'pairs' / 'train.jsonl'}", f"--init_from={tuned / 'sft'}", "--dpo_beta=0",
                   *_args(tuned, "refused", "--max_iters=1")]) == 2
     assert "dpo_beta must be positive" in capsys.readouterr().err
+
+
+def test_with_lora_the_reference_is_the_model_with_its_adapter_off(one_thread):
+    lora = pytest.importorskip("gpt.lora")
+    from gpt.dpo import frozen_copy
+
+    data, model = _pairs_data()
+    before = frozen_copy(model)  # the starting model, kept here only to check against
+    lora.attach(model, lora.LoRASettings(rank=2, alpha=4.0))
+    said: list[str] = []
+    data.use_starting_model(model, SimpleNamespace(init_from="a test model"), resumed=False, log=said.append)
+    assert "adapter switched off (no second copy in memory)" in said[0] and data.reference_model is None
+    batch = data.batches("train", 32, 6, seed=0).next()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    for _ in range(10):
+        loss = data.loss(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    x, y = batch
+    with torch.no_grad():
+        policy = sequence_logprobs(model(x, all_logits=True)[0], y)
+        starting = sequence_logprobs(before(x, all_logits=True)[0], y)
+        with lora.adapters_disabled(model):
+            adapter_off = sequence_logprobs(model(x, all_logits=True)[0], y)
+    reference = data.reference_logprobs(x, y)
+    assert torch.allclose(reference, adapter_off) and torch.allclose(reference, starting, atol=1e-5)
+    assert not torch.allclose(policy, reference, atol=1e-3)  # the adapter trained: the policy moved, the reference did not
+    assert model.training  # the reference's pass (in eval mode) left the model as it was
