@@ -182,7 +182,7 @@ def test_messages_pairs_and_assistant_message_answers_read():
 def _args(root: Path, out: str, *extra: str) -> list[str]:
     return [f"--data_dir={root / 'data'}", f"--out_dir={root / out}", "--n_layer=2", "--n_head=2", "--n_embd=48",
             "--block_size=64", "--batch_size=16", "--eval_iters=2", "--log_interval=50", "--plot=false",
-            "--progress=false", "--peak_flops=1e11", "--threads=1", *extra]
+            "--progress=false", "--peak_flops=1e11", "--threads=1", "--arch=gpt2", "--optimizer=adamw", *extra]
 
 
 @pytest.fixture(scope="module")
