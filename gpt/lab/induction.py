@@ -46,20 +46,21 @@ class InductionConfig:
     overwrite: bool = setting(False, "replace the results of an earlier run in out_dir")
     seed: int = setting(0, "seeds the models' initialisation and the training and held-out sequences")
     # The data
-    vocab_size: int = setting(64, "distinct tokens; the loss of a uniform guess is ln(vocab_size)")
-    block_size: int = setting(32, "tokens per sequence")
-    min_segment: int = setting(6, "shortest repeated segment")
-    max_segment: int = setting(16, "longest repeated segment (two copies must fit in block_size + 1 tokens)")
+    vocab_size: int = setting(256, "distinct tokens; the loss of a uniform guess is ln(vocab_size)")
+    block_size: int = setting(48, "tokens per sequence")
+    min_segment: int = setting(12, "shortest repeated segment")
+    max_segment: int = setting(24, "longest repeated segment (two copies must fit in block_size + 1 tokens)")
     skip_prob: float = setting(0.0, "probability that a filler token is fixed by the token two before it (0 = all uniform)")
     # The models
     n_layer: int = setting(2, "layers of the model that can form induction heads")
     control_n_layer: int = setting(1, "layers of the control model, trained the same way (0 = no control)")
     n_head: int = setting(4, "attention heads per layer")
-    n_embd: int = setting(128, "width of the residual stream")
+    n_embd: int = setting(64, "width of the residual stream")
+    tie_embeddings: bool = setting(False, "share the token embedding with the output layer (GPT-2); untied (the default), the head starts as a copy of the embedding and trains on its own")
     # Training (gpt/optim.py reads these)
-    max_iters: int = setting(3000, "training steps of each model")
-    batch_size: int = setting(64, "sequences per step")
-    learning_rate: float = setting(3e-3, "peak learning rate (AdamW)")
+    max_iters: int = setting(5000, "training steps of each model")
+    batch_size: int = setting(32, "sequences per step")
+    learning_rate: float = setting(1e-3, "peak learning rate (AdamW)")
     warmup_iters: int = setting(100, "steps of linear warmup")
     decay_lr: bool = setting(False, "decay the learning rate on a cosine after warmup (down to min_lr)")
     lr_decay_iters: int = setting(0, "steps of the cosine decay (0 = max_iters)")
@@ -181,8 +182,17 @@ def make_skip_rule(cfg: InductionConfig) -> torch.Tensor:
 def build_model(cfg: InductionConfig, n_layer: int, device: torch.device) -> GPT:
     torch.manual_seed(cfg.seed)
     config = GPTConfig(vocab_size=cfg.vocab_size, block_size=cfg.block_size, n_layer=n_layer, n_head=cfg.n_head,
-                       n_embd=cfg.n_embd, attention_only=True)
-    return GPT(config).to(device)
+                       n_embd=cfg.n_embd, attention_only=True,
+                       tie_embeddings=cfg.tie_embeddings)
+    model = GPT(config)
+    if not cfg.tie_embeddings:
+        # The output layer starts as a copy of the token embedding, as if tied, then trains on its own: a head
+        # that copies a token's embedding forward then already raises that token's logit, which is what the
+        # induction circuit's second head has to do. (From an independent random init, the runs measured found
+        # a different, diffuse way to predict the repeat, with no head scoring as an induction head.)
+        with torch.no_grad():
+            model.lm_head.weight.copy_(model.transformer.wte.weight)
+    return model.to(device)
 
 
 def train_and_measure(cfg: InductionConfig, n_layer: int, held_out: RepeatBatch, device: torch.device,
