@@ -386,6 +386,15 @@ SHORT_RUN = dict(vocab_size=32, block_size=16, n_embd=32, n_head=2, min_segment=
                  learning_rate=3e-3, max_iters=300, eval_interval=50, eval_sequences=64, threads=1)
 
 
+def test_the_lab_models_output_layer_is_its_own_and_starts_as_the_embedding():
+    cfg = induction.InductionConfig(**SHORT_RUN)
+    model = induction.build_model(cfg, 2, torch.device("cpu"))
+    head, embedding = model.lm_head.weight, model.transformer.wte.weight
+    assert head is not embedding and torch.equal(head, embedding)  # untied, equal at the start (see build_model)
+    tied = induction.build_model(induction.InductionConfig(tie_embeddings=True, **SHORT_RUN), 2, torch.device("cpu"))
+    assert tied.lm_head.weight is tied.transformer.wte.weight
+
+
 def test_a_short_induction_run_learns_the_repeat_and_its_heads_carry_it(tmp_path):
     cfg = induction.InductionConfig(out_dir=str(tmp_path), **SHORT_RUN)
     report = induction.run(cfg, say=lambda *_: None)
