@@ -27,7 +27,6 @@ text, the prompt and a newline, and its answer is the first line it writes.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import string

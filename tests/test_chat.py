@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from gpt.chat import (ASSISTANT, CHAT_TOKENS, END, SYSTEM, USER, ChatTemplate, Conversation, Message,
+from gpt.chat import (ASSISTANT, CHAT_TOKENS, END, SYSTEM, USER, ChatTemplate, Message,
                       read_conversations, read_records, trim_history)
 from gpt.errors import UserError
 from gpt.model import GPT, GPTConfig

@@ -8,7 +8,6 @@ import json
 import random
 import re
 
-import pytest
 
 from gpt.chat import Conversation, Message, read_conversations
 from gpt.tasks import GROUPS, HELD_OUT_TASKS, TASKS, exact_match, main, make_suite, score

@@ -23,7 +23,6 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import AsyncIterator
 
 import anyio
