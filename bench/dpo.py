@@ -63,7 +63,7 @@ def speed(args: argparse.Namespace) -> None:
     from types import SimpleNamespace
 
     from gpt.checkpoint import load_model
-    from gpt.dpo import open_pairs
+    from gpt.post.dpo import open_pairs
 
     loaded = load_model(args.init_from)
     cfg = SimpleNamespace(init_from=args.init_from, val_data=str(pairs / "val.jsonl"), val_fraction=0.1,

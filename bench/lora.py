@@ -77,12 +77,11 @@ def checkpoint_numbers(out: Path) -> dict:
     import torch
 
     from gpt import checkpoint as ckpt_io
-    from gpt import lora
-
+    from gpt.post import adapters, lora
     loaded = ckpt_io.load_model(out)
     model = loaded.model
     total = sum(p.numel() for p in model.parameters())  # the tied head counted once
-    adapter = lora.attached(model)
+    adapter = adapters.attached(model)
     trained = sum(p.numel() for name, p in model.named_parameters()
                   if adapter is None or name.rpartition(".")[2] in lora.ADAPTER_KEYS)
     state = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=True)
@@ -176,7 +175,7 @@ def build(rank: int, block: int):
     """A model of GPT-2 124M's shape (LoRA at `rank`, or trained in full when 0) and its optimizer."""
     import torch
 
-    from gpt import lora
+    from gpt.post import adapters, lora
     from gpt.model import GPT, GPTConfig
     from gpt.optim import make_optimizer
     from gpt.trainer import TrainConfig
@@ -184,7 +183,7 @@ def build(rank: int, block: int):
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=block))
     if rank:
-        lora.attach(model, lora.LoRASettings(rank=rank))
+        adapters.attach(model, lora.LoRASettings(rank=rank))
     return model, make_optimizer(model, TrainConfig())
 
 

@@ -61,7 +61,7 @@ def log_records(out: Path) -> list[dict]:
 
 def speed(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(REPO))
-    from gpt.chat import read_conversations
+    from gpt.post.chat import read_conversations
 
     train_file = SUITE / "train.jsonl"
     if not train_file.is_file():

@@ -9,8 +9,8 @@ evaluation (gpt/evaluate.py) and fine-tuning load from here. One format, a dict 
     config          the training settings      optimizer, rng, sampler, best_val_loss (for resuming)
     chat_template   (models tuned on conversations) the template of gpt/chat.py, given back by load_model
 
-A LoRA run's checkpoints hold `adapter` (its weights, settings and base: see gpt/lora.py) instead of `model`;
-`load_model` finds the base and applies the adapter.
+A LoRA run's checkpoints hold `adapter` (its weights, settings and base: see gpt/post/adapter_files.py) instead
+of `model`; `load_model` asks the layer that registered that key (gpt/layers.py) to find the base and apply it.
 
 Saving is atomic (a temp file in the same folder, then a rename), so a kill at any instant leaves the
 previous checkpoint whole. Loading uses torch.load(weights_only=True), which refuses to unpickle anything
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from gpt.atomic import atomic_write
-from gpt.chat import ChatTemplate
+from gpt import layers
 from gpt.errors import UserError
 from gpt.hf import load_hf_gpt2
 from gpt.model import GPT, GPTConfig
@@ -164,7 +164,8 @@ class Loaded:
     tokenizer: Tokenizer
     path: Path  # the checkpoint file, or the Hugging Face folder
     checkpoint: dict[str, Any] | None  # the full checkpoint; None for a Hugging Face folder
-    chat_template: ChatTemplate | None = None  # for a model tuned on conversations (gpt/chat.py); else None
+    # For a model tuned on conversations, its chat template (filled in by gpt/post/chat.py's on-load hook); else None.
+    chat_template: Any = None
     base_path: Path | None = None  # for an adapter: where its base model was loaded from
 
 
@@ -192,14 +193,21 @@ def load_model(spec: str | Path, device: torch.device | str = "cpu", *, adapter:
     """Load a model and its tokenizer from an out_dir, a checkpoint file, or a local Hugging Face GPT-2 folder.
 
     The checkpoint of a LoRA run loads its base model (from where the run found it, or from `base`) with the
-    adapter applied; `adapter` applies a LoRA run's adapter to the model at `spec` (its base) instead.
+    adapter applied; `adapter` applies a LoRA run's adapter to the model at `spec` (its base) instead. The layers'
+    on-load hooks then complete it (the chat template of a model tuned on conversations).
     """
+    loaded = _open(spec, device, adapter, base)
+    for complete in layers.on_load_hooks():
+        complete(loaded)
+    return loaded
+
+
+def _open(spec: str | Path, device: torch.device | str, adapter: str | Path | None,
+          base: str | Path | None) -> Loaded:
     if adapter is not None:
         if base is not None:
             raise UserError("give the base once: --ckpt BASE --adapter ADAPTER, or --ckpt ADAPTER --base BASE")
-        from gpt import lora
-
-        return lora.load_with_adapter(adapter, base=spec, device=device)
+        return _adaptation_opening(adapter, layers.adaptations()).open(adapter, base=spec, state=None, device=device)
     not_an_adapter = UserError(f"--base is for the checkpoint of a LoRA run, and {spec} is a whole model: drop --base "
                                "(or give --adapter to apply an adapter to it)")
     if is_hf_folder(spec):
@@ -209,21 +217,25 @@ def load_model(spec: str | Path, device: torch.device | str = "cpu", *, adapter:
         # The tokenizer saved beside the weights (ours, or vocab.json + merges.txt), else GPT-2's found offline.
         tokenizer = load_hf_tokenizer(spec) or load_tokenizer("gpt2")
         _check_vocabularies(tokenizer, model, Path(spec))
-        # An exported chat model's tokenizer carries the template's markers: the same template again.
-        return Loaded(model.to(device).eval(), tokenizer, Path(spec), None, ChatTemplate.of_tokenizer(tokenizer))
+        return Loaded(model.to(device).eval(), tokenizer, Path(spec), None)
     path = resolve_checkpoint_path(spec)
     state = load_checkpoint(path)
-    if "adapter" in state:
-        from gpt import lora
-
-        return lora.load_with_adapter(path, base=base, device=device, state=state)
+    if "model" not in state:  # the weights of an adaptation (a LoRA run's "adapter") over a base model
+        adaptation = _adaptation_opening(path, [a for a in layers.adaptations() if a.key in state])
+        return adaptation.open(path, base=base, state=state, device=device)
     if base is not None:
         raise not_an_adapter
     model = model_from_checkpoint(state)
     tokenizer = tokenizer_from_dict(state["tokenizer"])
     _check_vocabularies(tokenizer, model, path)
-    template = ChatTemplate.from_dict(state["chat_template"], tokenizer) if "chat_template" in state else None
-    return Loaded(model.to(device).eval(), tokenizer, path, state, template)
+    return Loaded(model.to(device).eval(), tokenizer, path, state)
+
+
+def _adaptation_opening(spec: str | Path, found: list[Any]) -> Any:
+    if not found:
+        raise UserError(f"{spec} holds an adapter, but the layer that opens adapters (gpt/post) is not registered: "
+                        "install the project (pip install -e .), which announces it in the package's metadata")
+    return found[0]
 
 
 def _check_vocabularies(tokenizer: Tokenizer, model: GPT, where: Path) -> None:

@@ -203,7 +203,7 @@ def resolve_sources(
     return name, docs
 
 
-def _file_hash(path: Path) -> str:
+def file_hash(path: Path) -> str:
     h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
         while block := f.read(_HASH_BLOCK):
@@ -255,7 +255,7 @@ def _safe_cut(buf: bytes, lo: int) -> int:
     return cut if cut > 0 else n
 
 
-def _read_chunks(path: Path, start: int, end: int, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
+def read_chunks(path: Path, start: int, end: int, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
     """(file offset, bytes) pieces of path[start:end], each about chunk_bytes, cut at safe positions."""
     with open(path, "rb") as f:
         f.seek(start)
@@ -274,7 +274,7 @@ def _read_chunks(path: Path, start: int, end: int, chunk_bytes: int) -> Iterator
             carry = buf[cut:]
 
 
-def _cut_near(path: Path, offset: int) -> int:
+def cut_near(path: Path, offset: int) -> int:
     """A safe cut position in the file at or before `offset` (for splitting one document into train/val)."""
     window = 1 << 20
     lo = max(0, offset - window)

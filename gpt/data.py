@@ -37,7 +37,7 @@ import numpy as np
 
 from gpt.atomic import check_writable, write_text
 from gpt.config import parse_args, setting
-from gpt.corpus import Document, _file_hash, _read_chunks, _cut_near, decode_utf8, resolve_sources
+from gpt.corpus import Document, file_hash, read_chunks, cut_near, decode_utf8, resolve_sources
 from gpt.errors import UserError, exit_on_user_error
 from gpt.tokenizer import CharTokenizer, Tokenizer, from_json_data, load_tokenizer, to_json_data, tokenizer_from_dict
 
@@ -46,7 +46,7 @@ FORMAT_VERSION = 1  # bump when the bin layout or the meta changes: old caches a
 # Tuning knobs (module constants so tests can shrink them to exercise chunking and the worker pool).
 _CHUNK_BYTES = 1 << 20  # text handed to one worker at a time; bounds memory per worker
 _POOL_MIN_BYTES = 16 << 20  # below this, starting worker processes costs more than it saves
-_BPE_SAMPLE_BYTES = 20 << 20  # a trained BPE sees at most this much text (the start of the train split)
+BPE_SAMPLE_BYTES = 20 << 20  # a trained BPE sees at most this much text (the start of the train split)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -200,7 +200,7 @@ def _plan_split(docs: list[Document], val_fraction: float) -> tuple[list[Segment
         remaining -= docs[boundary_doc].size
         boundary_doc -= 1
     doc = docs[boundary_doc]
-    cut = _cut_near(doc.path, max(0, doc.size - remaining)) if remaining > 0 else doc.size
+    cut = cut_near(doc.path, max(0, doc.size - remaining)) if remaining > 0 else doc.size
     segments = [Segment(i, 0, d.size, "train") for i, d in enumerate(docs[:boundary_doc])]
     if cut > 0:
         segments.append(Segment(boundary_doc, 0, cut, "train"))
@@ -239,17 +239,17 @@ def _jobs(docs: list[Document], segments: list[Segment], errors: str, dtype, onl
             continue
         doc = docs[seg.doc]
         first = True
-        for offset, data in _read_chunks(doc.path, seg.start, seg.end, _CHUNK_BYTES):
+        for offset, data in read_chunks(doc.path, seg.start, seg.end, _CHUNK_BYTES):
             yield index, first, offset, data, str(doc.path), errors, dtype
             first = False
 
 
-def _tokenizer_digest(tokenizer: Tokenizer) -> str:
+def tokenizer_digest(tokenizer: Tokenizer) -> str:
     text = json.dumps(to_json_data(tokenizer.to_dict()), sort_keys=True, ensure_ascii=True)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def _is_fitted_spec(spec: str) -> bool:
+def is_fitted_spec(spec: str) -> bool:
     """Specs whose tokenizer is fitted to the corpus: it is then a function of the (hashed) text and the spec."""
     return spec == "char" or spec.startswith("bpe:")
 
@@ -269,11 +269,11 @@ class Prepared:
     reused: bool = False  # true when an existing cache folder was used without tokenizing again
 
 
-def _dtype_for(vocab_size: int) -> np.dtype:
+def dtype_for(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
-def _trusted(folder: Path, key: str) -> dict | None:
+def trusted_meta(folder: Path, key: str) -> dict | None:
     """The meta of a complete cache folder for `key`, or None (missing, half-written, or for other inputs)."""
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
@@ -297,7 +297,7 @@ def load_prepared(folder: str | Path) -> Prepared:
     if not meta_path.is_file():
         raise UserError(f"{folder} is not a prepared corpus (no meta.json): run python -m gpt.data on your text first")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if _trusted(folder, meta.get("key", "")) is None:
+    if trusted_meta(folder, meta.get("key", "")) is None:
         raise UserError(f"{folder} is incomplete or damaged: delete it and prepare again")
     return _open(folder, meta, tokenizer=None, reused=True)
 
@@ -364,19 +364,19 @@ def prepare(
     errors = "strict" if on_invalid_utf8 == "error" else "replace"
     data_dir = Path(data_dir)
     corpus, docs = resolve_sources(data, include, data_dir)
-    sources = [{"path": str(d.path), "label": d.label, "size": d.size, "blake2b": _file_hash(d.path)} for d in docs]
+    sources = [{"path": str(d.path), "label": d.label, "size": d.size, "blake2b": file_hash(d.path)} for d in docs]
 
-    fitted = isinstance(tokenizer, str) and _is_fitted_spec(tokenizer)
+    fitted = isinstance(tokenizer, str) and is_fitted_spec(tokenizer)
     tok: Tokenizer | None
     if isinstance(tokenizer, Tokenizer):
         tok = tokenizer
-        tokenizer_id = {"object": tok.name, "blake2b": _tokenizer_digest(tok)}
+        tokenizer_id = {"object": tok.name, "blake2b": tokenizer_digest(tok)}
     elif fitted:
         tok = None
         tokenizer_id = {"spec": tokenizer}
     else:
         tok = load_tokenizer(tokenizer)
-        tokenizer_id = {"spec": tokenizer, "blake2b": _tokenizer_digest(tok)}
+        tokenizer_id = {"spec": tokenizer, "blake2b": tokenizer_digest(tok)}
     key_inputs = {
         "format": FORMAT_VERSION,
         "sources": [[s["path"], s["size"], s["blake2b"]] for s in sources],
@@ -406,7 +406,7 @@ def cached_folder(data_dir: Path, name: str, key: str, build: Callable[[Path], d
     folder is renamed into place whole. Preparing text (`prepare`) and rendering conversations
     (gpt/chat_data.py) share this mechanism.
     """
-    trusted = trusted or _trusted
+    trusted = trusted or trusted_meta
     corpus_dir = data_dir / name
     final = corpus_dir / key
     meta = trusted(final, key)
@@ -511,13 +511,13 @@ def _build(tmp: Path, docs, sources, spec_or_tok, tok, key, key_inputs, corpus, 
         for _, _, offset, data, path, _, _ in _jobs(docs, segments, errors, None, only="train"):
             sample.append(decode_utf8(data, path, offset, errors))
             sample_bytes += len(data)
-            if sample_bytes >= _BPE_SAMPLE_BYTES:
+            if sample_bytes >= BPE_SAMPLE_BYTES:
                 break
         tok = load_tokenizer(spec_or_tok, corpus="".join(sample), progress=progress)
         fitted_on = f"the first {sample_bytes} bytes of the train split"
         del sample
 
-    dtype = _dtype_for(tok.vocab_size)
+    dtype = dtype_for(tok.vocab_size)
     eot = tok.eot_id
     stats = {split: {"tokens": 0, "bytes": 0, "characters": 0, "documents": 0} for split in ("train", "val")}
     with open(tmp / "train.bin", "wb") as train_file, open(tmp / "val.bin", "wb") as val_file:

@@ -7,30 +7,35 @@ Its place in the flow: between preparing the data (gpt/data.py: text -> token bi
     data.loss(model, batch)    the number to minimise
     data.metrics(model, batch) what an evaluation reports (averaged over batches)
 
-Each kind of data is one class here, picked from the form of the `data` setting by `open_training_data`:
-
-    TextData     plain text (files, folders, named corpora, {"text"} JSONL): random windows; loss = next-token
-                 cross-entropy
-    ChatData     conversations in JSONL (gpt/chat_data.py): packed windows; loss on the assistant's tokens
-    PreferenceData  preference pairs in JSONL (gpt/dpo.py): a chosen and a rejected answer per prompt; the DPO
-                 loss against a frozen reference (the starting model)
-
-A new kind (conversations, preference pairs, ...) is a new class beside TextData and one more case in
-`open_training_data`; the loop does not change.
+Plain text (files, folders, named corpora, {"text"} JSONL) is TextData, here: random windows, next-token
+cross-entropy. Other kinds live in the layers and register themselves (gpt/layers.py): conversations
+(gpt/post/chat_data.py: packed windows, the loss on the assistant's tokens) and preference pairs
+(gpt/post/dpo.py: the DPO loss against a frozen reference). `open_training_data` recognises the kind from the
+first line of the .jsonl files (`detect_kind`: one detector for every kind), and every kind that holds out a
+share of its examples for validation picks it with `held_out` (one val split); the loop does not change.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 
+from gpt import layers
+from gpt.atomic import write_text
 from gpt.batches import Batches
+from gpt.bpe import EOT
+from gpt.corpus import NAMED_CORPORA, file_hash, resolve_sources
+from gpt.data import cache_key, cached_folder, prepare
 from gpt.errors import UserError
 from gpt.tokenizer import Tokenizer
+
+TEXT_FORMAT_VERSION = 1  # of the cached text written from {"text"} JSONL
 
 
 class TrainingData(ABC):
@@ -67,13 +72,10 @@ class TrainingData(ABC):
         """Called once the model to train is built and on its device, before the first step. A kind of data whose
         loss needs the model the run started from (preference pairs: the frozen reference) takes it here."""
 
-    @property
-    def chat_template(self) -> Any:
-        """The chat template (gpt/chat.py) checkpoints of this run record: the data's, or the one the tokenizer
-        carries the markers of (a chat model fine-tuned further on text keeps it); None for plain text."""
-        from gpt.chat import ChatTemplate
-
-        return ChatTemplate.of_tokenizer(self.tokenizer)
+    def checkpoint_extras(self) -> dict[str, Any]:
+        """What the run's checkpoints record besides the model and the tokenizer (conversations: the chat template
+        that sampling and serving then use)."""
+        return {}
 
 
 class TextData(TrainingData):
@@ -119,30 +121,174 @@ class TextData(TrainingData):
 
 def open_training_data(cfg: Any, tokenizer: Tokenizer | str, *, progress: bool) -> TrainingData:
     """The training data named by cfg.data, recognised by its form, prepared (or found in the cache): .jsonl files
-    of conversations are ChatData, of preference pairs PreferenceData; anything else, {"text"} JSONL included, is
-    TextData."""
-    from gpt.chat_data import jsonl_files, jsonl_kind, jsonl_text_file, open_conversations
-    from gpt.data import prepare
-
-    data = cfg.data
+    of a kind a layer registered (conversations, preference pairs) open as that kind; anything else, {"text"}
+    JSONL included, is TextData."""
     files = jsonl_files(cfg.data, cfg.include, cfg.data_dir)
-    kind = jsonl_kind(files) if files is not None else "text"
-    if kind == "conversations":
-        return open_conversations(files, cfg, tokenizer)
-    if kind == "pairs":
-        from gpt.dpo import open_pairs
-
-        return open_pairs(files, cfg, tokenizer)
+    kind = detect_kind(files) if files is not None else None
+    if kind is not None:
+        return kind.open(files, cfg, tokenizer)
     if getattr(cfg, "val_data", None):
         raise UserError("val_data (a separate validation file) is for conversation data; plain text holds out "
                         "val_fraction of itself")
+    data = cfg.data
     if files is not None:
         data = [str(jsonl_text_file(files, tokenizer, cfg.data_dir))]
     return TextData(prepare(data, tokenizer, include=None if files else cfg.include, val_fraction=cfg.val_fraction,
                             data_dir=cfg.data_dir, on_invalid_utf8=cfg.on_invalid_utf8, progress=progress))
 
 
+# ---------------------------------------------------------------------------------------------------
+# JSONL files: reading them, and recognising the kind of data they hold
+
+
 def data_paths(data: str | list[str]) -> list[Path]:
     """The paths named by a data setting ('a,b' or a list), for recognising the form of the data."""
     items = [data] if isinstance(data, str) else list(data)
     return [Path(part) for item in items for part in str(item).split(",") if part]
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) of each non-blank line; bad JSON or UTF-8 is a UserError with file:line."""
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    with handle:
+        line_no = 0
+        try:
+            for line_no, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield line_no, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{line_no}: not valid JSON ({e.msg} at column {e.colno}): each line "
+                                    "must be one JSON object") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{path}:{line_no + 1}: not valid UTF-8: save the file as UTF-8") from None
+
+
+def jsonl_files(data: str | list[str], include: str | None, data_dir: str | Path) -> list[Path] | None:
+    """The files of a data setting when every one of them is a .jsonl file (else None: plain text)."""
+    paths = data_paths(data)
+    if not paths or any(str(p) in NAMED_CORPORA for p in paths):
+        return None
+    if not any(p.is_dir() or (p.is_file() and p.suffix == ".jsonl") for p in paths):
+        return None
+    _, docs = resolve_sources([str(p) for p in paths], include, data_dir)
+    files = [d.path for d in docs]
+    return files if all(f.suffix == ".jsonl" for f in files) else None
+
+
+def line_kind(line: Any, where: str) -> layers.DataKind | None:
+    """The kind of data a JSONL line belongs to: a registered kind, or None for plain {"text"}."""
+    kinds = layers.data_kinds()
+    if isinstance(line, dict):
+        for kind in kinds:
+            if kind.recognises(line):
+                return kind
+        if "text" in line:
+            return None
+    forms = ", ".join([kind.line_help for kind in kinds] + ['{"text"}'])
+    if not isinstance(line, dict):
+        raise UserError(f"{where}: a line must be a JSON object, one of {forms}")
+    raise UserError(f"{where}: the line has none of the keys of a known form (it has {sorted(line)[:6]}); use {forms}")
+
+
+def detect_kind(files: list[Path]) -> layers.DataKind | None:
+    """The kind of data every file holds, from its first line (each file's own lines are checked when read);
+    None for plain {"text"} lines."""
+    kinds: dict[Path, layers.DataKind | None] = {}
+    for path in files:
+        for line_no, line in read_jsonl(path):
+            kinds[path] = line_kind(line, f"{path}:{line_no}")
+            break
+    if not kinds:
+        raise UserError(f"{files[0]} holds no lines: give one JSON object per line")
+    first_path, first = next(iter(kinds.items()))
+    for path, kind in kinds.items():
+        if kind is not first:
+            raise UserError(f"{path} holds {kind_name(kind)} but {first_path} holds {kind_name(first)}: train on one "
+                            "kind at a time")
+    return first
+
+
+def kind_name(kind: layers.DataKind | None) -> str:
+    return "text" if kind is None else kind.name
+
+
+def jsonl_kind(files: list[Path]) -> str:
+    """"text", or the name of the registered kind ("conversations", "pairs") the files hold."""
+    return kind_name(detect_kind(files))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The validation split of a kind of data made of examples (conversations, pairs)
+
+
+def held_out(count: int, val_fraction: float, content: Callable[[int], str], *, what: str, where: str) -> set[int]:
+    """The indices of the examples held out for validation: the val_fraction share (at least 1, and at least one
+    left to train on) whose content hashes lowest, so the pick is the same whatever the order of the lines or
+    the seed. `content(i)` is example i's text."""
+    if count < 2:
+        raise UserError(f"{where} holds {count} {what}(s): give at least 2 (one is held out for validation), or a "
+                        "separate --val_data file")
+    n_val = min(count - 1, max(1, round(val_fraction * count)))
+
+    def digest(i: int) -> bytes:
+        return hashlib.blake2b(content(i).encode(), digest_size=8).digest() + i.to_bytes(8, "big")
+
+    return set(sorted(range(count), key=digest)[:n_val])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plain text in JSONL
+
+
+def jsonl_text_file(files: list[Path], tokenizer: str | Tokenizer, data_dir: str | Path) -> Path:
+    """The texts of {"text"} JSONL files as one text file in the data cache, for gpt/data.py to prepare.
+
+    The texts are joined by <|endoftext|> where the tokenizer has it (documents keep their boundaries, as
+    files do), else by a blank line.
+    """
+    has_eot = tokenizer.eot_id is not None if isinstance(tokenizer, Tokenizer) else tokenizer != "char"
+    separator = EOT if has_eot else "\n\n"
+    name = files[0].stem if len(files) == 1 else files[0].parent.name
+    sources = [[str(f), f.stat().st_size, file_hash(f)] for f in files]
+    key = cache_key({"format": TEXT_FORMAT_VERSION, "sources": sources, "separator": separator})
+    text_name = f"{name}.txt"
+
+    def build(tmp: Path) -> dict:
+        texts = [text for path in files for text in read_texts(path) if text]
+        if not texts:
+            raise UserError(f"{files[0]}: every text is empty: give some text")
+        write_text(tmp / text_name, separator.join(texts))
+        meta = {"key": key, "complete": True, "texts": len(texts)}
+        write_text(tmp / "meta.json", json.dumps(meta) + "\n")
+        return meta
+
+    def trusted(folder: Path, key_: str) -> dict | None:
+        try:
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        ok = meta.get("key") == key_ and meta.get("complete") is True and (folder / text_name).is_file()
+        return meta if ok else None
+
+    folder, _, _ = cached_folder(Path(data_dir), f"{name}.jsonl-text", key, build, trusted)
+    return folder / text_name
+
+
+def read_texts(path: Path) -> list[str]:
+    """The texts of a {"text"} JSONL file; a line of another form is an error (one form per file)."""
+    texts = []
+    for line_no, line in read_jsonl(path):
+        where = f"{path}:{line_no}"
+        kind = line_kind(line, where)
+        if kind is not None:
+            raise UserError(f"{where}: a {kind.name} line in a file whose first line is a 'text' line: use one "
+                            "form per file")
+        if not isinstance(line["text"], str):
+            raise UserError(f"{where}: 'text' must be a string, got {type(line['text']).__name__}")
+        texts.append(line["text"])
+    return texts

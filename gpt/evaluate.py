@@ -44,27 +44,21 @@ import torch
 import torch.nn.functional as F
 
 from gpt.config import parse_args, setting
-from gpt.device import autocast, pick_device, pick_dtype
+from gpt.device import autocast
 from gpt.errors import UserError, exit_on_user_error
-from gpt.inference import WEIGHTS_HELP, prepare_for_inference
+from gpt.inference import ModelSettings, open_model
 from gpt.tokenizer import Tokenizer
 
 
 @dataclass
-class EvalConfig:
-    ckpt: str = setting("", "the model: an out_dir (best.pt, else ckpt.pt), a .pt checkpoint, or a local Hugging Face GPT-2 folder")
+class EvalConfig(ModelSettings):
     data: list[str] = setting([], "the text: a file, a folder (its text files), or a named corpus (stdlib, shakespeare); several: repeat --data or join with ','")
     split: str = setting("all", "all (every document), or the train or val part exactly as training cut it (same val_fraction)")
     val_fraction: float | None = setting(None, "with --split train/val: the held-out share (none = the checkpoint's training setting, else 0.1)")
-    adapter: str | None = setting(None, "a LoRA adapter (the out_dir or .pt of a run with lora_rank > 0) to apply to the --ckpt model, its base")
-    base: str | None = setting(None, "with a LoRA run's checkpoint as --ckpt: where its base model is, if it moved since training")
     include: str | None = setting(None, "glob that files found in folders must match, e.g. '*.md'")
     stride: int = setting(0, "tokens between window starts; each token is scored once with >= block_size - stride tokens of context (0 = block_size // 2)")
     batch_size: int = setting(4, "windows per forward pass (lower it if memory runs out)")
     max_tokens: int = setting(0, "score only the first this many tokens of the text (0 = all)")
-    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
-    dtype: str = setting("auto", "compute dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
-    weights: str = setting("float32", WEIGHTS_HELP + "; evaluating with it measures the quality it costs")
     data_dir: str = setting("data", "where a named corpus is looked for (and downloaded to, for shakespeare)")
     on_invalid_utf8: str = setting("error", "a file that is not UTF-8: error (with file and byte offset) or replace (bad bytes become U+FFFD)")
     json: bool = setting(False, "print one JSON object (loss, perplexity, bits_per_byte, tokens, bytes, stride) instead of a report")
@@ -246,8 +240,6 @@ def main(argv: list[str] | None = None) -> int:
                     "windows of block_size tokens starting every --stride tokens (default block_size // 2): each "
                     "token is scored once, with at least block_size - stride tokens of context.",
     )
-    if not cfg.ckpt:
-        raise UserError("give the model to evaluate: --ckpt OUT_DIR, a .pt file, or a Hugging Face GPT-2 folder")
     if not cfg.data:
         raise UserError("give the text to evaluate on: --data FILE, a folder, or a named corpus (stdlib, shakespeare)")
     if cfg.max_tokens < 0:
@@ -256,12 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"batch_size must be at least 1, got {cfg.batch_size}")
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
 
-    from gpt.checkpoint import load_model
-
-    device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device)
-    loaded = load_model(cfg.ckpt, device, adapter=cfg.adapter, base=cfg.base)
-    model = prepare_for_inference(loaded.model, cfg.weights, dtype=dtype)
+    opened = open_model(cfg, what="the model to evaluate")
+    model, loaded, device, dtype = opened.model, opened.loaded, opened.device, opened.dtype
     block_size = loaded.model.config.block_size
 
     val_fraction = cfg.val_fraction

@@ -58,7 +58,7 @@ from typing import Iterator, Sequence, TextIO
 
 import torch
 
-from gpt.chat import Message, trim_history
+from gpt.post.chat import Message
 from gpt.checkpoint import load_model
 from gpt.config import parse_args, setting
 from gpt.device import autocast, pick_device, pick_dtype
@@ -524,7 +524,7 @@ class Sampler:
         messages = system + self.history + [Message("user", prompt)]
         block_size = self.model.config.block_size
         room = min(self.cfg.max_new_tokens, block_size // 2)
-        messages = trim_history(self.template, messages, block_size - room)
+        messages = self.template.trim_history(messages, block_size - room)
         self.history = messages[len(system):-1]
         return self.template.prompt(messages)
 

@@ -31,15 +31,13 @@ import re
 import struct
 import sys
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gpt.atomic import atomic_write, write_bytes
-from gpt.config import parse_args, setting
-from gpt.errors import UserError, exit_on_user_error
+from gpt.errors import UserError
 from gpt.model import GPT, GPTConfig
 from gpt.tokenizer import Tokenizer, save_hf_tokenizer
 
@@ -480,38 +478,7 @@ def _byteswapped(tensor: torch.Tensor) -> torch.Tensor:
     return raw.view(tensor.dtype).reshape(tensor.shape)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Command line: python -m gpt.hf --ckpt OUT --out FOLDER
+if __name__ == "__main__":  # python -m gpt.hf: the command line is gpt/hf_export.py (it loads models, which use this)
+    from gpt.hf_export import main
 
-
-@dataclass
-class ExportConfig:
-    ckpt: str = setting("", "the model to export: an out_dir (best.pt, else ckpt.pt) or a .pt checkpoint")
-    out: str = setting("", "the Hugging Face folder to write (config.json, model.safetensors and the tokenizer)")
-
-
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> int:
-    from gpt.checkpoint import load_model  # gpt.checkpoint imports this module: only the command line needs it
-
-    cfg, _ = parse_args(ExportConfig, argv, prog="python -m gpt.hf",
-                        description="Export a checkpoint as a Hugging Face GPT-2 folder, with its tokenizer.")
-    if not cfg.ckpt or not cfg.out:
-        raise UserError("give the checkpoint and the folder: python -m gpt.hf --ckpt OUT_DIR --out FOLDER")
-    out = Path(cfg.out)
-    if (out / CONFIG_NAME).exists() or (out / SAFETENSORS_NAME).exists():
-        raise UserError(f"{out} already holds a model: choose another --out (nothing is overwritten)")
-    from gpt.lora import merge_adapter
-
-    loaded = load_model(cfg.ckpt)
-    save_hf_gpt2(merge_adapter(loaded.model), out, loaded.tokenizer)  # a LoRA run's checkpoint: base + adapter, merged
-    from gpt.tokenizer import OUR_TOKENIZER_FILE
-
-    formats = "vocab.json + merges.txt and " + OUR_TOKENIZER_FILE if (out / "vocab.json").exists() \
-        else OUR_TOKENIZER_FILE + " (Hugging Face has no GPT-2 form of a " + loaded.tokenizer.name + " tokenizer)"
-    print(f"wrote {out}: config.json, model.safetensors; tokenizer as {formats}")
-    return 0
-
-
-if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,7 +1,12 @@
-"""Cheaper decoding for a loaded model: its weights in fewer bytes, and a compiled forward pass.
+"""Opening a model for use, one way for every command: the settings that name it, and a model ready to decode.
 
-Its place in the flow: after gpt/checkpoint.py's load_model and before decoding (sample.py, gpt.serve) or
-scoring (gpt.evaluate, which is how the quality an option costs is measured). Generating one token at a time
+Its place in the flow: after training, before decoding (sample.py, gpt.serve) or scoring (gpt.evaluate,
+gpt.tasks eval, gpt.lab). Every command that loads a model embeds `ModelSettings` (checkpoint, adapter, base,
+device, dtype, weights, compile: declared once, with one help text) and calls `open_model`, which loads it
+(gpt/checkpoint.py's load_model: an out_dir, a .pt, a Hugging Face folder, an adapter over its base), folds an
+adapter into its base, and converts the weights below. A new command gets --adapter right by default.
+
+Cheaper decoding: the weights in fewer bytes, and a compiled forward pass. Generating one token at a time
 reads every weight once per step and does only two operations with each, so on a CPU a step's time is set by
 the bytes of weights it reads (and, for small models, by the overhead of launching many small operations):
 
@@ -23,11 +28,16 @@ left out because it was slower than float32 on our CPU).
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from gpt.checkpoint import Loaded, load_model
+from gpt.config import setting
+from gpt.device import pick_device, pick_dtype
 from gpt.errors import UserError
+from gpt.layers import plain
 
 WEIGHTS = ("float32", "bfloat16", "int8")
 WEIGHTS_HELP = ("how the weights are held for inference: float32; bfloat16 (half the bytes); int8 (a quarter: "
@@ -63,11 +73,9 @@ def prepare_for_inference(model: nn.Module, weights: str = "float32", compile: b
         # torch.compile cannot trace the quantized layers: the graph breaks at each, and measured slower than
         # int8 alone (BENCHMARKS.md).
         raise UserError("compile does not combine with weights = int8 (it made int8 slower): choose one of them")
-    from gpt.lora import merge_adapter
-
     # A LoRA adapter is folded into its base first: a plain model, as fast as the base, whose Linear layers the
     # options below convert (int8 would leave an adapter's layers in float32).
-    model = merge_adapter(model).eval()
+    model = plain(model).eval()
     if weights == "bfloat16":
         model.to(torch.bfloat16)
     elif weights == "int8":
@@ -79,3 +87,47 @@ def prepare_for_inference(model: nn.Module, weights: str = "float32", compile: b
         # call; without it every new length would compile again.
         model = torch.compile(model, dynamic=True)
     return model
+
+
+# ---------------------------------------------------------------------------------------------------
+# The settings of a model to open, declared once for every command that loads one
+
+
+CKPT_HELP = "an out_dir (best.pt, else ckpt.pt), a .pt checkpoint, or a local Hugging Face GPT-2 folder"
+
+
+@dataclass
+class ModelSettings:
+    """The model a command opens and how it runs it: every CLI's settings dataclass inherits these (a CLI changes
+    a default by declaring the field again, e.g. ckpt's)."""
+
+    ckpt: str = setting("", "the model: " + CKPT_HELP)
+    adapter: str | None = setting(None, "a LoRA adapter (the out_dir or .pt of a run with lora_rank > 0) to apply to the --ckpt model, its base")
+    base: str | None = setting(None, "with a LoRA run's checkpoint as --ckpt: where its base model is, if it moved since training")
+    device: str = setting("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    dtype: str = setting("auto", "compute dtype: auto (bf16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16")
+    weights: str = setting("float32", WEIGHTS_HELP)
+    compile: bool = setting(False, COMPILE_HELP)
+
+
+@dataclass
+class Opened:
+    """A model opened for use: `model` to call (weights converted, perhaps compiled), what was loaded (`loaded`:
+    tokenizer, chat template, path, checkpoint; its model is the plain one), and where and how it computes."""
+
+    model: nn.Module
+    loaded: Loaded
+    device: torch.device
+    dtype: torch.dtype
+
+
+def open_model(settings: ModelSettings, *, what: str = "the model") -> Opened:
+    """Load the model `settings` name (an adapter applied to its base), then prepare it for inference (which
+    merges an adapter into its base: `loaded.model` is then the plain model too)."""
+    if not settings.ckpt:
+        raise UserError(f"give {what}: --ckpt OUT_DIR, a .pt file, or a Hugging Face GPT-2 folder")
+    device = pick_device(settings.device)
+    dtype = pick_dtype(settings.dtype, device)
+    loaded = load_model(settings.ckpt, device, adapter=settings.adapter, base=settings.base)
+    model = prepare_for_inference(loaded.model, settings.weights, settings.compile, dtype)
+    return Opened(model, loaded, device, dtype)

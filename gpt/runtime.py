@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 from gpt import checkpoint as ckpt_io
-from gpt import lora
+from gpt import layers
 from gpt.device import pick_device
 from gpt.errors import UserError
 from gpt.hf import not_gpt2
 from gpt.model import ARCHITECTURES, GPT, GPTConfig
+from gpt.reshape import rebuild
 from gpt.tokenizer import Tokenizer, tokenizer_from_dict
 
 try:
@@ -220,93 +221,55 @@ def seed_everything(seed: int) -> None:
 # The model a run starts from.
 
 
-def rebuild(model: GPT, **changes: Any) -> GPT:
-    """The same weights in a model whose config differs in dropout and/or a shorter block_size."""
-    config = dataclasses.replace(model.config, **changes)
-    weights = ckpt_io.clean_state_dict(model)
-    if config.block_size < model.config.block_size:
-        # A shorter context only needs the first positions' embeddings.
-        if "transformer.wpe.weight" in weights:  # (rotary positions have no weights)
-            weights["transformer.wpe.weight"] = weights["transformer.wpe.weight"][: config.block_size].clone()
-    new = GPT(config)
-    new.load_state_dict(weights)
-    return new
-
-
 def starting_model(cfg: Any, resume_state: dict[str, Any] | None, log) -> tuple[GPT | None, Tokenizer | str, Any]:
     """The model to train (None: a new one, built once the corpus gives the vocabulary), the tokenizer (an object,
     or a spec to fit to the corpus), and cfg completed with what the starting model fixes.
 
-    A LoRA run (lora_rank > 0) trains adapters over a frozen model (gpt/lora.py): its base is the init_from model,
-    and a resumed one finds its base again from the checkpoint (checked by fingerprint)."""
+    A run that trains an adaptation over a frozen model (LoRA, lora_rank > 0: gpt/layers.py) starts it over the
+    init_from model, and a resumed one rebuilds it from the checkpoint (its base found again and checked)."""
     if resume_state is not None:
         tokenizer: Tokenizer | str = tokenizer_from_dict(resume_state["tokenizer"])
         if cfg.init_from == "scratch":
             # Prepared again exactly as the saved run was (same cache); the tokenizer is checked afterwards.
             tokenizer = cfg.tokenizer
-        if lora.is_adapter_checkpoint(resume_state):
-            adapter = lora.adapter_from_checkpoint(resume_state, Path(cfg.out_dir) / "ckpt.pt")
-            base = lora.find_base(adapter)
-            return lora.adapted_model(base.model, adapter, dropout=cfg.dropout, lora_dropout=cfg.lora_dropout), \
-                tokenizer, cfg
+        adaptation = layers.adaptation_for_checkpoint(resume_state)
+        if adaptation is not None:
+            return adaptation.resume(resume_state, Path(cfg.out_dir) / "ckpt.pt", cfg), tokenizer, cfg
         model = ckpt_io.model_from_checkpoint(resume_state)
         return rebuild(model, dropout=cfg.dropout), tokenizer, cfg
     if cfg.init_from != "scratch":
-        if not Path(cfg.init_from).exists():
-            raise UserError(f"init_from {cfg.init_from} not found: give a checkpoint (.pt), an out_dir, or a local "
-                            "Hugging Face GPT-2 folder")
-        loaded = ckpt_io.load_model(cfg.init_from)
-        base = lora.base_reference(loaded, cfg.out_dir) if cfg.lora_rank else None  # before anything changes it
-        shape = loaded.model.config
-        block_size = cfg.block_size
-        if block_size > shape.block_size:
-            log(f"block_size {block_size} is longer than the model's {shape.block_size}: using {shape.block_size}")
-            block_size = shape.block_size
-        # A LoRA run's checkpoint continues from its base with the adapter merged in.
-        model = rebuild(lora.merge_adapter(loaded.model), dropout=cfg.dropout, block_size=block_size)
-        # The run's record shows the shape actually trained, whatever the settings said.
-        cfg = dataclasses.replace(cfg, n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
-                                  bias=shape.bias, block_size=block_size, tokenizer=loaded.tokenizer.name,
-                                  arch="gpt2" if not_gpt2(shape) is None else "modern",
-                                  **{name: getattr(shape, name) for name in ARCH_OPTIONS})
-        log(f"fine-tuning {loaded.path} ({model.num_params() / 1e6:.2f}M parameters)")
-        if cfg.lora_rank:
-            lora.attach(model, lora.settings_of(cfg), base)
-            log(lora.trainable_summary(model))
-        return model, loaded.tokenizer, cfg
+        return _fine_tuning_start(cfg, log)
     return None, cfg.tokenizer, cfg
 
 
-def add_token_rows(model: GPT, known: int, needed: int, vocab_multiple: int = 1, log=lambda text: None) -> GPT:
-    """The model with embedding rows (and the tied LM head's) for tokens known..needed-1, which it never saw.
+def _fine_tuning_start(cfg: Any, log) -> tuple[GPT, Tokenizer, Any]:
+    if not Path(cfg.init_from).exists():
+        raise UserError(f"init_from {cfg.init_from} not found: give a checkpoint (.pt), an out_dir, or a local "
+                        "Hugging Face GPT-2 folder")
+    loaded = ckpt_io.load_model(cfg.init_from)
+    shape = loaded.model.config
+    block_size = cfg.block_size
+    if block_size > shape.block_size:
+        log(f"block_size {block_size} is longer than the model's {shape.block_size}: using {shape.block_size}")
+        block_size = shape.block_size
+    active = [a for a in layers.adaptations() if a.active(cfg)]
+    bases = [a.describe_base(loaded, cfg) for a in active]  # before anything below changes the loaded weights
+    # A run from an adapter's checkpoint continues from its base with the adapter merged in.
+    carried = layers.adaptation_of(loaded.model)
+    plain = carried.merge(loaded.model) if carried is not None else loaded.model
+    model = rebuild(plain, dropout=cfg.dropout, block_size=block_size)
+    # The run's record shows the shape actually trained, whatever the settings said.
+    cfg = dataclasses.replace(cfg, n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
+                              bias=shape.bias, block_size=block_size, tokenizer=loaded.tokenizer.name,
+                              arch="gpt2" if not_gpt2(shape) is None else "modern",
+                              **{name: getattr(shape, name) for name in ARCH_OPTIONS})
+    log(f"fine-tuning {loaded.path} ({model.num_params() / 1e6:.2f}M parameters)")
+    for adaptation, base in zip(active, bases):
+        model = adaptation.start(model, base, cfg)
+        log(adaptation.summary(model))
+    return model, loaded.tokenizer, cfg
 
-    A new token's row starts at the mean of the known tokens' rows plus a little noise: its logit is then about
-    an average one, neither dominating the next-token distribution nor unreachable, and the new rows differ
-    from each other. The known rows are untouched, so every known token's logit is exactly what it was. Rows
-    that padding already provides (the vocabulary rounded up) are reused; otherwise the matrix grows.
-    """
-    if needed <= known:
-        return model
-    weights = ckpt_io.clean_state_dict(model)
-    size = max(model.config.vocab_size, -(-needed // vocab_multiple) * vocab_multiple)
-    generator = torch.Generator().manual_seed(needed)
-    grown: dict[int, torch.Tensor] = {}  # one new matrix per distinct tensor (tied: the embedding and the head)
-    for name in ("transformer.wte.weight", "lm_head.weight"):
-        old = weights[name]
-        if id(old) not in grown:
-            rows = torch.zeros(size, old.shape[1], dtype=old.dtype)
-            rows[: old.shape[0]] = old
-            base = old[:known].float()
-            noise = torch.randn(needed - known, old.shape[1], generator=generator) * base.std(dim=0) * 0.1
-            rows[known:needed] = (base.mean(dim=0) + noise).to(old.dtype)
-            grown[id(old)] = rows
-        weights[name] = grown[id(old)]
-    new = GPT(dataclasses.replace(model.config, vocab_size=size))
-    new.load_state_dict(weights)
-    room = f"grows from {model.config.vocab_size} to {size}" if size > model.config.vocab_size else "has room for them"
-    log(f"vocabulary: {needed - known} new token(s) for the data (ids {known}..{needed - 1}), started at the mean of "
-        f"the known tokens' embeddings; the model's vocabulary {room}")
-    return new
+
 def training_flops_per_token(model: GPT) -> float:
     """model.flops_per_token() counts, for every weight, 2 FLOPs per token forward and 4 backward (the gradients of
     its input and of itself). A frozen weight (the base of a LoRA run) needs no gradient of its own: 2 fewer."""
@@ -348,12 +311,14 @@ def new_model(cfg: Any, vocab_size: int) -> GPT:
 
 
 def training_state(model: GPT, tokenizer: Tokenizer, cfg: Any, *, step: int, best_val_loss: float,
-                   elapsed: float, chat_template: Any = None) -> dict[str, Any]:
-    """What every checkpoint of a run holds: enough to sample from it, evaluate it, or fine-tune it (and, for a
-    model tuned on conversations, the chat template that gpt.checkpoint.load_model gives back)."""
-    extra = {} if chat_template is None else {"chat_template": chat_template.to_dict()}
-    # A LoRA run saves its adapter (and where its base is) rather than every weight: kilobytes, not megabytes.
-    weights = {"adapter": lora.checkpoint_entry(model)} if lora.attached(model) else \
+                   elapsed: float, extras: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What every checkpoint of a run holds: enough to sample from it, evaluate it, or fine-tune it, and what the
+    kind of data adds (conversations: the chat template that sampling and serving use)."""
+    extra = dict(extras or {})
+    # A run that trains an adaptation (LoRA) saves it (and where its base is) rather than every weight: kilobytes,
+    # not megabytes.
+    adaptation = layers.adaptation_of(model)
+    weights = {adaptation.key: adaptation.checkpoint_entry(model)} if adaptation is not None else \
         {"model": ckpt_io.clean_state_dict(model)}
     return {**extra,
         "model_config": dataclasses.asdict(model.config),
@@ -540,7 +505,7 @@ class Run:
         """Write a checkpoint (rank 0); every process takes part, since the training state is gathered."""
         state = training_state(self.model, self.data.tokenizer, self.cfg, step=self.step,
                                best_val_loss=self.best_val_loss, elapsed=self.elapsed(),
-                               chat_template=self.data.chat_template)
+                               extras=self.data.checkpoint_extras())
         if full:
             state.update(resumable_state(self.optimizer, self.scaler, self.batches, self.device, self.dist))
         if not self.dist.master:

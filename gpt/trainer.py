@@ -38,14 +38,14 @@ from gpt.config import from_dict, parse_args, setting
 from gpt.datasets import TrainingData, open_training_data
 from gpt.device import autocast, peak_flops, pick_dtype
 from gpt.errors import UserError, exit_on_user_error
-from gpt.lora import DEFAULT_TARGETS, check_settings as check_lora_settings, trainable_summary as lora_summary, \
-    with_new_token_rows
-from gpt.model import GPTConfig
+from gpt import layers
+from gpt.model import GPT, GPTConfig
 from gpt.optim import (learning_rate_at, make_optimizer, param_groups,  # noqa: F401 (re-exported)
                        set_hyperparameters, set_learning_rate)
 from gpt.runlog import MFU_EXPLAINED
 from gpt.atomic import check_writable
-from gpt.runtime import (ARCH_OPTIONS, Dist, OutDirLock, Run, add_token_rows, dist_from_env, end_process_group,
+from gpt.reshape import grow_vocab
+from gpt.runtime import (ARCH_OPTIONS, Dist, OutDirLock, Run, dist_from_env, end_process_group,
                          model_config, new_model, restore_rng, restore_sampler, seed_everything, setup_device, starting_model,
                          training_flops_per_token)
 from gpt.tokenizer import Tokenizer
@@ -124,11 +124,11 @@ class TrainConfig:
     eval_iters: int = setting(20, "batches per split in each evaluation")
     log_interval: int = setting(10, "log the training loss every this many steps")
     checkpoint_interval: int = setting(0, "save ckpt.pt every this many steps (0 = at each evaluation); always at the end")
-    # adapters (gpt/lora.py): train a small low-rank change of the init_from model instead of all its weights
+    # adapters (gpt/post/lora.py): train a small low-rank change of the init_from model instead of all its weights
     lora_rank: int = setting(0, "LoRA: the rank of the adapters trained over the frozen init_from model (8 is typical); 0 = off, train every weight")
     lora_alpha: float = setting(16.0, "LoRA: the adapters' change is scaled by lora_alpha / lora_rank (fixed while trying ranks, the learning rate carries over)")
     lora_dropout: float = setting(0.0, "LoRA: dropout on the adapters' input")
-    lora_targets: list[str] = setting(DEFAULT_TARGETS, "LoRA: the layers to adapt, by name: attn and mlp (every Linear layer of the blocks, the default), or attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, wte (the token embedding, and the head tied to it)")
+    lora_targets: list[str] = setting(["attn", "mlp"], "LoRA: the layers to adapt, by name: attn and mlp (every Linear layer of the blocks, the default), or attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, wte (the token embedding, and the head tied to it)")
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -167,10 +167,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"dpo_beta must be positive (it scales DPO's reward; 0.1 is usual), got {cfg.dpo_beta}")
     if cfg.loss_on not in ("assistant", "all"):
         raise UserError(f"loss_on must be assistant (the answers only) or all (every token), got {cfg.loss_on!r}")
-    check_lora_settings(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
-    if cfg.lora_rank and cfg.init_from == "scratch":
-        raise UserError("lora_rank adapts a trained model, and init_from is scratch: give --init_from (an out_dir, a "
-                        ".pt or a Hugging Face GPT-2 folder), or set --lora_rank=0 to train from scratch")
+    for adaptation in layers.adaptations():  # LoRA's settings (gpt/post), checked by the layer that adds them
+        adaptation.check_settings(cfg)
     model_config(cfg, vocab_size=1)  # a combination of architecture options that cannot work names its setting
 
 
@@ -284,10 +282,14 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
     else:  # the data may bring tokens the starting model never saw (a chat template's markers): rows for them
         known = tokenizer.vocab_size if isinstance(tokenizer, Tokenizer) else data.tokenizer.vocab_size
         needed = data.tokenizer.vocab_size
-        if needed > known:  # a LoRA run's adapter trains the new rows, over a base that stays as it was
-            model = with_new_token_rows(model, known, lambda m: add_token_rows(m, known, needed, cfg.vocab_multiple, log))
-            if cfg.lora_rank:
-                log(lora_summary(model))
+        if needed > known:
+            def grow(m: GPT) -> GPT:
+                return grow_vocab(m, known, needed, cfg.vocab_multiple, log)
+
+            adaptation = layers.adaptation_of(model)  # an adapter trains the new rows over a base that stays as it was
+            model = adaptation.with_grown_vocab(model, known, grow) if adaptation is not None else grow(model)
+            if adaptation is not None:
+                log(adaptation.summary(model))
     model.to(device)
     data.use_starting_model(model, cfg, resumed=resume_state is not None, log=log)
 

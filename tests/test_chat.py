@@ -1,6 +1,6 @@
 """gpt/chat.py: the conversation forms and their errors, the chat template (rendering, which tokens the loss
 counts, prompts), special tokens that text can never produce, history trimming, and the growth of a
-pretrained model's vocabulary for the template's markers (gpt/runtime.py:add_token_rows)."""
+pretrained model's vocabulary for the template's markers (gpt/reshape.py:grow_vocab)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-from gpt.chat import (ASSISTANT, CHAT_TOKENS, END, SYSTEM, USER, ChatTemplate, Message,
-                      read_conversations, read_records, trim_history)
+from gpt.post.chat import (ASSISTANT, CHAT_TOKENS, END, SYSTEM, USER, ChatTemplate, Message,
+                      read_conversations, read_records)
 from gpt.errors import UserError
 from gpt.model import GPT, GPTConfig
-from gpt.runtime import add_token_rows
+from gpt.reshape import grow_vocab
 from gpt.tokenizer import CharTokenizer, load_gpt2, tokenizer_from_dict, train_bpe_tokenizer
 
 TEXT = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,?!:<>|0123456789\n"
@@ -160,10 +160,10 @@ def test_history_is_trimmed_from_the_oldest_exchange_keeping_system_and_the_last
         turns += [Message("user", f"question {i}"), Message("assistant", f"answer {i}")]
     messages = [system, *turns, Message("user", "last")]
     full = len(template.prompt(messages))
-    assert trim_history(template, messages, full) == messages
-    trimmed = trim_history(template, messages, full - 1)
+    assert template.trim_history(messages, full) == messages
+    trimmed = template.trim_history(messages, full - 1)
     assert trimmed == [system, *turns[2:], messages[-1]]  # one exchange fewer
-    assert trim_history(template, messages, 1) == [system, messages[-1]]  # never less than the last turn
+    assert template.trim_history(messages, 1) == [system, messages[-1]]  # never less than the last turn
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def test_growing_the_vocabulary_keeps_every_old_logit(vocab_multiple):
     with torch.no_grad():
         model.transformer.wte.weight.add_(torch.randn_like(model.transformer.wte.weight))
     ids = torch.randint(0, 30, (2, 10))
-    grown = add_token_rows(model, 30, 34, vocab_multiple).eval()
+    grown = grow_vocab(model, 30, 34, vocab_multiple).eval()
     assert grown.config.vocab_size == (34 if vocab_multiple == 1 else 40)
     assert grown.lm_head.weight is grown.transformer.wte.weight  # still tied
     before = model(ids, all_logits=True)[0]
@@ -193,5 +193,5 @@ def test_growing_the_vocabulary_keeps_every_old_logit(vocab_multiple):
     assert (new_logits > before.min(-1, keepdim=True).values).all()
     # Padding rows a model already has are used in place, and nothing to add is a no-op.
     roomy = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16))
-    assert add_token_rows(roomy, 30, 34).config.vocab_size == 40
-    assert add_token_rows(model, 30, 30) is model
+    assert grow_vocab(roomy, 30, 34).config.vocab_size == 40
+    assert grow_vocab(model, 30, 30) is model

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from gpt.chat import ChatTemplate
-from gpt.chat_data import ChatData, jsonl_files, pack
+from gpt.post.chat import ChatTemplate
+from gpt.datasets import jsonl_files
+from gpt.post.chat_data import ChatData, pack
 from gpt.datasets import TextData, open_training_data
 from gpt.errors import UserError
 from gpt.model import GPT, GPTConfig
@@ -121,7 +122,7 @@ def test_the_loss_counts_answers_or_everything_and_validation_always_the_answers
     everything = ChatData(chat.folder, chat.meta, chat.tokenizer, loss_on="all")
     assert not torch.allclose(everything.loss(model, batch), masked)
     assert torch.allclose(everything.metrics(model, batch)["loss"], masked)  # comparable across loss_on
-    assert chat.bits_per_byte("val", 1.0) is None and chat.chat_template.end_id == chat.template.end_id
+    assert chat.bits_per_byte("val", 1.0) is None and chat.checkpoint_extras() == {"chat_template": chat.template.to_dict()}
 
 
 def test_validation_share_and_separate_file_and_the_cache(tmp_path):
@@ -165,7 +166,7 @@ def test_overlong_conversations_are_left_out_and_reported(tmp_path):
 def test_text_jsonl_is_plain_text_and_other_data_is_not_jsonl(tmp_path):
     path = write_jsonl(tmp_path / "texts.jsonl", [{"text": "hello world " * 30}, {"text": "good night " * 30}])
     data = open_training_data(config(tmp_path, path), "char", progress=False)
-    assert isinstance(data, TextData) and data.chat_template is None
+    assert isinstance(data, TextData) and data.checkpoint_extras() == {}
     assert "<" not in data.tokenizer.to_dict()["chars"]  # joined by a blank line, not a marker, for char tokens
     assert data.split_size("train")[0] + data.split_size("val")[0] == len("hello world " * 30 + "\n\n" + "good night " * 30)
     with pytest.raises(UserError, match="val_data"):

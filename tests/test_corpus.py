@@ -46,7 +46,7 @@ def test_chunk_cuts_keep_gpt2_encoding(tmp_path):
     text += make_text(5, 500) + "x\n\n\ny\r\nz\n  w\n"
     src = tmp_path / "t.txt"
     src.write_bytes(text.encode("utf-8"))
-    chunks = [c for _, c in corpus._read_chunks(src, 0, src.stat().st_size, 2000)]
+    chunks = [c for _, c in corpus.read_chunks(src, 0, src.stat().st_size, 2000)]
     assert len(chunks) > 20 and b"".join(chunks) == text.encode("utf-8")
     pieces = [t for c in chunks for t in enc.encode_ordinary(c.decode("utf-8"))]
     assert pieces == enc.encode_ordinary(text)
@@ -56,7 +56,7 @@ def test_chunks_without_newlines_cut_at_character_boundaries(tmp_path):
     text = "é日🙂a" * 500  # no newline at all: cuts fall back to UTF-8 boundaries
     src = tmp_path / "t.txt"
     src.write_text(text, encoding="utf-8")
-    chunks = [c for _, c in corpus._read_chunks(src, 0, src.stat().st_size, 100)]
+    chunks = [c for _, c in corpus.read_chunks(src, 0, src.stat().st_size, 100)]
     assert len(chunks) > 10
     assert "".join(c.decode("utf-8") for c in chunks) == text
 

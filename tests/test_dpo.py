@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gpt import tasks
-from gpt.chat import ChatTemplate, Message
-from gpt.dpo import PreferenceData, dpo_loss, pair_from_json, read_pairs, sequence_logprobs
+from gpt.post.tasks import cli
+from gpt.post.chat import ChatTemplate, Message
+from gpt.post.dpo import PreferenceData, dpo_loss, pair_from_json, read_pairs, sequence_logprobs
 from gpt.errors import UserError
 from gpt.model import GPT, GPTConfig
 from gpt.tokenizer import CharTokenizer
@@ -108,8 +108,8 @@ def test_the_suite_makes_pairs_of_a_right_and_a_plausible_wrong_answer(tmp_path,
     names = "reverse,uppercase,add,sort_numbers,spell"
     common = ["--seed=7", "--train_per_task=40", "--val_per_task=5", "--test_per_task=5", f"--tasks={names}",
               "--held_out=spell"]
-    assert tasks.main(["make", f"--out={tmp_path / 'suite'}", *common]) == 0
-    assert tasks.main(["pairs", f"--out={tmp_path / 'pairs'}", "--pairs_per_task=30", *common]) == 0
+    assert cli.main(["make", f"--out={tmp_path / 'suite'}", *common]) == 0
+    assert cli.main(["pairs", f"--out={tmp_path / 'pairs'}", "--pairs_per_task=30", *common]) == 0
     suite = {split: [json.loads(line) for line in (tmp_path / "suite" / f"{split}.jsonl").read_text().splitlines()]
              for split in ("train", "val", "test")}
     pairs = {split: read_pairs(tmp_path / "pairs" / f"{split}.jsonl") for split in ("train", "val", "test")}
@@ -137,7 +137,7 @@ def test_the_suite_makes_pairs_of_a_right_and_a_plausible_wrong_answer(tmp_path,
 
 def _refused(argv: list[str], capsys) -> str:
     capsys.readouterr()
-    assert tasks.main(argv) == 2
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     return err
@@ -191,8 +191,8 @@ def tuned(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("dpo")
     common = ["--train_per_task=200", "--val_per_task=16", "--test_per_task=8", "--tasks=length,compare,copy",
               "--held_out=copy"]
-    assert tasks.main(["make", f"--out={root / 'suite'}", *common]) == 0
-    assert tasks.main(["pairs", f"--out={root / 'pairs'}", "--pairs_per_task=200", *common]) == 0
+    assert cli.main(["make", f"--out={root / 'suite'}", *common]) == 0
+    assert cli.main(["pairs", f"--out={root / 'pairs'}", "--pairs_per_task=200", *common]) == 0
     assert train([f"--data={root / 'suite' / 'train.jsonl'}", f"--val_data={root / 'suite' / 'val.jsonl'}",
                   *_args(root, "sft", "--max_iters=40", "--eval_interval=40", "--learning_rate=5e-3")]) == 0
     return root
@@ -217,12 +217,12 @@ def test_a_short_dpo_run_raises_held_out_preference_accuracy(tuned, capsys):
     assert {"val_chosen_logp", "val_rejected_logp", "train_accuracy"} <= set(end)
     # The scorer on the whole held-out file: the reference is found from the run's init_from.
     capsys.readouterr()
-    assert tasks.main(["eval", f"--ckpt={tuned / 'dpo'}", f"--data={tuned / 'pairs' / 'val.jsonl'}", "--json"]) == 0
+    assert cli.main(["eval", f"--ckpt={tuned / 'dpo'}", f"--data={tuned / 'pairs' / 'val.jsonl'}", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["reference"] == str(tuned / "sft" / "best.pt") and report["beta"] == 0.1
     assert report["accuracy"] >= 0.75 and report["n"] + report["too_long"] == 32
     assert set(report["mistakes"]) <= {"off_by_one", "run_on", "task_mistake"}
-    assert tasks.main(["eval", f"--ckpt={tuned / 'sft'}", f"--data={tuned / 'pairs' / 'val.jsonl'}", "--json"]) == 0
+    assert cli.main(["eval", f"--ckpt={tuned / 'sft'}", f"--data={tuned / 'pairs' / 'val.jsonl'}", "--json"]) == 0
     before = json.loads(capsys.readouterr().out)
     assert before["reference"] is None and "accuracy" not in before
     assert report["prefers_chosen"] > before["prefers_chosen"]
@@ -259,12 +259,12 @@ def test_preference_tuning_needs_a_starting_model(tuned, capsys):
 
 
 def test_with_lora_the_reference_is_the_model_with_its_adapter_off(one_thread):
-    lora = pytest.importorskip("gpt.lora")
-    from gpt.dpo import frozen_copy
+    from gpt.post import adapters, lora
+    from gpt.post.dpo import frozen_copy
 
     data, model = _pairs_data()
     before = frozen_copy(model)  # the starting model, kept here only to check against
-    lora.attach(model, lora.LoRASettings(rank=2, alpha=4.0))
+    adapters.attach(model, lora.LoRASettings(rank=2, alpha=4.0))
     said: list[str] = []
     data.use_starting_model(model, SimpleNamespace(init_from="a test model"), resumed=False, log=said.append)
     assert "adapter switched off (no second copy in memory)" in said[0] and data.reference_model is None
@@ -280,7 +280,7 @@ def test_with_lora_the_reference_is_the_model_with_its_adapter_off(one_thread):
     with torch.no_grad():
         policy = sequence_logprobs(model(x, all_logits=True)[0], y)
         starting = sequence_logprobs(before(x, all_logits=True)[0], y)
-        with lora.adapters_disabled(model):
+        with adapters.adapters_disabled(model):
             adapter_off = sequence_logprobs(model(x, all_logits=True)[0], y)
     reference = data.reference_logprobs(x, y)
     assert torch.allclose(reference, adapter_off) and torch.allclose(reference, starting, atol=1e-5)

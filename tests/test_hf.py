@@ -349,7 +349,7 @@ def test_export_command_writes_a_folder_that_loads_back_the_same(tmp_path, capsy
     import dataclasses
 
     from gpt.checkpoint import load_model, save_checkpoint
-    from gpt.hf import main
+    from gpt.hf_export import main
     from gpt.tokenizer import CharTokenizer
 
     tokenizer = CharTokenizer("hello world\n")

@@ -1,4 +1,4 @@
-"""LoRA adapters (gpt/lora.py): a fresh adapter is a no-op, only adapters train, the switch back to the base is
+"""LoRA adapters (gpt/post/lora.py, adapters.py, adapter_files.py, export.py): a fresh adapter is a no-op, only adapters train, the switch back to the base is
 exact, merging equals not merging, adapter files round-trip and find their base, one base serves several adapters,
 and Hugging Face peft (an outside oracle) computes our logits from the exported adapter.
 
@@ -22,10 +22,11 @@ import pytest
 import torch
 
 from gpt import checkpoint as ckpt_io
-from gpt import lora
+from gpt.post import adapter_files, adapters, export, lora
 from gpt.errors import UserError
 from gpt.model import GPT, GPTConfig
 from gpt.optim import make_optimizer
+from gpt.reshape import grow_vocab
 from gpt.runtime import training_flops_per_token
 from gpt.trainer import TrainConfig
 from gpt.trainer import main as train_main
@@ -104,7 +105,7 @@ def test_a_fresh_adapter_is_a_no_op_and_only_its_parameters_train():
     model = random_gpt(bias=True)
     ids = tiny_ids(30)
     before = logits_of(model, ids)
-    lora.attach(model, lora.LoRASettings(rank=4, targets=("attn", "mlp", "wte")))
+    adapters.attach(model, lora.LoRASettings(rank=4, targets=("attn", "mlp", "wte")))
     assert torch.equal(logits_of(model, ids), before)  # B = 0: exactly the base's logits
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(name.rsplit(".", 1)[1] in ("lora_A", "lora_B") for name in trainable)
@@ -119,7 +120,7 @@ def test_a_fresh_adapter_is_a_no_op_and_only_its_parameters_train():
 def test_training_changes_the_adapters_and_nothing_of_the_base():
     model = random_gpt()
     base = {name: t.clone() for name, t in model.state_dict().items()}
-    lora.attach(model, lora.LoRASettings(rank=2, targets=("attn", "mlp", "wte")))
+    adapters.attach(model, lora.LoRASettings(rank=2, targets=("attn", "mlp", "wte")))
     optimizer = make_optimizer(model, TrainConfig(learning_rate=1e-2, weight_decay=0.1))
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len([p for p in model.parameters() if p.requires_grad])
     model.train()
@@ -139,15 +140,15 @@ def test_adapters_disabled_gives_the_base_logits_exactly_and_merge_gives_the_ada
     model = random_gpt(bias=True)
     ids = tiny_ids(30)
     base_logits = logits_of(model, ids)
-    lora.attach(model, lora.LoRASettings(rank=3, alpha=5.0, targets=("attn", "mlp", "wte")))
+    adapters.attach(model, lora.LoRASettings(rank=3, alpha=5.0, targets=("attn", "mlp", "wte")))
     randomize_adapters(model)
     adapted = logits_of(model, ids)
     assert not torch.allclose(adapted, base_logits, atol=1e-3)
-    with lora.adapters_disabled(model):
+    with adapters.adapters_disabled(model):
         assert torch.equal(logits_of(model, ids), base_logits)  # the frozen reference of DPO, exactly
     assert torch.equal(logits_of(model, ids), adapted)  # switched back on after the block
-    lora.merge_adapter(model)
-    assert lora.attached(model) is None and not any("lora" in n for n in model.state_dict())
+    adapters.merge_adapter(model)
+    assert adapters.attached(model) is None and not any("lora" in n for n in model.state_dict())
     assert model.lm_head.weight is model.transformer.wte.weight  # still tied, the embedding's change merged once
     torch.testing.assert_close(logits_of(model, ids), adapted, rtol=1e-5, atol=1e-5)
 
@@ -157,24 +158,24 @@ def test_adapters_disabled_is_the_frozen_reference_of_preference_tuning_without_
     ids = tiny_ids(30)
     base_logits = logits_of(model, ids)
     with pytest.raises(ValueError, match="no adapter"):  # no base inside a plain model: the caller keeps a copy
-        with lora.adapters_disabled(model):
+        with adapters.adapters_disabled(model):
             pass
-    lora.attach(model, lora.LoRASettings(rank=2, targets=("attn", "mlp", "wte")))
+    adapters.attach(model, lora.LoRASettings(rank=2, targets=("attn", "mlp", "wte")))
     randomize_adapters(model)
     before = {name: p.data_ptr() for name, p in model.state_dict().items()}
     model.train()
     # One step as DPO takes it: the policy's log-probabilities with gradients, the reference's without, in one model.
     policy = torch.log_softmax(model(ids, all_logits=True)[0], -1)
-    with torch.no_grad(), lora.adapters_disabled(model):
+    with torch.no_grad(), adapters.adapters_disabled(model):
         reference = torch.log_softmax(model(ids, all_logits=True)[0], -1)
     assert torch.equal(reference, torch.log_softmax(base_logits, -1))
     (policy - reference).sum().backward()
     assert all((p.grad is not None) == p.requires_grad for p in model.parameters())  # the adapters' gradients only
     assert {name: p.data_ptr() for name, p in model.state_dict().items()} == before  # nothing copied or moved
     with pytest.raises(RuntimeError, match="inside"):  # switched back on however the block ends
-        with lora.adapters_disabled(model):
+        with adapters.adapters_disabled(model):
             raise RuntimeError("inside")
-    assert all(layer.enabled for _, layer in lora.lora_layers(model))
+    assert all(layer.enabled for _, layer in adapters.lora_layers(model))
 
 
 def test_remove_adapter_restores_the_plain_model():
@@ -182,11 +183,11 @@ def test_remove_adapter_restores_the_plain_model():
     ids = tiny_ids(30)
     before = logits_of(model, ids)
     layers = {name: module for name, module in model.named_modules()}
-    lora.attach(model, lora.LoRASettings(rank=2, targets=("attn.c_attn", "wte")))
+    adapters.attach(model, lora.LoRASettings(rank=2, targets=("attn.c_attn", "wte")))
     with pytest.raises(ValueError, match="already carries"):
-        lora.attach(model, lora.LoRASettings(rank=2))
+        adapters.attach(model, lora.LoRASettings(rank=2))
     randomize_adapters(model)
-    lora.remove_adapter(model)
+    adapters.remove_adapter(model)
     assert all(p.requires_grad for p in model.parameters())
     assert {name: module for name, module in model.named_modules()} == layers  # the very same layers
     assert torch.equal(logits_of(model, ids), before)
@@ -197,13 +198,13 @@ def test_rows_of_tokens_new_to_the_base_train_with_the_adapter_and_come_back_fro
     old_ids = tiny_ids(30)
     base_logits = logits_of(base, old_ids)
     def grow(model):  # as the data's code gives a model rows for 3 new special tokens
-        model = lora.with_vocab_size(model, 33)
+        model = grow_vocab(model, 30, 33)
         with torch.no_grad():
             model.transformer.wte.weight[30:] = torch.randn(3, 16) * 0.02
         return model
 
-    grown = lora.attach(copy.deepcopy(base), lora.LoRASettings(rank=2, targets=("attn",)))
-    grown = lora.with_new_token_rows(grown, 30, grow)
+    grown = adapters.attach(copy.deepcopy(base), lora.LoRASettings(rank=2, targets=("attn",)))
+    grown = adapter_files.with_new_token_rows(grown, 30, grow)
     rows = grown.transformer.wte.new_rows
     assert rows.shape == (3, 16) and rows.requires_grad and grown.lm_head.new_rows is rows  # tied, as the matrix
     # The old tokens' logits are still the base's.
@@ -218,17 +219,17 @@ def test_rows_of_tokens_new_to_the_base_train_with_the_adapter_and_come_back_fro
         optimizer.zero_grad()
     assert torch.equal(grown.transformer.wte.weight, frozen) and not torch.equal(rows[:, :], frozen[30:])
     adapted = logits_of(grown, ids)
-    with lora.adapters_disabled(grown):  # the run's starting model, the new tokens' rows included
+    with adapters.adapters_disabled(grown):  # the run's starting model, the new tokens' rows included
         assert torch.equal(logits_of(grown, ids), at_start)
     # The adapter file holds the new rows: the base (30 tokens) + the file give the same model.
-    adapter = lora.Adapter(lora.LoRASettings(rank=2, targets=("attn",)), lora.adapter_weights(grown),
-                           {"fingerprint": lora.fingerprint(base)}, dataclasses.asdict(grown.config), None, {}, 30)
+    adapter = adapter_files.Adapter(lora.LoRASettings(rank=2, targets=("attn",)), adapters.adapter_weights(grown),
+                           {"fingerprint": adapter_files.fingerprint(base)}, dataclasses.asdict(grown.config), None, {}, 30)
     assert "transformer.wte.new_rows" in adapter.weights
-    assert torch.equal(logits_of(lora.adapted_model(base, adapter), ids), adapted)
-    lora.merge_adapter(grown)
+    assert torch.equal(logits_of(adapter_files.adapted_model(base, adapter), ids), adapted)
+    adapters.merge_adapter(grown)
     torch.testing.assert_close(logits_of(grown, ids), adapted, rtol=1e-5, atol=1e-5)
     with pytest.raises(UserError, match="grown vocabulary"):
-        lora.check_exportable(adapter)  # peft's adapters over the base have no rows for new tokens
+        export.check_exportable(adapter)  # peft's adapters over the base have no rows for new tokens
 
 
 @pytest.mark.parametrize("targets, model_changes, needles", [
@@ -239,11 +240,11 @@ def test_rows_of_tokens_new_to_the_base_train_with_the_adapter_and_come_back_fro
 def test_targets_that_name_no_layer_are_one_line_errors_listing_the_valid_ones(targets, model_changes, needles):
     model = random_gpt(**model_changes)
     with pytest.raises(UserError) as e:
-        lora.attach(model, lora.LoRASettings(rank=2, targets=targets))
+        adapters.attach(model, lora.LoRASettings(rank=2, targets=targets))
     assert "\n" not in str(e.value)
     for needle in needles:
         assert needle in str(e.value)
-    assert lora.attached(model) is None and all(p.requires_grad for p in model.parameters())  # nothing changed
+    assert adapters.attached(model) is None and all(p.requires_grad for p in model.parameters())  # nothing changed
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -262,12 +263,12 @@ def test_an_adapter_run_saves_only_the_adapter_and_its_base(runs):
     moments = ckpt["optimizer"]["state"]
     assert len(moments) == 16 and all(m["exp_avg"].shape in {(4, 16), (4, 64), (48, 4), (16, 4), (64, 4)}
                                       for m in moments.values())  # optimizer state for the adapters only
-    adapter = lora.read_adapter(runs / "adapter_a")
+    adapter = adapter_files.read_adapter(runs / "adapter_a")
     assert adapter.settings == lora.LoRASettings(rank=4, alpha=8.0, dropout=0.0, targets=("attn", "mlp"))
     assert adapter.base["path"] == str((runs / "base" / "best.pt").resolve())
     assert adapter.base["from_out_dir"] == os.path.join("..", "base", "best.pt")
     base = ckpt_io.load_model(runs / "base")
-    assert adapter.base["fingerprint"] == lora.fingerprint(base.model)
+    assert adapter.base["fingerprint"] == adapter_files.fingerprint(base.model)
     # The base is exactly what it was, and the loaded adapter carries it unchanged under the trained adapter.
     loaded = ckpt_io.load_model(runs / "adapter_a")
     assert loaded.base_path == (runs / "base" / "best.pt").resolve()
@@ -280,9 +281,9 @@ def test_an_adapter_run_saves_only_the_adapter_and_its_base(runs):
 
 def test_an_adapter_file_round_trips_into_the_model_it_was(runs):
     loaded = ckpt_io.load_model(runs / "adapter_b")
-    assert lora.attached(loaded.model).settings.targets == ("attn.c_attn", "wte")
-    by_hand = lora.attach(ckpt_io.load_model(runs / "base").model, lora.LoRASettings(rank=2, targets=("attn.c_attn", "wte")))
-    lora.load_adapter_weights(by_hand, lora.read_adapter(runs / "adapter_b").weights)
+    assert adapters.attached(loaded.model).settings.targets == ("attn.c_attn", "wte")
+    by_hand = adapters.attach(ckpt_io.load_model(runs / "base").model, lora.LoRASettings(rank=2, targets=("attn.c_attn", "wte")))
+    adapters.load_adapter_weights(by_hand, adapter_files.read_adapter(runs / "adapter_b").weights)
     ids = tiny_ids(loaded.model.config.vocab_size)
     assert torch.equal(logits_of(loaded.model, ids), logits_of(by_hand, ids))
     assert loaded.tokenizer.to_dict() == ckpt_io.load_model(runs / "base").tokenizer.to_dict()
@@ -293,19 +294,19 @@ def test_one_base_switches_between_adapters_without_reloading(runs):
     ids = tiny_ids(base.config.vocab_size)
     base_logits = logits_of(base, ids)
     weights = [p for p in base.parameters()]
-    a, b = lora.read_adapter(runs / "adapter_a"), lora.read_adapter(runs / "adapter_b")
+    a, b = adapter_files.read_adapter(runs / "adapter_a"), adapter_files.read_adapter(runs / "adapter_b")
     expected = {name: logits_of(ckpt_io.load_model(runs / name).model, ids) for name in ("adapter_a", "adapter_b")}
     for adapter, name in ((a, "adapter_a"), (b, "adapter_b"), (a, "adapter_a")):
-        lora.use_adapter(base, adapter)
+        adapter_files.use_adapter(base, adapter)
         assert torch.equal(logits_of(base, ids), expected[name])
-    with lora.adapters_disabled(base):
+    with adapters.adapters_disabled(base):
         assert torch.equal(logits_of(base, ids), base_logits)
-    lora.remove_adapter(base)
+    adapters.remove_adapter(base)
     assert torch.equal(logits_of(base, ids), base_logits)
     assert all(p is q for p, q in zip(base.parameters(), weights))  # the same tensors all along: nothing reloaded
     other = random_gpt(vocab_size=base.config.vocab_size)
     with pytest.raises(UserError, match="trained on another base"):
-        lora.use_adapter(other, a)
+        adapter_files.use_adapter(other, a)
 
 
 def test_resuming_an_adapter_run_continues_it_exactly_in_bfloat16(runs, tmp_path):
@@ -327,7 +328,7 @@ def test_resuming_an_adapter_run_continues_it_exactly_in_bfloat16(runs, tmp_path
 
 def test_merge_writes_a_plain_checkpoint_with_the_adapted_logits(runs, tmp_path, capsys):
     out = tmp_path / "merged.pt"
-    assert lora.main(["merge", "--ckpt", str(runs / "adapter_b"), "--out", str(out)]) == 0
+    assert export.main(["merge", "--ckpt", str(runs / "adapter_b"), "--out", str(out)]) == 0
     state = ckpt_io.load_checkpoint(out)
     assert "adapter" not in state and "optimizer" not in state and "model" in state
     merged, adapted = ckpt_io.load_model(out), ckpt_io.load_model(runs / "adapter_b")
@@ -335,12 +336,12 @@ def test_merge_writes_a_plain_checkpoint_with_the_adapted_logits(runs, tmp_path,
     torch.testing.assert_close(logits_of(merged.model, ids), logits_of(adapted.model, ids), rtol=1e-5, atol=1e-5)
     before = out.read_bytes()
     capsys.readouterr()
-    assert lora.main(["merge", "--ckpt", str(runs / "adapter_a"), "--out", str(out)]) == 2
+    assert export.main(["merge", "--ckpt", str(runs / "adapter_a"), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err and out.read_bytes() == before  # nothing overwritten
 
 
 def test_a_hugging_face_folder_is_a_base_too_and_gpt_hf_exports_an_adapter_run_merged(runs, tmp_path):
-    from gpt import hf
+    from gpt import hf_export as hf
 
     folder = tmp_path / "hf"
     assert hf.main(["--ckpt", str(runs / "adapter_a"), "--out", str(folder)]) == 0  # base + adapter, merged
@@ -351,7 +352,7 @@ def test_a_hugging_face_folder_is_a_base_too_and_gpt_hf_exports_an_adapter_run_m
     assert train_main(run_args(tmp_path, text, "over_hf", f"--init_from={folder}", "--lora_rank=2",
                                "--max_iters=2", "--eval_interval=2")) == 0
     loaded = ckpt_io.load_model(tmp_path / "over_hf")
-    assert loaded.base_path == folder.resolve() and lora.attached(loaded.model).settings.rank == 2
+    assert loaded.base_path == folder.resolve() and adapters.attached(loaded.model).settings.rank == 2
 
 
 def test_inference_options_fold_the_adapter_in_first(runs):
@@ -361,7 +362,7 @@ def test_inference_options_fold_the_adapter_in_first(runs):
     adapted = logits_of(ckpt_io.load_model(runs / "adapter_a").model, ids)
     for weights in ("float32", "int8"):  # int8 converts nn.Linear layers: an adapter's own would stay float
         model = prepare_for_inference(ckpt_io.load_model(runs / "adapter_a").model, weights)
-        assert lora.attached(model) is None and not list(lora.lora_layers(model))
+        assert adapters.attached(model) is None and not list(adapters.lora_layers(model))
         torch.testing.assert_close(logits_of(model, ids), adapted, rtol=0, atol=1e-5 if weights == "float32" else 0.1)
 
 
@@ -388,7 +389,7 @@ def write_conversations(path: Path, seed: int, count: int = 200) -> Path:
 
 
 def test_adapters_tune_on_conversations_from_a_text_base_and_over_an_instruction_tuned_run(runs, tmp_path, capsys):
-    from gpt import tasks
+    from gpt.post.tasks import cli
     from gpt.generate import main as sample_main
 
     chats, test = write_conversations(tmp_path / "chats.jsonl", 8), write_conversations(tmp_path / "test.jsonl", 9, 12)
@@ -407,7 +408,7 @@ def test_adapters_tune_on_conversations_from_a_text_base_and_over_an_instruction
     chat = ckpt_io.load_model(tmp_path / "chat")
     assert chat.chat_template is not None and chat.tokenizer.special_tokens == chat.chat_template.tokenizer.special_tokens
     ids = tiny_ids(known)
-    with lora.adapters_disabled(chat.model):  # the known tokens' logits are the base's
+    with adapters.adapters_disabled(chat.model):  # the known tokens' logits are the base's
         torch.testing.assert_close(logits_of(chat.model, ids)[..., :known], logits_of(base.model, ids), rtol=0, atol=1e-6)
     # sample.py --chat, and the task scorer, through the adapter (found from it, or applied to the base named).
     args = ["--chat", "--prompt=dog", "--temperature=0", "--max_new_tokens=4", "--stream=false"]
@@ -415,11 +416,11 @@ def test_adapters_tune_on_conversations_from_a_text_base_and_over_an_instruction
     answer = capsys.readouterr().out
     assert sample_main([f"--ckpt={runs / 'base'}", f"--adapter={tmp_path / 'chat'}", *args]) == 0
     assert capsys.readouterr().out == answer and "<|" not in answer
-    assert tasks.main(["eval", f"--ckpt={runs / 'base'}", f"--adapter={tmp_path / 'chat'}", f"--data={test}",
+    assert cli.main(["eval", f"--ckpt={runs / 'base'}", f"--adapter={tmp_path / 'chat'}", f"--data={test}",
                        "--json", "--max_new_tokens=4", "--progress=false"]) == 0
     assert json.loads(capsys.readouterr().out)["prompting"] == "chat template"
     # Merged: a plain chat model with the same logits and template.
-    assert lora.main(["merge", "--ckpt", str(tmp_path / "chat"), "--out", str(tmp_path / "merged.pt")]) == 0
+    assert export.main(["merge", "--ckpt", str(tmp_path / "chat"), "--out", str(tmp_path / "merged.pt")]) == 0
     merged = ckpt_io.load_model(tmp_path / "merged.pt")
     assert merged.chat_template.to_dict() == chat.chat_template.to_dict()
     ids = tiny_ids(merged.model.config.vocab_size)
@@ -469,7 +470,7 @@ def test_an_adapter_needs_a_trained_model_and_keeps_its_settings_on_resume(runs,
 
 
 def test_an_adapter_finds_its_base_or_says_which_one_it_needs(runs, tmp_path):
-    fingerprint = lora.read_adapter(runs / "adapter_a").base["fingerprint"][:12]
+    fingerprint = adapter_files.read_adapter(runs / "adapter_a").base["fingerprint"][:12]
     # The base and the adapter moved together (and the recorded path is gone): found beside the adapter's out_dir.
     moved = tmp_path / "moved"
     shutil.copytree(runs / "base", moved / "base")
@@ -497,21 +498,21 @@ def test_an_adapter_finds_its_base_or_says_which_one_it_needs(runs, tmp_path):
     assert ckpt_io.load_model(moved / "adapter_a", base=moved / "base").base_path == moved / "base" / "best.pt"
     with pytest.raises(UserError, match="no longer at"):
         ckpt_io.load_model(moved / "adapter_a" / "best.pt", base=None) if False else \
-            lora.find_base(dataclasses.replace(lora.read_adapter(moved / "adapter_a"), path=None))
+            adapter_files.find_base(dataclasses.replace(adapter_files.read_adapter(moved / "adapter_a"), path=None))
     with pytest.raises(UserError, match="not an adapter"):
-        lora.read_adapter(runs / "base")
+        adapter_files.read_adapter(runs / "base")
     with pytest.raises(UserError, match="give the base once"):
         ckpt_io.load_model(runs / "base", adapter=runs / "adapter_a", base=runs / "base")
 
 
 def test_merge_and_export_refuse_what_they_cannot_do(runs, tmp_path, capsys):
-    error = _one_line_error(capsys, lora.main(["merge", "--ckpt", str(runs / "base"), "--out", str(tmp_path / "m.pt")]))
+    error = _one_line_error(capsys, export.main(["merge", "--ckpt", str(runs / "base"), "--out", str(tmp_path / "m.pt")]))
     assert "not an adapter" in error and not (tmp_path / "m.pt").exists()
-    error = _one_line_error(capsys, lora.main(["export", "--ckpt", str(runs / "adapter_b"), "--out", str(tmp_path / "p")]))
+    error = _one_line_error(capsys, export.main(["export", "--ckpt", str(runs / "adapter_b"), "--out", str(tmp_path / "p")]))
     assert "wte" in error and "merge" in error and not (tmp_path / "p").exists()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    error = _one_line_error(capsys, lora.main(["export", "--ckpt", str(runs / "adapter_a"), "--out", str(tmp_path / "full")]))
+    error = _one_line_error(capsys, export.main(["export", "--ckpt", str(runs / "adapter_a"), "--out", str(tmp_path / "full")]))
     assert "not empty" in error and (tmp_path / "full" / "keep.txt").read_text() == "mine"
 
 
@@ -522,7 +523,7 @@ def test_merge_and_export_refuse_what_they_cannot_do(runs, tmp_path, capsys):
 def test_peft_loads_the_exported_adapter_onto_the_exported_base_and_computes_our_logits(runs, tmp_path):
     transformers = pytest.importorskip("transformers", reason="transformers (dev extra) is the outside oracle here")
     peft = pytest.importorskip("peft", reason="peft (dev extra) is the outside oracle here")
-    assert lora.main(["export", "--ckpt", str(runs / "adapter_a"), "--out", str(tmp_path / "peft"),
+    assert export.main(["export", "--ckpt", str(runs / "adapter_a"), "--out", str(tmp_path / "peft"),
                       "--base_out", str(tmp_path / "hf_base")]) == 0
     ours = ckpt_io.load_model(runs / "adapter_a").model
     hf_base = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf_base").eval()
@@ -533,6 +534,6 @@ def test_peft_loads_the_exported_adapter_onto_the_exported_base_and_computes_our
         with hf.disable_adapter():
             theirs_base = hf(ids).logits
     torch.testing.assert_close(theirs, logits_of(ours, ids), rtol=1e-4, atol=1e-5)
-    with lora.adapters_disabled(ours):
+    with adapters.adapters_disabled(ours):
         torch.testing.assert_close(theirs_base, logits_of(ours, ids), rtol=1e-4, atol=1e-5)
     assert not torch.allclose(theirs, theirs_base, atol=1e-4)  # the adapter matters

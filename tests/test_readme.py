@@ -42,7 +42,7 @@ TOOLS = {
     "sample.py": "gpt.generate:SampleConfig",
     "gpt.evaluate": "gpt.evaluate:EvalConfig",
     "gpt.data": "gpt.data:PrepareConfig",
-    "gpt.hf": "gpt.hf:ExportConfig",
+    "gpt.hf": "gpt.hf_export:ExportConfig",
     "gpt.serve": "gpt.serve.app:ServeConfig",
 }
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from gpt import checkpoint as ckpt_io
-from gpt import tasks
-from gpt.chat import ChatTemplate, Message
+from gpt.post.tasks import cli
+from gpt.post.chat import ChatTemplate, Message
 from gpt.trainer import main as train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def tiny(root: Path, out: str, *extra: str) -> list[str]:
 def runs(tmp_path_factory) -> Path:
     """The suite, an untuned model (one step) and the same model tuned for 300 steps."""
     root = tmp_path_factory.mktemp("sft")
-    assert tasks.main(["make", f"--out={root / 'suite'}", f"--tasks={SUITE_TASKS}", "--held_out=max_number",
+    assert cli.main(["make", f"--out={root / 'suite'}", f"--tasks={SUITE_TASKS}", "--held_out=max_number",
                        "--train_per_task=400", "--val_per_task=20", "--test_per_task=25"]) == 0
     assert train(tiny(root, "untuned", "--max_iters=1", "--eval_interval=1")) == 0
     assert train(tiny(root, "tuned", "--max_iters=300", "--eval_interval=300")) == 0
@@ -46,7 +46,7 @@ def runs(tmp_path_factory) -> Path:
 
 def score(root: Path, run: str, capsys) -> dict:
     capsys.readouterr()
-    assert tasks.main(["eval", f"--ckpt={root / run}", f"--data={root / 'suite' / 'test.jsonl'}", "--json",
+    assert cli.main(["eval", f"--ckpt={root / run}", f"--data={root / 'suite' / 'test.jsonl'}", "--json",
                        "--max_new_tokens=8", "--progress=false"]) == 0
     return json.loads(capsys.readouterr().out)
 
@@ -140,7 +140,7 @@ def test_a_hugging_face_gpt2_folder_tunes_on_conversations(tmp_path):
 def test_chat_sampling_from_the_command_line(runs, capsys):
     items = [json.loads(line) for line in (runs / "suite" / "test.jsonl").read_text().splitlines()][:3]
     capsys.readouterr()
-    assert tasks.main(["eval", f"--ckpt={runs / 'tuned'}", f"--data={runs / 'suite' / 'test.jsonl'}", "--limit=3",
+    assert cli.main(["eval", f"--ckpt={runs / 'tuned'}", f"--data={runs / 'suite' / 'test.jsonl'}", "--limit=3",
                        "--max_new_tokens=8", "--progress=false", f"--answers={runs / 'answers.jsonl'}"]) == 0
     answers = [json.loads(line)["answer"] for line in (runs / "answers.jsonl").read_text().splitlines()]
     run = subprocess.run([sys.executable, "sample.py", f"--ckpt={runs / 'tuned'}", "--chat", "--temperature=0",

@@ -9,8 +9,10 @@ import random
 import re
 
 
-from gpt.chat import Conversation, Message, read_conversations
-from gpt.tasks import GROUPS, HELD_OUT_TASKS, TASKS, exact_match, main, make_suite, score
+from gpt.post.chat import Conversation, Message, read_conversations
+from gpt.post.tasks.cli import main
+from gpt.post.tasks.scoring import exact_match, score
+from gpt.post.tasks.suite import GROUPS, HELD_OUT_TASKS, TASKS, make_suite
 
 # An independent statement of each task's answer, from the fields read back out of its prompt.
 def _numbers(text: str) -> list[int]:

@@ -34,7 +34,7 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gpt.chat import ChatTemplate
+from gpt.post.chat import ChatTemplate
 from gpt.checkpoint import Loaded, load_model
 from gpt.config import parse_args, setting
 from gpt.device import pick_device, pick_dtype

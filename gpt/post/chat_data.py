@@ -24,14 +24,13 @@ Validation: a share of the conversations (val_fraction, picked by a hash of thei
 same whatever the order or the seed), or the conversations of separate files (val_data). Its loss counts the
 assistant's tokens only, with masking on or off, so runs with and without masking compare.
 
-Plain text in JSONL ({"text": ...} lines) is not a conversation: `jsonl_text_file` writes the texts out as one
-text file (joined by <|endoftext|>, or a blank line for char tokenizers) that gpt/data.py prepares as usual.
+The kind registers itself with the core (gpt/layers.py, `CONVERSATIONS`): train.py recognises conversation
+files by their first line and opens them here; plain {"text"} JSONL stays the core's (gpt/datasets.py).
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -42,12 +41,12 @@ import torch
 
 from gpt.atomic import write_text
 from gpt.bpe import EOT
-from gpt.chat import TEMPLATE, ChatTemplate, Conversation, read_records
-from gpt.corpus import NAMED_CORPORA, _file_hash, resolve_sources
-from gpt.data import (_BPE_SAMPLE_BYTES, _dtype_for, _is_fitted_spec, _tokenizer_digest,
-                      _trusted, cache_key, cached_folder)
-from gpt.datasets import TrainingData, data_paths
+from gpt.corpus import file_hash
+from gpt.data import (BPE_SAMPLE_BYTES, dtype_for, is_fitted_spec, tokenizer_digest,
+                      trusted_meta, cache_key, cached_folder)
+from gpt.datasets import TrainingData, held_out, jsonl_files
 from gpt.errors import UserError
+from gpt.post.chat import FORM_HELP, TEMPLATE, ChatTemplate, Conversation, read_records
 from gpt.tokenizer import (CharTokenizer, Tokenizer, from_json_data, load_tokenizer, to_json_data,
                            tokenizer_from_dict)
 
@@ -55,85 +54,8 @@ FORMAT_VERSION = 1
 LOSS_ON = ("assistant", "all")
 
 
-# ---------------------------------------------------------------------------------------------------
-# Recognising JSONL data
-
-
-def jsonl_files(data: str | list[str], include: str | None, data_dir: str | Path) -> list[Path] | None:
-    """The files of a data setting when every one of them is a .jsonl file (else None: plain text)."""
-    paths = data_paths(data)
-    if not paths or any(str(p) in NAMED_CORPORA for p in paths):
-        return None
-    if not any(p.is_dir() or (p.is_file() and p.suffix == ".jsonl") for p in paths):
-        return None
-    _, docs = resolve_sources([str(p) for p in paths], include, data_dir)
-    files = [d.path for d in docs]
-    return files if all(f.suffix == ".jsonl" for f in files) else None
-
-
-def jsonl_kind(files: list[Path]) -> str:
-    """"text", "conversations" or "pairs" (preference pairs): the kind of every file (each file's own lines are checked when read)."""
-    from gpt.chat import file_form
-
-    kinds = {}
-    for path in files:
-        form = file_form(path)
-        if form is not None:
-            kinds[path] = form if form in ("text", "pairs") else "conversations"
-    if not kinds:
-        raise UserError(f"{files[0]} holds no lines: give one JSON object per line")
-    first = next(iter(kinds.values()))
-    for path, kind in kinds.items():
-        if kind != first:
-            raise UserError(f"{path} holds {kind} but {next(iter(kinds))} holds {first}: train on one kind at a time")
-    return first
-
-
 def _sources(files: list[Path]) -> list[list[Any]]:
-    return [[str(f), f.stat().st_size, _file_hash(f)] for f in files]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Plain text in JSONL
-
-
-def _has_eot(tokenizer: str | Tokenizer) -> bool:
-    return tokenizer.eot_id is not None if isinstance(tokenizer, Tokenizer) else tokenizer != "char"
-
-
-def jsonl_text_file(files: list[Path], tokenizer: str | Tokenizer, data_dir: str | Path) -> Path:
-    """The texts of {"text"} JSONL files as one text file in the data cache, for gpt/data.py to prepare.
-
-    The texts are joined by <|endoftext|> where the tokenizer has it (documents keep their boundaries, as
-    files do), else by a blank line.
-    """
-    separator = EOT if _has_eot(tokenizer) else "\n\n"
-    name = files[0].stem if len(files) == 1 else files[0].parent.name
-    key = cache_key({"format": FORMAT_VERSION, "sources": _sources(files), "separator": separator})
-    text_name = f"{name}.txt"
-
-    def build(tmp: Path) -> dict:
-        texts = []
-        for path in files:
-            form, records = read_records(path)
-            texts += [r for r in records if isinstance(r, str) and r]
-        if not texts:
-            raise UserError(f"{files[0]}: every text is empty: give some text")
-        write_text(tmp / text_name, separator.join(texts))
-        meta = {"key": key, "complete": True, "texts": len(texts)}
-        write_text(tmp / "meta.json", json.dumps(meta) + "\n")
-        return meta
-
-    def trusted(folder: Path, key_: str) -> dict | None:
-        try:
-            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        ok = meta.get("key") == key_ and meta.get("complete") is True and (folder / text_name).is_file()
-        return meta if ok else None
-
-    folder, _, _ = cached_folder(Path(data_dir), f"{name}.jsonl-text", key, build, trusted)
-    return folder / text_name
+    return [[str(f), f.stat().st_size, file_hash(f)] for f in files]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -157,7 +79,7 @@ class RenderedSplit:
 
 
 def _trusted_chat(folder: Path, key: str) -> dict | None:
-    meta = _trusted(folder, key)
+    meta = trusted_meta(folder, key)
     if meta is None:
         return None
     for split in ("train", "val"):
@@ -166,21 +88,6 @@ def _trusted_chat(folder: Path, key: str) -> dict | None:
                 (folder / f"{split}.offsets.bin").stat().st_size != 8 * (info["conversations"] + 1):
             return None
     return meta
-
-
-def _val_pick(conversations: list[Conversation], val_fraction: float) -> set[int]:
-    """The indices of the held-out conversations: the val_fraction share with the smallest content hash."""
-    n = len(conversations)
-    if n < 2:
-        raise UserError(f"{conversations[0].where.rsplit(':', 1)[0] if n else 'the data'} holds {n} conversation(s): "
-                        "give at least 2 (one is held out for validation), or a separate --val_data file")
-    count = min(n - 1, max(1, round(val_fraction * n)))
-
-    def digest(i: int) -> bytes:
-        text = json.dumps([[m.role, m.content] for m in conversations[i].messages], ensure_ascii=False)
-        return hashlib.blake2b(text.encode(), digest_size=8).digest() + i.to_bytes(8, "big")
-
-    return set(sorted(range(n), key=digest)[:count])
 
 
 def _fit_tokenizer(spec: str, conversations: list[Conversation], train: list[Conversation]) -> Tokenizer:
@@ -195,7 +102,7 @@ def _fit_tokenizer(spec: str, conversations: list[Conversation], train: list[Con
         text = "\n".join(m.content for m in c.messages)
         sample.append(text)
         size += len(text)
-        if size >= _BPE_SAMPLE_BYTES:
+        if size >= BPE_SAMPLE_BYTES:
             break
     return load_tokenizer(spec, corpus=EOT.join(sample))
 
@@ -212,13 +119,13 @@ def prepare_conversations(files: list[Path], val_files: list[Path], tokenizer: s
     """Render the conversations of `files` (and `val_files`) into a cache folder: (folder, meta, tokenizer)."""
     started = time.perf_counter()
     if isinstance(tokenizer, Tokenizer):
-        tokenizer_id: dict[str, Any] = {"object": tokenizer.name, "blake2b": _tokenizer_digest(tokenizer)}
+        tokenizer_id: dict[str, Any] = {"object": tokenizer.name, "blake2b": tokenizer_digest(tokenizer)}
         tok: Tokenizer | None = tokenizer
-    elif _is_fitted_spec(tokenizer):
+    elif is_fitted_spec(tokenizer):
         tokenizer_id, tok = {"spec": tokenizer}, None
     else:
         tok = load_tokenizer(tokenizer)
-        tokenizer_id = {"spec": tokenizer, "blake2b": _tokenizer_digest(tok)}
+        tokenizer_id = {"spec": tokenizer, "blake2b": tokenizer_digest(tok)}
     key_inputs = {"format": FORMAT_VERSION, "kind": "conversations", "sources": _sources(files),
                   "val_sources": _sources(val_files), "tokenizer": tokenizer_id,
                   "val_fraction": None if val_files else float(val_fraction), "template": TEMPLATE}
@@ -232,14 +139,16 @@ def prepare_conversations(files: list[Path], val_files: list[Path], tokenizer: s
         for path in val_files:
             splits["val"] += _conversations(path)
         if not val_files:
-            held = _val_pick(splits["train"], val_fraction)
             everything = splits["train"]
+            where = everything[0].where.rsplit(":", 1)[0] if everything else "the data"
+            held = held_out(len(everything), val_fraction, what="conversation", where=where, content=lambda i: json.dumps(
+                [[m.role, m.content] for m in everything[i].messages], ensure_ascii=False))
             splits = {"train": [c for i, c in enumerate(everything) if i not in held],
                       "val": [c for i, c in enumerate(everything) if i in held]}
         fitted = tok if tok is not None else _fit_tokenizer(str(tokenizer), splits["train"] + splits["val"],
                                                              splits["train"])
         template = ChatTemplate.for_tokenizer(fitted)
-        dtype = _dtype_for(template.tokenizer.vocab_size)
+        dtype = dtype_for(template.tokenizer.vocab_size)
         stats = {}
         for split, conversations in splits.items():
             offsets, ids_out, learned_out, tasks = [0], [], [], {}
@@ -433,9 +342,8 @@ class ChatData(TrainingData):
         self.splits = {split: RenderedSplit(folder, split, dtype) for split in ("train", "val")}
         self.fit_note = ""
 
-    @property
-    def chat_template(self) -> ChatTemplate:
-        return self.template
+    def checkpoint_extras(self) -> dict[str, Any]:
+        return {"chat_template": self.template.to_dict()}
 
     def describe(self) -> str:
         s = self.meta["splits"]
@@ -495,3 +403,20 @@ def open_conversations(files: list[Path], cfg: Any, tokenizer: str | Tokenizer) 
     folder, meta, tok = prepare_conversations(files, val_files, tokenizer, val_fraction=cfg.val_fraction,
                                               data_dir=cfg.data_dir)
     return ChatData(folder, meta, tok, getattr(cfg, "loss_on", "assistant"))
+
+
+class Conversations:
+    """The kind of training data this module adds to train.py (registered in gpt/layers.py by gpt/post)."""
+
+    name = "conversations"
+    line_help = FORM_HELP.removesuffix(', or {"text"}')
+
+    def recognises(self, line: dict[str, Any]) -> bool:
+        return not ("chosen" in line or "rejected" in line) and any(k in line for k in ("messages", "prompt",
+                                                                                       "instruction"))
+
+    def open(self, files: list[Path], cfg: Any, tokenizer: str | Tokenizer) -> ChatData:
+        return open_conversations(files, cfg, tokenizer)
+
+
+CONVERSATIONS = Conversations()

@@ -51,7 +51,6 @@ What an evaluation reports, on held-out pairs (each a mean over pairs):
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,9 +60,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gpt.chat import ChatTemplate, Message, check_messages, message_from_json, read_jsonl
-from gpt.datasets import TrainingData
+from gpt.datasets import TrainingData, held_out, jsonl_files, jsonl_kind, read_jsonl
 from gpt.errors import UserError
+from gpt.post.adapters import adapters_disabled
+from gpt.post.chat import ChatTemplate, Message, check_messages, message_from_json
+from gpt.reshape import grow_vocab
+from gpt.runtime import starting_model
 from gpt.tokenizer import Tokenizer
 
 PAIR_HELP = ('{"prompt", "chosen", "rejected"} or {"messages": [... ending with a user turn], "chosen", '
@@ -341,9 +343,8 @@ class PreferenceData(TrainingData):
         self.reference_note = ""
         self.fit_note = ""
 
-    @property
-    def chat_template(self) -> ChatTemplate:
-        return self.template
+    def checkpoint_extras(self) -> dict[str, Any]:
+        return {"chat_template": self.template.to_dict()}
 
     def describe(self) -> str:
         train, val = self.splits["train"], self.splits["val"]
@@ -448,14 +449,12 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 def adapter_off_logprobs(model: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The reference of a LoRA run: the log-probs of the model with its adapter off, which is exactly the model
     the run started from (its base weights never train). In eval mode (no dropout), without gradients."""
-    from gpt import lora
-
     @torch.no_grad()
     def logprobs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         was_training = model.training
         model.eval()
         try:
-            with lora.adapters_disabled(model):
+            with adapters_disabled(model):
                 logits, _ = model(x, all_logits=True)
         finally:
             model.train(was_training)
@@ -469,14 +468,12 @@ def starting_reference(cfg: Any, tokenizer: Tokenizer, model: torch.nn.Module) -
     model's device; a one-line error when it no longer matches the run's tokenizer or shape."""
     import dataclasses
 
-    from gpt.runtime import add_token_rows, starting_model
-
     start, start_tokenizer, _ = starting_model(dataclasses.replace(cfg, resume=False), None, lambda text: None)
     assert start is not None and isinstance(start_tokenizer, Tokenizer)
     if ChatTemplate.add_tokens(start_tokenizer).to_dict() != tokenizer.to_dict():
         raise UserError(f"the reference model {cfg.init_from} does not match this run's tokenizer (it changed since the "
                         "run started?): resume with the init_from the run started from, or start a new run")
-    start = add_token_rows(start, start_tokenizer.vocab_size, tokenizer.vocab_size, cfg.vocab_multiple)
+    start = grow_vocab(start, start_tokenizer.vocab_size, tokenizer.vocab_size, cfg.vocab_multiple)
     if start.config != model.config:
         raise UserError(f"the reference model {cfg.init_from} has another shape than this run's model ({start.config} "
                         f"against {model.config}): resume with the init_from the run started from")
@@ -487,27 +484,8 @@ def starting_reference(cfg: Any, tokenizer: Tokenizer, model: torch.nn.Module) -
 # Opening pairs for a run
 
 
-def _val_pick(pairs: list[Pair], val_fraction: float) -> set[int]:
-    """The indices of held-out pairs: the val_fraction share with the smallest content hash (the same pick
-    whatever the order of the lines or the seed)."""
-    n = len(pairs)
-    if n < 2:
-        raise UserError(f"{pairs[0].where.rsplit(':', 1)[0] if n else 'the data'} holds {n} pair(s): give at least 2 "
-                        "(one is held out for validation), or a separate --val_data file")
-    count = min(n - 1, max(1, round(val_fraction * n)))
-
-    def digest(i: int) -> bytes:
-        p = pairs[i]
-        text = json.dumps([[m.role, m.content] for m in p.prompt] + [p.chosen, p.rejected], ensure_ascii=False)
-        return hashlib.blake2b(text.encode(), digest_size=8).digest() + i.to_bytes(8, "big")
-
-    return set(sorted(range(n), key=digest)[:count])
-
-
 def open_pairs(files: list[Path], cfg: Any, tokenizer: str | Tokenizer) -> PreferenceData:
     """PreferenceData for the pair files (cfg: init_from, val_data, val_fraction, data_dir, dpo_beta)."""
-    from gpt.chat_data import jsonl_files, jsonl_kind
-
     if cfg.init_from == "scratch" or not isinstance(tokenizer, Tokenizer):
         raise UserError("preference pairs tune a model that already answers: give --init_from (an instruction-tuned "
                         "out_dir or checkpoint, e.g. out/sft_tasks); DPO's reference is that starting model")
@@ -519,10 +497,28 @@ def open_pairs(files: list[Path], cfg: Any, tokenizer: str | Tokenizer) -> Prefe
             raise UserError(f"val_data {val_data} is not preference pairs in .jsonl files: give pairs to validate on")
         val = [p for f in val_files for p in read_pairs(f)]
     else:
-        held = _val_pick(train, cfg.val_fraction)
+        where = train[0].where.rsplit(":", 1)[0] if train else "the data"
+        held = held_out(len(train), cfg.val_fraction, what="pair", where=where, content=lambda i: json.dumps(
+            [[m.role, m.content] for m in train[i].prompt] + [train[i].chosen, train[i].rejected], ensure_ascii=False))
         train, val = [p for i, p in enumerate(train) if i not in held], [p for i, p in enumerate(train) if i in held]
     return PreferenceData(train, val, ChatTemplate.add_tokens(tokenizer), getattr(cfg, "dpo_beta", 0.1),
                           source=",".join(str(f) for f in files), nll_weight=getattr(cfg, "dpo_nll", 0.0))
+
+
+class Pairs:
+    """The kind of training data this module adds to train.py (registered in gpt/layers.py by gpt/post)."""
+
+    name = "pairs"
+    line_help = PAIR_HELP
+
+    def recognises(self, line: dict[str, Any]) -> bool:
+        return "chosen" in line or "rejected" in line
+
+    def open(self, files: list[Path], cfg: Any, tokenizer: str | Tokenizer) -> PreferenceData:
+        return open_pairs(files, cfg, tokenizer)
+
+
+PAIRS = Pairs()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ assistant's text and its <|end|> are learned (targets -1 elsewhere), which is wh
 the prompt rather than imitate it, and end its answer instead of running on.
 
 The template is saved in every checkpoint trained on conversations (`to_dict`), and `gpt.checkpoint.load_model`
-gives it back (`Loaded.chat_template`): sampling, evaluation, later fine-tunes and the server use the same one.
+gives it back (`Loaded.chat_template`, filled in by `give_template`): sampling, evaluation, later fine-tunes and the server use the same one.
 
 The forms of a line of conversation data, recognised by their keys (an optional "task" names the task):
 
@@ -31,11 +31,11 @@ The forms of a line of conversation data, recognised by their keys (an optional 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
+from gpt.datasets import read_jsonl
 from gpt.errors import UserError
 from gpt.tokenizer import Tokenizer
 
@@ -166,34 +166,6 @@ def check_messages(messages: Sequence[Message], where: str, *, answered: bool = 
                         "assistant's reply or drop the last turn")
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed object) of each non-blank line; bad JSON or UTF-8 is a UserError with file:line."""
-    try:
-        handle = open(path, encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
-    with handle:
-        line_no = 0
-        try:
-            for line_no, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield line_no, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{line_no}: not valid JSON ({e.msg} at column {e.colno}): each line "
-                                    "must be one JSON object") from None
-        except UnicodeDecodeError:
-            raise UserError(f"{path}:{line_no + 1}: not valid UTF-8: save the file as UTF-8") from None
-
-
-def file_form(path: Path) -> str | None:
-    """The form of a JSONL file's first line (None for a file with no lines)."""
-    for line_no, obj in read_jsonl(path):
-        return line_form(obj, f"{path}:{line_no}")
-    return None
-
-
 def read_records(path: Path) -> tuple[str, list[Conversation | str]]:
     """A JSONL file's form and its lines: Conversations, or texts for a {"text"} file. One form per file."""
     form: str | None = None
@@ -317,6 +289,16 @@ class ChatTemplate:
         ids, _ = self.render(messages)
         return ids + [self.role_ids["assistant"]]
 
+    def trim_history(self, messages: Sequence[Message | Mapping[str, Any]], max_tokens: int) -> list[Message]:
+        """The most recent turns whose prompt fits in max_tokens: the oldest user/assistant exchanges are dropped
+        first; a system message stays, and so does the last user turn (even if it alone is longer)."""
+        messages = as_messages(messages)
+        system = messages[:1] if messages and messages[0].role == "system" else []
+        turns = messages[len(system):]
+        while len(turns) > 2 and len(self.prompt(system + turns)) > max_tokens:
+            turns = turns[2:]  # the oldest exchange: a user turn and its answer
+        return system + turns
+
     def answer_text(self, ids: Iterable[int]) -> tuple[str, bool]:
         """Generated ids -> (the answer's text, whether it ended with <|end|>). Stops at the first marker."""
         kept: list[int] = []
@@ -327,13 +309,15 @@ class ChatTemplate:
         return self.tokenizer.decode(kept), False
 
 
-def trim_history(template: ChatTemplate, messages: Sequence[Message | Mapping[str, Any]],
-                 max_tokens: int) -> list[Message]:
-    """The most recent turns whose prompt fits in max_tokens: the oldest user/assistant exchanges are dropped
-    first; a system message stays, and so does the last user turn (even if it alone is longer)."""
-    messages = as_messages(messages)
-    system = messages[:1] if messages and messages[0].role == "system" else []
-    turns = messages[len(system):]
-    while len(turns) > 2 and len(template.prompt(system + turns)) > max_tokens:
-        turns = turns[2:]  # the oldest exchange: a user turn and its answer
-    return system + turns
+def give_template(loaded: Any) -> None:
+    """Completes a model opened for use (gpt/checkpoint.py's Loaded; registered in gpt/layers.py): the chat template
+    it was tuned with, from its checkpoint, or the one its tokenizer carries the markers of (a Hugging Face folder
+    exported from a chat model; a chat model fine-tuned further on plain text); None for a model never tuned on
+    conversations."""
+    if loaded.chat_template is not None:
+        return
+    state = loaded.checkpoint
+    if state is not None and "chat_template" in state:
+        loaded.chat_template = ChatTemplate.from_dict(state["chat_template"], loaded.tokenizer)
+    else:
+        loaded.chat_template = ChatTemplate.of_tokenizer(loaded.tokenizer)
