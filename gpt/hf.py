@@ -41,7 +41,8 @@ from gpt.atomic import atomic_write, write_bytes
 from gpt.config import parse_args, setting
 from gpt.errors import UserError, exit_on_user_error
 from gpt.model import GPT, GPTConfig
-from gpt.tokenizer import Tokenizer, save_hf_tokenizer
+from gpt.tokenizer import Tokenizer
+from gpt.tokenizer_files import OUR_TOKENIZER_FILE, save_hf_tokenizer
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -328,7 +329,7 @@ def save_hf_gpt2(model: torch.nn.Module, path: str | Path, tokenizer: Tokenizer 
 
     `transformers.GPT2LMHeadModel.from_pretrained(path)` loads it and computes the same logits. A model
     without biases (bias=False) is written with zero biases, which computes the same thing. The tokenizer, when
-    given, goes beside the weights (gpt/tokenizer.py:save_hf_tokenizer): without it, a folder is read back with
+    given, goes beside the weights (gpt/tokenizer_files.py:save_hf_tokenizer): without it, a folder is read back with
     GPT-2's tokenizer, which is only right for a model trained with it.
     """
     folder = Path(path)
@@ -505,8 +506,6 @@ def main(argv: list[str] | None = None) -> int:
 
     loaded = load_model(cfg.ckpt)
     save_hf_gpt2(merge_adapter(loaded.model), out, loaded.tokenizer)  # a LoRA run's checkpoint: base + adapter, merged
-    from gpt.tokenizer import OUR_TOKENIZER_FILE
-
     formats = "vocab.json + merges.txt and " + OUR_TOKENIZER_FILE if (out / "vocab.json").exists() \
         else OUR_TOKENIZER_FILE + " (Hugging Face has no GPT-2 form of a " + loaded.tokenizer.name + " tokenizer)"
     print(f"wrote {out}: config.json, model.safetensors; tokenizer as {formats}")
