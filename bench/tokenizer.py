@@ -22,7 +22,8 @@ import harness
 import tiktoken
 
 from gpt.bpe import train_bpe
-from gpt.tokenizer import TiktokenTokenizer, load_gpt2, load_tokenizer
+from gpt.tokenizer import TiktokenTokenizer
+from gpt.tokenizer_files import load_gpt2, load_tokenizer
 
 REPO = harness.REPO
 

@@ -140,26 +140,13 @@ def train_bpe(text: str, vocab_size: int, *, progress: bool = False) -> list[byt
     Returns the mergeable ranks: token bytes in id order, 256 single bytes first, `vocab_size - 1` in all
     (<|endoftext|> takes id `vocab_size - 1`). `progress` shows a tqdm bar over the merges.
     """
-    if not isinstance(vocab_size, int) or vocab_size < 257:
-        raise UserError(
-            f"a BPE vocabulary needs at least 257 tokens (256 bytes + <|endoftext|>), got {vocab_size}: "
-            "use e.g. bpe:4096"
-        )
-    if not text or not text.replace(EOT, ""):
-        raise UserError("cannot train a BPE on an empty corpus: give it some text")
-
+    _check_request(text, vocab_size)
     counted = word_counts(text)
     words = [list(w) for w in counted]
     freqs = list(counted.values())
     vocab = [bytes([i]) for i in range(256)]
     ids = {token: i for i, token in enumerate(vocab)}
-
-    pair_counts: dict[tuple[int, int], int] = defaultdict(int)
-    where: dict[tuple[int, int], set[int]] = defaultdict(set)
-    for index, (word, freq) in enumerate(zip(words, freqs)):
-        for pair in zip(word, word[1:]):
-            pair_counts[pair] += freq
-            where[pair].add(index)
+    pair_counts, where = _count_pairs(words, freqs)
     # Heap order = the tie-break: highest count, then smallest (A bytes, B bytes).
     heap = [(-count, vocab[a], vocab[b], a, b) for (a, b), count in pair_counts.items()]
     heapq.heapify(heap)
@@ -172,16 +159,7 @@ def train_bpe(text: str, vocab_size: int, *, progress: bool = False) -> list[byt
         bar = progress_bar(target - 256, "bpe merges", "tok")
     try:
         while len(vocab) < target:
-            best = None
-            while heap:
-                neg_count, _, _, a, b = heapq.heappop(heap)
-                actual = pair_counts.get((a, b), 0)
-                if actual == -neg_count:
-                    best = (a, b)
-                    break
-                if 0 < actual < -neg_count:  # counts fell since this entry was pushed
-                    heapq.heappush(heap, (-actual, vocab[a], vocab[b], a, b))
-                # actual > stored: a fresher entry is already in the heap; actual == 0: the pair is gone
+            best = _pop_best_pair(heap, pair_counts, vocab)
             if best is None:
                 reached = len(vocab) + 1
                 raise UserError(
@@ -198,37 +176,87 @@ def train_bpe(text: str, vocab_size: int, *, progress: bool = False) -> list[byt
                 ids[merged] = new
                 if bar is not None:
                     bar.update(1)
-
-            before: dict[tuple[int, int], int] = {}
-            for index in where.pop(best):
-                word, freq = words[index], freqs[index]
-                new_word = _merge_word(word, a, b, new)
-                old_pairs = list(zip(word, word[1:]))
-                new_pairs = list(zip(new_word, new_word[1:]))
-                for pair in old_pairs:
-                    if pair not in before:
-                        before[pair] = pair_counts[pair]
-                    pair_counts[pair] -= freq
-                for pair in new_pairs:
-                    if pair not in before:
-                        before[pair] = pair_counts.get(pair, 0)
-                    pair_counts[pair] += freq
-                old_set, new_set = set(old_pairs), set(new_pairs)
-                for pair in old_set - new_set:
-                    if pair != best:
-                        where[pair].discard(index)
-                for pair in new_set - old_set:
-                    where[pair].add(index)
-                words[index] = new_word
-
-            for pair, count_before in before.items():
-                now = pair_counts[pair]
-                if now <= 0:
-                    del pair_counts[pair]
-                    where.pop(pair, None)
-                elif now > count_before:
-                    heapq.heappush(heap, (-now, vocab[pair[0]], vocab[pair[1]], pair[0], pair[1]))
+            before = _merge_in_words(best, new, words, freqs, pair_counts, where)
+            _push_changed_counts(before, heap, pair_counts, where, vocab)
     finally:
         if bar is not None:
             bar.close()
     return vocab
+
+
+def _check_request(text: str, vocab_size: int) -> None:
+    if not isinstance(vocab_size, int) or vocab_size < 257:
+        raise UserError(
+            f"a BPE vocabulary needs at least 257 tokens (256 bytes + <|endoftext|>), got {vocab_size}: "
+            "use e.g. bpe:4096"
+        )
+    if not text or not text.replace(EOT, ""):
+        raise UserError("cannot train a BPE on an empty corpus: give it some text")
+
+
+Pair = tuple[int, int]
+
+
+def _count_pairs(words: list[list[int]], freqs: list[int]) -> tuple[dict[Pair, int], dict[Pair, set[int]]]:
+    """Each adjacent pair's count over the corpus, and the index of the words it occurs in."""
+    pair_counts: dict[Pair, int] = defaultdict(int)
+    where: dict[Pair, set[int]] = defaultdict(set)
+    for index, (word, freq) in enumerate(zip(words, freqs)):
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] += freq
+            where[pair].add(index)
+    return pair_counts, where
+
+
+def _pop_best_pair(heap: list, pair_counts: dict[Pair, int], vocab: list[bytes]) -> Pair | None:
+    """The pair to merge next, or None when no pair is left."""
+    while heap:
+        neg_count, _, _, a, b = heapq.heappop(heap)
+        actual = pair_counts.get((a, b), 0)
+        if actual == -neg_count:
+            return (a, b)
+        if 0 < actual < -neg_count:  # counts fell since this entry was pushed
+            heapq.heappush(heap, (-actual, vocab[a], vocab[b], a, b))
+        # actual > stored: a fresher entry is already in the heap; actual == 0: the pair is gone
+    return None
+
+
+def _merge_in_words(best: Pair, new: int, words: list[list[int]], freqs: list[int], pair_counts: dict[Pair, int],
+                    where: dict[Pair, set[int]]) -> dict[Pair, int]:
+    """Replace `best` by `new` in every word that holds it, updating the counts and the index as it goes.
+    Returns the count each touched pair had before, so the heap learns of the ones that grew."""
+    a, b = best
+    before: dict[Pair, int] = {}
+    for index in where.pop(best):
+        word, freq = words[index], freqs[index]
+        new_word = _merge_word(word, a, b, new)
+        old_pairs = list(zip(word, word[1:]))
+        new_pairs = list(zip(new_word, new_word[1:]))
+        for pair in old_pairs:
+            if pair not in before:
+                before[pair] = pair_counts[pair]
+            pair_counts[pair] -= freq
+        for pair in new_pairs:
+            if pair not in before:
+                before[pair] = pair_counts.get(pair, 0)
+            pair_counts[pair] += freq
+        old_set, new_set = set(old_pairs), set(new_pairs)
+        for pair in old_set - new_set:
+            if pair != best:
+                where[pair].discard(index)
+        for pair in new_set - old_set:
+            where[pair].add(index)
+        words[index] = new_word
+    return before
+
+
+def _push_changed_counts(before: dict[Pair, int], heap: list, pair_counts: dict[Pair, int],
+                         where: dict[Pair, set[int]], vocab: list[bytes]) -> None:
+    """Forget the pairs that are gone; push the ones whose count grew (a fallen count is fixed when popped)."""
+    for pair, count_before in before.items():
+        now = pair_counts[pair]
+        if now <= 0:
+            del pair_counts[pair]
+            where.pop(pair, None)
+        elif now > count_before:
+            heapq.heappush(heap, (-now, vocab[pair[0]], vocab[pair[1]], pair[0], pair[1]))

@@ -34,7 +34,8 @@ from gpt import layers
 from gpt.errors import UserError
 from gpt.hf import load_hf_gpt2
 from gpt.model import GPT, GPTConfig
-from gpt.tokenizer import Tokenizer, load_hf_tokenizer, load_tokenizer, tokenizer_from_dict
+from gpt.tokenizer import Tokenizer, tokenizer_from_dict
+from gpt.tokenizer_files import load_hf_tokenizer, load_tokenizer
 
 FORMAT_VERSION = 1
 

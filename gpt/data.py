@@ -39,7 +39,8 @@ from gpt.atomic import check_writable, write_text
 from gpt.config import parse_args, setting
 from gpt.corpus import Document, file_hash, read_chunks, cut_near, decode_utf8, resolve_sources
 from gpt.errors import UserError, exit_on_user_error
-from gpt.tokenizer import CharTokenizer, Tokenizer, from_json_data, load_tokenizer, to_json_data, tokenizer_from_dict
+from gpt.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_dict
+from gpt.tokenizer_files import from_json_data, load_tokenizer, to_json_data
 
 FORMAT_VERSION = 1  # bump when the bin layout or the meta changes: old caches are then prepared again
 

@@ -103,61 +103,15 @@ def evaluate(
     block_size and windows; with `num_bytes` (the UTF-8 bytes the tokens stand for) also bytes and
     bits_per_byte. `stride` defaults to block_size // 2; `block_size` to the model's.
     """
-    config = model.config
-    block_size = block_size or config.block_size
-    if not 1 <= block_size <= config.block_size:
-        raise UserError(f"block_size {block_size} must be between 1 and the model's block_size {config.block_size}")
-    if stride is None or stride == 0:
-        stride = max(1, block_size // 2)
-    if not 1 <= stride <= block_size:
-        raise UserError(f"stride {stride} must be between 1 and block_size ({block_size}), or 0 for block_size // 2: "
-                        "windows may overlap, not leave tokens out")
-    ids = torch.as_tensor(np.asarray(token_ids, dtype=np.int64)).reshape(-1)
-    if len(ids) < 2:
-        raise UserError(f"the text is {len(ids)} token(s) long: at least 2 are needed to score one prediction")
-    low, high = int(ids.min()), int(ids.max())
-    if low < 0 or high >= config.vocab_size:
-        raise UserError(f"token id {low if low < 0 else high} is outside the model's vocabulary (0..{config.vocab_size - 1}): "
-                        "the text was tokenized with another tokenizer")
+    block_size, stride = _check_windows(model.config, block_size, stride)
+    ids = _check_ids(token_ids, model.config.vocab_size)
     if batch_size < 1:
         raise UserError(f"batch_size must be at least 1, got {batch_size}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
 
     num_predictions = len(ids) - 1
     windows = plan_windows(num_predictions, block_size, stride)
-    width = min(block_size, num_predictions)  # every window is this long; only the last may need padding
-    inputs, targets = ids[:-1], ids[1:]
-
-    from gpt.runlog import progress_bar
-
-    was_training = model.training
-    model.eval()
-    total_nats = 0.0
-    scored = 0
-    bar = progress_bar(num_predictions, "evaluating", "tok", progress)
-    try:
-        with torch.inference_mode():
-            for first in range(0, len(windows), batch_size):
-                batch = windows[first : first + batch_size]
-                x = torch.zeros(len(batch), width, dtype=torch.long)
-                y = torch.full((len(batch), width), -1, dtype=torch.long)
-                for row, (begin, first_scored, end) in enumerate(batch):
-                    x[row, : end - begin] = inputs[begin:end]
-                    # Context positions (and padding after a short last window) keep target -1: not scored.
-                    y[row, first_scored - begin : end - begin] = targets[first_scored:end]
-                x, y = x.to(device), y.to(device)
-                with autocast(device, dtype):
-                    logits, _ = model(x, all_logits=True)  # [B, T, V]
-                keep = y != -1
-                # Sum (not mean) per batch in fp32, accumulated in float64 on the host: every token weighs the same.
-                nats = F.cross_entropy(logits[keep].float(), y[keep], reduction="sum")
-                total_nats += float(nats)
-                count = int(keep.sum())
-                scored += count
-                bar.update(count)
-    finally:
-        bar.close()
-        model.train(was_training)
+    total_nats, scored = _score_windows(model, ids, windows, block_size, batch_size, device, dtype, progress)
     assert scored == num_predictions, (scored, num_predictions)
 
     loss = total_nats / scored
@@ -173,6 +127,75 @@ def evaluate(
         result["bytes"] = num_bytes
         result["bits_per_byte"] = total_nats / (num_bytes * math.log(2)) if num_bytes > 0 else math.inf
     return result
+
+
+def _check_windows(config, block_size: int | None, stride: int | None) -> tuple[int, int]:
+    """The window length and stride to use: the defaults filled in, and both checked against the model."""
+    block_size = block_size or config.block_size
+    if not 1 <= block_size <= config.block_size:
+        raise UserError(f"block_size {block_size} must be between 1 and the model's block_size {config.block_size}")
+    if stride is None or stride == 0:
+        stride = max(1, block_size // 2)
+    if not 1 <= stride <= block_size:
+        raise UserError(f"stride {stride} must be between 1 and block_size ({block_size}), or 0 for block_size // 2: "
+                        "windows may overlap, not leave tokens out")
+    return block_size, stride
+
+
+def _check_ids(token_ids: Sequence[int] | np.ndarray | torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The ids as one int64 tensor, at least two long and all inside the model's vocabulary."""
+    ids = torch.as_tensor(np.asarray(token_ids, dtype=np.int64)).reshape(-1)
+    if len(ids) < 2:
+        raise UserError(f"the text is {len(ids)} token(s) long: at least 2 are needed to score one prediction")
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab_size:
+        raise UserError(f"token id {low if low < 0 else high} is outside the model's vocabulary (0..{vocab_size - 1}): "
+                        "the text was tokenized with another tokenizer")
+    return ids
+
+
+def _score_windows(model: torch.nn.Module, ids: torch.Tensor, windows: list[tuple[int, int, int]], block_size: int,
+                   batch_size: int, device: torch.device, dtype: torch.dtype, progress: bool) -> tuple[float, int]:
+    """The summed loss (nats) over the windows' scored tokens, and how many tokens were scored."""
+    from gpt.runlog import progress_bar
+
+    num_predictions = len(ids) - 1
+    width = min(block_size, num_predictions)  # every window is this long; only the last may need padding
+    was_training = model.training
+    model.eval()
+    total_nats = 0.0
+    scored = 0
+    bar = progress_bar(num_predictions, "evaluating", "tok", progress)
+    try:
+        with torch.inference_mode():
+            for first in range(0, len(windows), batch_size):
+                x, y = _window_batch(ids, windows[first : first + batch_size], width)
+                x, y = x.to(device), y.to(device)
+                with autocast(device, dtype):
+                    logits, _ = model(x, all_logits=True)  # [B, T, V]
+                keep = y != -1
+                # Sum (not mean) per batch in fp32, accumulated in float64 on the host: every token weighs the same.
+                nats = F.cross_entropy(logits[keep].float(), y[keep], reduction="sum")
+                total_nats += float(nats)
+                count = int(keep.sum())
+                scored += count
+                bar.update(count)
+    finally:
+        bar.close()
+        model.train(was_training)
+    return total_nats, scored
+
+
+def _window_batch(ids: torch.Tensor, batch: list[tuple[int, int, int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets [len(batch), width] for a batch of windows (begin, first scored, end)."""
+    inputs, targets = ids[:-1], ids[1:]
+    x = torch.zeros(len(batch), width, dtype=torch.long)
+    y = torch.full((len(batch), width), -1, dtype=torch.long)
+    for row, (begin, first_scored, end) in enumerate(batch):
+        x[row, : end - begin] = inputs[begin:end]
+        # Context positions (and padding after a short last window) keep target -1: not scored.
+        y[row, first_scored - begin : end - begin] = targets[first_scored:end]
+    return x, y
 
 
 # ---------------------------------------------------------------------------------------------------

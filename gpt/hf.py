@@ -39,7 +39,8 @@ import torch
 from gpt.atomic import atomic_write, write_bytes
 from gpt.errors import UserError
 from gpt.model import GPT, GPTConfig
-from gpt.tokenizer import Tokenizer, save_hf_tokenizer
+from gpt.tokenizer import Tokenizer
+from gpt.tokenizer_files import save_hf_tokenizer
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -326,7 +327,7 @@ def save_hf_gpt2(model: torch.nn.Module, path: str | Path, tokenizer: Tokenizer 
 
     `transformers.GPT2LMHeadModel.from_pretrained(path)` loads it and computes the same logits. A model
     without biases (bias=False) is written with zero biases, which computes the same thing. The tokenizer, when
-    given, goes beside the weights (gpt/tokenizer.py:save_hf_tokenizer): without it, a folder is read back with
+    given, goes beside the weights (gpt/tokenizer_files.py:save_hf_tokenizer): without it, a folder is read back with
     GPT-2's tokenizer, which is only right for a model trained with it.
     """
     folder = Path(path)

@@ -16,7 +16,7 @@ from gpt.config import parse_args, setting
 from gpt.errors import UserError, exit_on_user_error
 from gpt.hf import CONFIG_NAME, SAFETENSORS_NAME, save_hf_gpt2
 from gpt.layers import plain
-from gpt.tokenizer import OUR_TOKENIZER_FILE
+from gpt.tokenizer_files import OUR_TOKENIZER_FILE
 
 
 @dataclass

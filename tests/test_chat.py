@@ -14,7 +14,8 @@ from gpt.post.chat import (ASSISTANT, CHAT_TOKENS, END, SYSTEM, USER, ChatTempla
 from gpt.errors import UserError
 from gpt.model import GPT, GPTConfig
 from gpt.reshape import grow_vocab
-from gpt.tokenizer import CharTokenizer, load_gpt2, tokenizer_from_dict, train_bpe_tokenizer
+from gpt.tokenizer import CharTokenizer, tokenizer_from_dict, train_bpe_tokenizer
+from gpt.tokenizer_files import load_gpt2
 
 TEXT = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,?!:<>|0123456789\n"
 

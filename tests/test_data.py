@@ -16,7 +16,8 @@ from conftest import REPO
 from gpt.corpus import DataWarning, resolve_sources
 from gpt.data import Prepared, load_prepared, prepare
 from gpt.errors import UserError
-from gpt.tokenizer import CharTokenizer, load_tokenizer
+from gpt.tokenizer import CharTokenizer
+from gpt.tokenizer_files import load_tokenizer
 
 
 def make_text(seed: int, n_lines: int) -> str:

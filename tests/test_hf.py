@@ -313,26 +313,15 @@ def test_a_folder_whose_tokenizer_outgrows_the_model_is_a_one_line_error(tmp_pat
         load_model(tmp_path / "hf")
     assert "\n" not in str(e.value)
     with pytest.raises(UserError, match="do not belong together"):
-        from gpt.tokenizer import load_tokenizer
+        from gpt.tokenizer_files import load_tokenizer
 
         save_hf_gpt2(model, tmp_path / "hf2", load_tokenizer("gpt2"))
-
-
-def test_gpt2s_merges_are_recovered_exactly_from_its_ranks():
-    from gpt.tokenizer import _gpt2_byte_to_char, _merges_of, load_gpt2
-
-    gpt2_dir = shared_path("gpt2", "vocab.bpe").parent
-    spell = _gpt2_byte_to_char()
-    ours = [" ".join("".join(spell[b] for b in part) for part in pair) for pair in _merges_of(load_gpt2(gpt2_dir).ranks)]
-    official = [line for line in (gpt2_dir / "vocab.bpe").read_text(encoding="utf-8").split("\n")
-                if line and not line.startswith("#version")]
-    assert ours == official
 
 
 def test_a_bpe_model_exports_a_tokenizer_transformers_reads(tmp_path):
     transformers = pytest.importorskip("transformers")
     from gpt.checkpoint import load_model
-    from gpt.tokenizer import load_tokenizer
+    from gpt.tokenizer_files import load_tokenizer
 
     text = ("The quick brown fox jumps over the lazy dog. Les élèves naïfs; 日本語 text, tabs\tand  spaces.\n" * 40
             + "def f(x):\n    return x ** 2  # squares\n" * 40)

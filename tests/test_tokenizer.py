@@ -1,11 +1,10 @@
-"""gpt/tokenizer.py: every kind round-trips text, saves and reloads identically, GPT-2's loads offline and
-agrees with transformers, and every user mistake is a one-line UserError."""
+"""gpt/tokenizer.py: every kind round-trips text and survives a checkpoint as plain data, and every user mistake
+is a one-line UserError. Its file formats (GPT-2's, .tiktoken) are tested in tests/test_tokenizer_files.py,
+which shares this file's fixtures."""
 
 from __future__ import annotations
 
-import hashlib
 import io
-import shutil
 import socket
 from pathlib import Path
 
@@ -14,16 +13,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import gpt.tokenizer as tokenizer_module
 from gpt.errors import UserError
-from gpt.tokenizer import (
-    EOT,
-    CharTokenizer,
-    TiktokenTokenizer,
-    load_tokenizer,
-    save_tiktoken,
-    tokenizer_from_dict,
-)
+from gpt.tokenizer import EOT, CharTokenizer, TiktokenTokenizer, tokenizer_from_dict
+from gpt.tokenizer_files import load_gpt2, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -99,9 +91,12 @@ def bpe(corpus) -> TiktokenTokenizer:
 
 
 @pytest.fixture(scope="module")
-def gpt2() -> TiktokenTokenizer:
-    need_gpt2_files()
-    return tokenizer_module.load_gpt2(GPT2_DIR)
+def every_kind(corpus, bpe) -> dict:
+    kinds = {"char": load_tokenizer("char", corpus), "bpe": bpe}
+    if GPT2_DIR.is_dir():
+        kinds["gpt2"] = load_gpt2(GPT2_DIR)
+        kinds["tiktoken"] = load_tokenizer(str(GPT2_DIR / "r50k_base.tiktoken"))
+    return kinds
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -149,117 +144,7 @@ def test_decode_rejects_ids_outside_the_vocabulary(bpe):
 
 
 # ---------------------------------------------------------------------------------------------------
-# gpt2
-
-
-def test_gpt2_hello_world(gpt2):
-    assert gpt2.name == "gpt2" and gpt2.vocab_size == 50257 and gpt2.eot_id == 50256
-    assert gpt2.encode("Hello world") == [15496, 995]
-    assert gpt2.encode(EOT) == [50256]
-
-
-def test_gpt2_agrees_with_transformers(gpt2, tmp_path, monkeypatch):
-    transformers = pytest.importorskip("transformers")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # Hugging Face names the same two files vocab.json / merges.txt; a local folder loads with no hub access.
-    shutil.copy(GPT2_DIR / "encoder.json", tmp_path / "vocab.json")
-    shutil.copy(GPT2_DIR / "vocab.bpe", tmp_path / "merges.txt")
-    reference = transformers.GPT2Tokenizer.from_pretrained(str(tmp_path))
-    for text in PARAGRAPHS:
-        assert gpt2.encode(text) == reference.encode(text), text
-        assert gpt2.decode(gpt2.encode(text)) == text
-
-
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=TEXTS)
-def test_gpt2_round_trip(gpt2, text):
-    assert gpt2.decode(gpt2.encode(text)) == text
-
-
-def test_gpt2_from_env_folder_and_r50k_file_are_the_same(gpt2, monkeypatch):
-    monkeypatch.setenv("GPT2_TOKENIZER_DIR", str(GPT2_DIR))
-    from_env = load_tokenizer("gpt2")
-    from_file = load_tokenizer(str(GPT2_DIR / "r50k_base.tiktoken"))
-    assert from_env.ranks == gpt2.ranks == from_file.ranks
-    assert from_file.eot_id == 50256 and from_file.encode("Hello world") == [15496, 995]
-
-
-def _fill_tiktoken_cache(cache: Path, files: dict[str, Path]) -> None:
-    cache.mkdir(exist_ok=True)
-    for url, source in files.items():
-        shutil.copy(source, cache / hashlib.sha1(url.encode()).hexdigest())
-
-
-def test_gpt2_from_tiktoken_cache_without_any_folder(gpt2, tmp_path, monkeypatch):
-    need_gpt2_files()
-    cache = tmp_path / "cache"
-    _fill_tiktoken_cache(cache, {GPT2_BASE_URL + n: GPT2_DIR / n for n in ("encoder.json", "vocab.bpe")})
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
-    assert load_tokenizer("gpt2").ranks == gpt2.ranks
-
-    only_r50k = tmp_path / "r50k-cache"
-    _fill_tiktoken_cache(only_r50k, {tokenizer_module.R50K_URL: GPT2_DIR / "r50k_base.tiktoken"})
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(only_r50k))
-    assert load_tokenizer("gpt2").ranks == gpt2.ranks
-
-
-def test_gpt2_ignores_a_corrupt_cache_and_falls_back(gpt2, tmp_path, monkeypatch):
-    need_gpt2_files()
-    cache = tmp_path / "cache"
-    _fill_tiktoken_cache(cache, {GPT2_BASE_URL + n: GPT2_DIR / n for n in ("encoder.json", "vocab.bpe")})
-    (cache / hashlib.sha1((GPT2_BASE_URL + "vocab.bpe").encode()).hexdigest()).write_bytes(b"#version: 0.2\n")
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
-    with pytest.raises(UserError, match="not available offline"):
-        load_tokenizer("gpt2")
-    assert load_tokenizer("gpt2", gpt2_dir=GPT2_DIR).ranks == gpt2.ranks
-
-
-def test_pinned_hashes_are_tiktokens():
-    """Our pinned sha256s are the ones tiktoken's own gpt2/r50k_base definitions pass to its loaders."""
-    openai_public = pytest.importorskip("tiktoken_ext.openai_public")
-    seen = {}
-
-    def capture_data_gym(vocab_bpe_file, encoder_json_file, vocab_bpe_hash, encoder_json_hash, **_):
-        seen[vocab_bpe_file], seen[encoder_json_file] = vocab_bpe_hash, encoder_json_hash
-        return {}
-
-    def capture_tiktoken(url, expected_hash):
-        seen[url] = expected_hash
-        return {}
-
-    mp = pytest.MonkeyPatch()
-    with mp.context() as m:
-        m.setattr(openai_public, "data_gym_to_mergeable_bpe_ranks", capture_data_gym)
-        m.setattr(openai_public, "load_tiktoken_bpe", capture_tiktoken)
-        openai_public.gpt2()
-        openai_public.r50k_base()
-    for name, sha in tokenizer_module.GPT2_FILES.items():
-        assert seen[GPT2_BASE_URL + name] == sha
-    assert seen[tokenizer_module.R50K_URL] == tokenizer_module.R50K_SHA256
-
-
-def test_gpt2_missing_everywhere_says_what_to_download():
-    with pytest.raises(UserError) as info:
-        load_tokenizer("gpt2")
-    message = str(info.value)
-    assert "encoder.json" in message and "vocab.bpe" in message and GPT2_BASE_URL in message
-    assert "GPT2_TOKENIZER_DIR" in message and "\n" not in message
-
-
-def test_gpt2_folder_errors(tmp_path):
-    need_gpt2_files()
-    with pytest.raises(UserError, match="does not exist"):
-        load_tokenizer("gpt2", gpt2_dir=tmp_path / "nowhere")
-    shutil.copy(GPT2_DIR / "encoder.json", tmp_path / "encoder.json")
-    with pytest.raises(UserError, match=r"lacks vocab.bpe: download .*vocab.bpe into it"):
-        load_tokenizer("gpt2", gpt2_dir=tmp_path)
-    (tmp_path / "vocab.bpe").write_bytes((GPT2_DIR / "vocab.bpe").read_bytes()[:-10])
-    with pytest.raises(UserError, match=r"vocab.bpe has sha256 .* not the 1ce1664773c50f3e.* download it again"):
-        load_tokenizer("gpt2", gpt2_dir=tmp_path)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Saving and loading: plain data (through a weights_only checkpoint) and .tiktoken files.
+# Saving and loading: plain data, through a weights_only checkpoint
 
 
 def _through_checkpoint(data: dict) -> dict:
@@ -282,15 +167,6 @@ def _same_tokenizer(a, b) -> None:
         assert b.decode(expected) == a.decode(expected)
 
 
-@pytest.fixture(scope="module")
-def every_kind(corpus, bpe) -> dict:
-    kinds = {"char": load_tokenizer("char", corpus), "bpe": bpe}
-    if GPT2_DIR.is_dir():
-        kinds["gpt2"] = tokenizer_module.load_gpt2(GPT2_DIR)
-        kinds["tiktoken"] = load_tokenizer(str(GPT2_DIR / "r50k_base.tiktoken"))
-    return kinds
-
-
 def test_every_tokenizer_survives_a_weights_only_checkpoint(every_kind):
     for kind, tok in every_kind.items():
         data = tok.to_dict()
@@ -300,73 +176,13 @@ def test_every_tokenizer_survives_a_weights_only_checkpoint(every_kind):
         assert restored.to_dict() == data
 
 
-def test_every_bpe_survives_a_tiktoken_file(every_kind, tmp_path):
-    for kind, tok in every_kind.items():
-        if kind == "char":
-            with pytest.raises(UserError, match="only byte-level BPE"):
-                save_tiktoken(tok, tmp_path / "char.tiktoken")
-            continue
-        path = save_tiktoken(tok, tmp_path / f"{kind}.tiktoken")
-        loaded = load_tokenizer(str(path))
-        assert loaded.name == str(path) and loaded.ranks == tok.ranks
-        assert [loaded.encode(t) for t in SAMPLES + PARAGRAPHS] == [tok.encode(t) for t in SAMPLES + PARAGRAPHS]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{k}.tiktoken" for k in every_kind if k != "char")
-
-
-def test_saved_bpe_file_has_tiktoken_format(bpe, tmp_path, monkeypatch):
-    path = save_tiktoken(bpe, tmp_path / "mine.tiktoken")
-    tiktoken_load = pytest.importorskip("tiktoken.load")
-    # tiktoken's own reader (a local path; caching turned off so nothing is written anywhere).
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")
-    assert tiktoken_load.load_tiktoken_bpe(str(path)) == {t: i for i, t in enumerate(bpe.ranks)}
-
-
-def test_save_tiktoken_needs_the_suffix(bpe, tmp_path):
-    with pytest.raises(UserError, match=r"\.tiktoken suffix"):
-        save_tiktoken(bpe, tmp_path / "mine.txt")
-    with pytest.raises(UserError, match="cannot write"):
-        save_tiktoken(bpe, tmp_path / "no" / "such" / "dir.tiktoken")
+def test_char_tokenizer_is_plain_data():
+    tok = CharTokenizer("abc")
+    assert tokenizer_from_dict(_through_checkpoint(tok.to_dict())).encode("cab") == [2, 0, 1]
 
 
 # ---------------------------------------------------------------------------------------------------
 # Bad input
-
-
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        (b"", "holds no tokens"),
-        (b"not base64!! 0\n", "line 1"),
-        (b"QQ== 0 extra\n", "line 1"),
-        (b"QQ== zero\n", "line 1"),
-        (b"QQ== 0\nQg== 0\n", "rank 0 appears twice"),
-        (b"QQ== 0\nQg== 2\n", "1 is missing"),
-        (b"QQ== 0\nQg== 1\n", "lacks 254 of the 256 single-byte tokens"),
-        (b"\xff\xfe garbage\x00\n", "line 1"),
-    ],
-)
-def test_malformed_tiktoken_file(tmp_path, content, message):
-    path = tmp_path / "bad.tiktoken"
-    path.write_bytes(content)
-    with pytest.raises(UserError, match=message) as info:
-        load_tokenizer(str(path))
-    assert str(path) in str(info.value) and "\n" not in str(info.value)
-
-
-def test_unreadable_tiktoken_file(tmp_path):
-    with pytest.raises(UserError, match="cannot read tokenizer file .*missing.tiktoken"):
-        load_tokenizer(str(tmp_path / "missing.tiktoken"))
-    (tmp_path / "folder.tiktoken").mkdir()
-    with pytest.raises(UserError, match="cannot read tokenizer file"):
-        load_tokenizer(str(tmp_path / "folder.tiktoken"))
-
-
-def test_duplicate_tokens_in_tiktoken_file(tmp_path):
-    lines = [f"{__import__('base64').b64encode(bytes([b])).decode()} {b}" for b in range(256)] + ["QQ== 256"]
-    path = tmp_path / "dup.tiktoken"
-    path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(UserError, match="duplicate tokens"):
-        load_tokenizer(str(path))
 
 
 @pytest.mark.parametrize(
@@ -400,8 +216,3 @@ def test_damaged_saved_data(bpe):
     data["token_bytes"] = data["token_bytes"][:-1]
     with pytest.raises(UserError, match="disagree"):
         tokenizer_from_dict(data)
-
-
-def test_char_tokenizer_is_plain_data():
-    tok = CharTokenizer("abc")
-    assert tokenizer_from_dict(_through_checkpoint(tok.to_dict())).encode("cab") == [2, 0, 1]

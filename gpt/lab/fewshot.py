@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import torch
 
 from gpt.config import parse_args, setting
 from gpt.errors import UserError, exit_on_user_error
-from gpt.generate import TextStream, generate_tokens
+from gpt.generate import TextStream, generate_tokens, unescape
 from gpt.lab import plots
 from gpt.lab.output import table, write_json
 from gpt.lab.probes import CKPT_HELP, load, out_path
@@ -152,8 +152,35 @@ def greedy_answer(model, tokenizer, prompt_ids: list[int], max_new_tokens: int, 
 
 
 def run_fewshot(cfg: FewshotConfig, say=print) -> dict[str, Any]:
-    from gpt.generate import unescape
+    parts, examples = read_task_set(cfg)
+    loaded, device = load(cfg.ckpt, cfg.device)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    block_size = model.config.block_size
+    questions = choose_questions(examples, cfg.max_examples, random.Random(cfg.seed))
 
+    stop = parts[2]
+    answer_budget = cfg.max_new_tokens or max(len(tokenizer.encode(ex.response + stop)) for ex in examples) + 4
+    counts_by_task, stopped = shots_that_fit(questions, parts, tokenizer, cfg.max_shots, answer_budget, block_size)
+    counts = sorted(set().union(*counts_by_task.values()))
+
+    say(f"fewshot: {sum(len(v) for v in questions.scored.values())} examples in {len(questions.tasks)} task(s), "
+        f"shots {counts}" + (f"; {len(stopped)} task(s) stop early (see 'stopped' in the report)" if stopped else ""))
+    scores = Scores(results={task: [] for task in questions.tasks})
+    for k in counts:
+        score_shots(k, questions, counts_by_task, parts, model, tokenizer, answer_budget, device, scores)
+        say(f"  {k:>3} shots: exact match {scores.overall[-1]:.3f} ({scores.tasks_scored[-1]} of "
+            f"{len(questions.tasks)} tasks)")
+
+    report = {"ckpt": str(loaded.path), "data": cfg.data, "template": cfg.template, "shots": counts,
+              "stopped": stopped, "tasks_scored": scores.tasks_scored,
+              "exact_match": {"overall": scores.overall, "tasks": scores.results},
+              "examples": {task: len(v) for task, v in questions.scored.items()}, "samples": scores.samples}
+    write_report(report, counts, scores, cfg.out_dir, say)
+    return report
+
+
+def read_task_set(cfg: FewshotConfig) -> tuple[tuple[str, str, str], list[Example]]:
+    """The template's parts and the examples, checked before the model is loaded."""
     if not cfg.data:
         raise UserError("give the task set: --data tasks.jsonl (lines of prompt/response)")
     if cfg.max_shots < 0 or cfg.max_examples < 0 or cfg.max_new_tokens < 0:
@@ -165,39 +192,55 @@ def run_fewshot(cfg: FewshotConfig, say=print) -> dict[str, Any]:
         if stop in ex.response:
             raise UserError(f"example {i + 1}'s response contains the template's end {stop!r}, so its answer could never "
                             "match: choose a --template whose end cannot appear in a response")
-    loaded, device = load(cfg.ckpt, cfg.device)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    block_size = model.config.block_size
+    return parts, examples
 
-    rng = random.Random(cfg.seed)
+
+@dataclass
+class Questions:
+    """The task set as it is asked: each task's examples, which of them are scored, and the shots of each."""
+
+    tasks: dict[str, list[Example]]
+    scored: dict[str, list[int]]  # task -> indexes (into its examples) that are asked
+    shot_order: dict[tuple[str, int], list[int]]  # (task, asked index) -> the other examples, shuffled
+
+    def prompt(self, task: str, i: int, k: int, parts: tuple[str, str, str]) -> str:
+        """Example i of `task` asked after its first k shots."""
+        items = self.tasks[task]
+        return build_prompt([items[j] for j in self.shot_order[(task, i)][:k]], items[i], parts)
+
+
+def choose_questions(examples: list[Example], max_examples: int, rng: random.Random) -> Questions:
     tasks: dict[str, list[Example]] = {}
     for ex in examples:
         tasks.setdefault(ex.task, []).append(ex)
-    scored: dict[str, list[int]] = {}  # task -> indexes (into its examples) that are asked
-    shot_order: dict[tuple[str, int], list[int]] = {}  # (task, asked index) -> the other examples, shuffled
+    scored: dict[str, list[int]] = {}
+    shot_order: dict[tuple[str, int], list[int]] = {}
+    # One rng, drawn task by task in the order tasks first appear: the same seed asks the same questions.
     for task, items in tasks.items():
         indexes = list(range(len(items)))
-        if cfg.max_examples and len(indexes) > cfg.max_examples:
-            indexes = sorted(rng.sample(indexes, cfg.max_examples))
+        if max_examples and len(indexes) > max_examples:
+            indexes = sorted(rng.sample(indexes, max_examples))
         scored[task] = indexes
         for i in indexes:
             others = [j for j in range(len(items)) if j != i]
             rng.shuffle(others)
             shot_order[(task, i)] = others
+    return Questions(tasks, scored, shot_order)
 
-    encode = tokenizer.encode
-    answer_budget = cfg.max_new_tokens or max(len(encode(ex.response + stop)) for ex in examples) + 4
+
+def shots_that_fit(questions: Questions, parts: tuple[str, str, str], tokenizer, max_shots: int, answer_budget: int,
+                   block_size: int) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """Each task's shot counts, and why each task that stops early stops."""
     # Each task goes up to the most shots that fit: short tasks need not stop where the longest one does.
     counts_by_task: dict[str, list[int]] = {}
     stopped: dict[str, str] = {}
-    for task, items in tasks.items():
+    for task, items in questions.tasks.items():
         counts_by_task[task] = []
-        for k in shot_counts(cfg.max_shots):
+        for k in shot_counts(max_shots):
             if k > len(items) - 1:
                 stopped[task] = f"{k} shots: the task has only {len(items)} examples (k shots need k + 1)"
                 break
-            longest = max(len(encode(build_prompt([items[j] for j in shot_order[(task, i)][:k]], items[i], parts)))
-                          for i in scored[task])
+            longest = max(len(tokenizer.encode(questions.prompt(task, i, k, parts))) for i in questions.scored[task])
             if longest + answer_budget > block_size:
                 stopped[task] = (f"{k} shots: the longest prompt ({longest} tokens) and its answer ({answer_budget}) "
                                  f"do not fit in block_size {block_size}")
@@ -206,51 +249,55 @@ def run_fewshot(cfg: FewshotConfig, say=print) -> dict[str, Any]:
     if not any(counts_by_task.values()):
         raise UserError(f"not even a question without examples fits in block_size {block_size} with room for a "
                         f"{answer_budget}-token answer: shorten the prompts or lower --max_new_tokens")
-    counts = sorted(set().union(*counts_by_task.values()))
+    return counts_by_task, stopped
 
-    say(f"fewshot: {sum(len(v) for v in scored.values())} examples in {len(tasks)} task(s), shots {counts}"
-        + (f"; {len(stopped)} task(s) stop early (see 'stopped' in the report)" if stopped else ""))
-    nan = float("nan")
-    results: dict[str, list[float]] = {task: [] for task in tasks}
-    overall: list[float] = []
-    tasks_scored: list[int] = []
-    samples: dict[str, list[dict[str, str]]] = {}
-    for k in counts:
-        right_total, asked_total, included = 0, 0, 0
-        for task, items in tasks.items():
-            if k not in counts_by_task[task]:
-                results[task].append(nan)
-                continue
-            right = 0
-            for i in scored[task]:
-                shots = [items[j] for j in shot_order[(task, i)][:k]]
-                prompt = build_prompt(shots, items[i], parts)
-                answer = greedy_answer(model, tokenizer, encode(prompt), answer_budget, stop, device)
-                correct = answer.strip() == items[i].response.strip()
-                right += correct
-                if len(samples.setdefault(str(k), [])) < 3:
-                    samples[str(k)].append({"task": task, "prompt": items[i].prompt, "expected": items[i].response,
-                                            "answer": answer, "correct": correct})
-            results[task].append(right / len(scored[task]))
-            right_total += right
-            asked_total += len(scored[task])
-            included += 1
-        overall.append(right_total / asked_total)
-        tasks_scored.append(included)
-        say(f"  {k:>3} shots: exact match {overall[-1]:.3f} ({included} of {len(tasks)} tasks)")
 
-    report = {"ckpt": str(loaded.path), "data": cfg.data, "template": cfg.template, "shots": counts,
-              "stopped": stopped, "tasks_scored": tasks_scored, "exact_match": {"overall": overall, "tasks": results},
-              "examples": {task: len(v) for task, v in scored.items()}, "samples": samples}
-    out = out_path(cfg.out_dir)
+@dataclass
+class Scores:
+    """The curves, one point per shot count: exact match per task (nan where a task is not scored) and overall."""
+
+    results: dict[str, list[float]]
+    overall: list[float] = field(default_factory=list)
+    tasks_scored: list[int] = field(default_factory=list)
+    samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # a few answers per shot count, to read
+
+
+def score_shots(k: int, questions: Questions, counts_by_task: dict[str, list[int]], parts: tuple[str, str, str],
+                model, tokenizer, answer_budget: int, device, scores: Scores) -> None:
+    """Ask every scored question with k shots and add the point at k to `scores`."""
+    stop = parts[2]
+    right_total, asked_total, included = 0, 0, 0
+    for task, items in questions.tasks.items():
+        if k not in counts_by_task[task]:
+            scores.results[task].append(float("nan"))
+            continue
+        right = 0
+        for i in questions.scored[task]:
+            prompt = questions.prompt(task, i, k, parts)
+            answer = greedy_answer(model, tokenizer, tokenizer.encode(prompt), answer_budget, stop, device)
+            correct = answer.strip() == items[i].response.strip()
+            right += correct
+            if len(scores.samples.setdefault(str(k), [])) < 3:
+                scores.samples[str(k)].append({"task": task, "prompt": items[i].prompt, "expected": items[i].response,
+                                               "answer": answer, "correct": correct})
+        scores.results[task].append(right / len(questions.scored[task]))
+        right_total += right
+        asked_total += len(questions.scored[task])
+        included += 1
+    scores.overall.append(right_total / asked_total)
+    scores.tasks_scored.append(included)
+
+
+def write_report(report: dict[str, Any], counts: list[int], scores: Scores, out_dir: str, say) -> None:
+    out = out_path(out_dir)
     write_json(out / "fewshot.json", report)
+    results, overall = scores.results, scores.overall
     curves = {"overall": overall, **(results if len(results) > 1 else {})}
     drawn = plots.draw_fewshot(out / "fewshot.png", counts, curves)
     shown_tasks = list(results)[:6] if len(results) > 1 else []
-    say(table([[k, tasks_scored[n], overall[n]] + [results[t][n] for t in shown_tasks] for n, k in enumerate(counts)],
+    say(table([[k, scores.tasks_scored[n], overall[n]] + [results[t][n] for t in shown_tasks] for n, k in enumerate(counts)],
               ["shots", "tasks", "overall"] + shown_tasks))
     say(f"wrote {out / 'fewshot.json'}" + (f" and {out / 'fewshot.png'}" if drawn else ""))
-    return report
 
 
 @exit_on_user_error

@@ -47,8 +47,8 @@ from gpt.data import (BPE_SAMPLE_BYTES, dtype_for, is_fitted_spec, tokenizer_dig
 from gpt.datasets import TrainingData, held_out, jsonl_files
 from gpt.errors import UserError
 from gpt.post.chat import FORM_HELP, TEMPLATE, ChatTemplate, Conversation, read_records
-from gpt.tokenizer import (CharTokenizer, Tokenizer, from_json_data, load_tokenizer, to_json_data,
-                           tokenizer_from_dict)
+from gpt.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_dict
+from gpt.tokenizer_files import from_json_data, load_tokenizer, to_json_data
 
 FORMAT_VERSION = 1
 LOSS_ON = ("assistant", "all")
