@@ -30,7 +30,7 @@ import torch
 
 from gpt.config import parse_args, setting
 from gpt.errors import UserError, exit_on_user_error
-from gpt.generate import TextStream, generate_tokens
+from gpt.decoding import TextStream, generate_tokens
 from gpt.lab import plots
 from gpt.lab.output import table, write_json
 from gpt.lab.probes import CKPT_HELP, load, out_path

@@ -39,7 +39,7 @@ from gpt.checkpoint import Loaded, load_model
 from gpt.config import parse_args, setting
 from gpt.device import pick_device, pick_dtype
 from gpt.errors import UserError, exit_on_user_error
-from gpt.generate import encode_prompt
+from gpt.decoding import encode_prompt
 from gpt.inference import COMPILE_HELP, WEIGHTS_HELP, prepare_for_inference
 from gpt.serve import protocol
 from gpt.serve.engine import Busy, Done, Engine, Failed, Finished, Job, Piece, ShuttingDown, warm_up
