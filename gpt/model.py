@@ -86,6 +86,9 @@ def make_norm(config: GPTConfig, size: int) -> nn.Module:
     return nn.LayerNorm(size, bias=config.bias)
 
 
+Turn = tuple[torch.Tensor, torch.Tensor]  # RoPE's cos and sin of every channel pair's angle at some positions
+
+
 class Rotary(nn.Module):
     """Rotary position embedding (RoPE; Su et al. 2021, in Llama and most models since): instead of adding a
     learned vector per position to the input, turn each pair of channels of every query and key by an angle
@@ -101,12 +104,12 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pos: torch.Tensor) -> Turn:
         # pos [T] or [B, T] -> cos and sin of each pair's angle, [1, T, hs/2] or [B, 1, T, hs/2]: one for all heads
         return self.cos[pos].unsqueeze(-3), self.sin[pos].unsqueeze(-3)
 
 
-def rotate(x: torch.Tensor, turn: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def rotate(x: torch.Tensor, turn: Turn) -> torch.Tensor:
     """x [B, nh, T, hs], its channels taken in pairs (x0, x1), each pair turned by its angle (Rotary's cos, sin)."""
     cos, sin = turn
     x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # [B, nh, T, hs/2] each
@@ -114,43 +117,31 @@ def rotate(x: torch.Tensor, turn: tuple[torch.Tensor, torch.Tensor]) -> torch.Te
 
 
 class KVCache:
-    """The keys and values of every token seen so far, for each layer.
-
-    Without a cache, generating each new token re-runs the whole sequence through the model. With it,
-    a step feeds only the new tokens: their queries attend to the stored keys and values of the earlier
-    ones, which never change (attention is causal; with RoPE each key is stored already turned by its own
-    position). The buffers are allocated once, full size.
-
-    The model asks a cache for two things: the positions of the new tokens (`positions`), then, in each
-    layer, to store their keys and values and hand back all of them with a mask (`update`). Here every row
-    of the batch has the same length; gpt/decoding.py's RaggedKVCache answers the same calls for rows of
-    different lengths (a server's requests).
-    """
+    """The keys and values of the tokens seen so far, per layer, so that a step feeds the model only its new
+    tokens: the earlier tokens' keys and values never change (attention is causal; with RoPE each key is stored
+    already turned by its own position). The model calls `positions(T)`, then `update(layer, k, v)` in each
+    layer, and reads `length`. Here all rows have one length; gpt/decoding.py's RaggedKVCache answers the same
+    calls for rows of different lengths (a server's requests)."""
 
     def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=None):
-        head_size = config.n_embd // config.n_head
-        shape = (batch_size, config.n_head, config.block_size, head_size)  # [B, nh, block_size, hs]
+        hs = config.n_embd // config.n_head
+        shape = (batch_size, config.n_head, config.block_size, hs)  # [B, nh, block_size, hs]
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.length = 0  # positions filled: attention reads 0..length-1
-        self.capacity = config.block_size
+        self.length, self.capacity = 0, config.block_size  # positions 0..length-1 are filled
 
     def positions(self, T: int) -> torch.Tensor:
-        """Take the next T positions for a forward pass's new tokens; returns them, pos [T]."""
+        """The positions of a forward pass's T new tokens, pos [T]: they continue the cached sequence."""
         self.start, self.length = self.length, self.length + T
         return torch.arange(self.start, self.length, device=self.keys[0].device)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Store one layer's new keys and values k, v [B, nh, T, hs] after the cached ones; return every key
-        and value so far, [B, nh, L, hs] each (L = length), and the mask [T, L] of the keys each query may
-        see, or None for plain causal attention."""
+        """Store one layer's new k, v [B, nh, T, hs] after the cached ones. Returns every key and value so far,
+        [B, nh, L, hs] each (L = length), and the mask [T, L] of the keys each query may see (None: causal)."""
         start, end = self.start, self.length
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
+        self.keys[layer][:, :, start:end], self.values[layer][:, :, start:end] = k, v
         mask = None
-        if start > 0 and end - start > 1:
-            # Several new queries after cached keys: query t sees keys 0..start+t. (SDPA's is_causal would
-            # line query 0 up with key 0, hiding from it the cached keys it may see.)
+        if start > 0 and end - start > 1:  # query t sees keys 0..start+t; SDPA's is_causal would stop it at t
             mask = torch.arange(end, device=k.device) <= torch.arange(start, end, device=k.device)[:, None]
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end], mask
 
@@ -158,14 +149,15 @@ class KVCache:
         self.length = 0
 
 
-def plain_attention(q, k, v, allowed: torch.Tensor, dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention written out: what F.scaled_dot_product_attention computes in one fused kernel.
-
-    q [B, nh, T, hs] and k, v [B, nh, L, hs]; allowed [T, L] is True where query i may look at key j.
-    Returns the output [B, nh, T, hs] and the attention weights [B, nh, T, L] (each row sums to 1).
-    """
+def plain_attention(q, k, v, mask: torch.Tensor | None = None, dropout: float = 0.0):
+    """Attention written out: what F.scaled_dot_product_attention computes in one fused kernel. q [B, nh, T, hs],
+    k, v [B, nh, L, hs]; mask [T, L] is True where query i may see key j (None: causal, the queries being the last
+    T of the L positions). Returns the output [B, nh, T, hs] and the weights [B, nh, T, L] (rows sum to 1)."""
+    T, L = q.shape[-2], k.shape[-2]
+    if mask is None:
+        mask = torch.ones(T, L, dtype=torch.bool, device=q.device).tril(L - T)
     att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # [B, nh, T, L]: how well each query matches each key
-    att = att.masked_fill(~allowed, float("-inf"))  # no looking ahead: those weights become exactly 0
+    att = att.masked_fill(~mask, float("-inf"))  # no looking ahead: those weights become exactly 0
     att = att.softmax(dim=-1)
     return F.dropout(att, dropout) @ v, att  # a weighted average of the values
 
@@ -190,8 +182,7 @@ class CausalSelfAttention(nn.Module):
         self.plain = False
         self.weights: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rope: Turn | None = None):
         B, T, C = x.shape
         qkv = self.c_attn(x)  # [B, T, 3C]: queries, keys and values of all heads side by side
         # Split into q, k, v and the channels into heads: [B, T, 3, nh, hs] -> 3 x [B, nh, T, hs]
@@ -207,9 +198,6 @@ class CausalSelfAttention(nn.Module):
 
         dropout = self.dropout if self.training else 0.0
         if self.plain:
-            if mask is None:  # the T queries are the last T of the L positions
-                L = k.shape[2]
-                mask = torch.ones(T, L, dtype=torch.bool, device=x.device).tril(L - T)
             y, self.weights = plain_attention(q, k, v, mask, dropout)
         else:
             # The same softmax(q @ k^T / sqrt(hs)) @ v as plain_attention, fused (flash attention where available).
@@ -260,8 +248,7 @@ class Block(nn.Module):
         self.ln_2 = None if config.attention_only else make_norm(config, config.n_embd)
         self.mlp = None if config.attention_only else MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rope: Turn | None = None):
         # Each sub-layer adds to the residual stream x rather than replacing it, which keeps deep
         # stacks trainable: gradients flow straight through the additions.
         x = x + self.attn(self.ln_1(x), cache, layer, rope)
@@ -303,12 +290,10 @@ class GPT(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 all_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -320,9 +305,7 @@ class GPT(nn.Module):
         the sequence stored in the cache.
         """
         B, T = idx.shape
-        start = 0 if kv_cache is None else kv_cache.length
-        self._check_input(idx, start)
-
+        self._check_input(idx, 0 if kv_cache is None else kv_cache.length)
         # [T], or [B, T] from a cache whose rows differ in length: new tokens continue the cached sequence
         pos = torch.arange(T, device=idx.device) if kv_cache is None else kv_cache.positions(T)
         x = self.transformer.wte(idx)  # [B, T, C]
