@@ -8,7 +8,7 @@ side with Hugging Face transformers' `generate` from the same weights.
 
 Cases (one model each, built from the same random weights: speed does not depend on what was learned):
   transformers       GPT2LMHeadModel.generate, greedy, with its KV cache (the folder gpt.hf.save_hf_gpt2 writes)
-  float32            our Decoder (gpt/generate.py) as `sample.py --temperature 0` runs it
+  float32            our Decoder (gpt/decoding.py) as `sample.py --temperature 0` runs it
   bfloat16, int8     `--weights bfloat16`, `--weights int8` (gpt/inference.py)
   int8 weight-only   torch's int8 weight-only matmul kernel (_weight_int8pack_mm), measured to decide: it is
                      not an option of ours
@@ -30,7 +30,7 @@ import harness
 import torch
 import torch.nn as nn
 
-from gpt.generate import generate_tokens
+from gpt.decoding import generate_tokens
 from gpt.hf import save_hf_gpt2
 from gpt.inference import prepare_for_inference
 from gpt.model import GPT, GPTConfig

@@ -6,7 +6,7 @@
 Shapes: the shakespeare_char model (6 layers, 6 heads, 384 wide, block 256, vocab 65) and a 4-layer,
 128-wide, block-64 model (nanoGPT's sample.py, which has no cache, makes about 770 tokens/s there).
 Random weights: speed does not depend on what the model learned. Decoding goes through
-gpt.generate.generate_tokens with sample.py's default settings (temperature 0.8, top_k 200), so the
+gpt.decoding.generate_tokens with sample.py's default settings (temperature 0.8, top_k 200), so the
 numbers include the sampling step. Warm-up first, then repeats taken side by side (cache, no cache, cache,
 ...); median, min and max tokens/s. Writes bench/results/sample.json and prints a table last.
 With --device cuda it also measures GPT-2 124M's shape, in bf16 autocast as sample.py uses on a GPU.
@@ -21,7 +21,7 @@ import harness
 import torch
 
 from gpt.device import synchronize
-from gpt.generate import generate_tokens
+from gpt.decoding import generate_tokens
 from gpt.model import GPT, GPTConfig
 
 GPU_SHAPES = {"gpt2_124m 12L/768/1024": GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)}

@@ -1,35 +1,11 @@
-"""Sampling: the last step of the flow, where a trained model writes text.
+"""sample.py: the command line that writes text from a trained model.
 
-    prompt ─encode─▶ ids ─▶ model ─▶ logits for the next token ─▶ probabilities ─▶ pick one ─▶ append ─┐
-                            ▲                                                                          │
-                            └───────────────────────── repeat max_new_tokens times ◀───────────────────┘
-
-A language model does not output text: at each step it outputs a probability distribution over the
-whole vocabulary for the next token. `next_token_probs` turns the logits into that distribution, shaped by
-the sampling settings, and `sample` picks a token from it:
-
-  temperature  divides the logits: below 1 sharpens the distribution, above 1 flattens it; 0 means greedy
-               (always the most likely token, no randomness).
-  top_k        keeps only the k most likely tokens (0 = off).
-  top_p        "nucleus": keeps the smallest set of most likely tokens whose probabilities add up to at
-               least p (always at least one token; 1.0 = off). Applied after top_k.
-
-`sample.py --show_probs K` prints that distribution, so you can watch temperature sharpen or flatten it.
-
-The KV cache and the context window
------------------------------------
-With the KV cache (the default) each step feeds the model only the newest token; the keys and values of
-the earlier ones are kept (gpt/model.py, KVCache). The model has only block_size positions, so a long text
-has to be cut. ONE policy, shared by both paths (the `Decoder` class), so that greedy output with and
-without the cache is identical token for token at any length:
-
-  * the model sees at most block_size tokens: a prompt longer than that is cut to its last block_size;
-  * when the window is full and another token arrives, the window restarts at the last block_size // 2
-    tokens: with the cache, the cache is rebuilt from them in one forward pass (a "prefill"), then
-    generation goes on one token per step. This costs one prefill of block_size/2 tokens every
-    block_size/2 steps, instead of a full forward pass every step;
-  * without the cache (`--no_kv_cache`) the model recomputes every step from scratch over exactly the
-    window the cached path is using at that step (the tokens since the last restart).
+Its place in the flow: text → tokens → batches → model → loss → optimizer → checkpoint → sampling/decoding.
+This module is the last step's command line: it reads the settings and the prompt, loads the checkpoint, and
+prints what the decode loop (gpt/decoding.py) generates with the tokens that gpt/sampling.py picks. Those two
+modules explain temperature, top_k and top_p, the KV cache and the context window; this one adds what is
+particular to a command line: prompts from --prompt, a file or stdin, streaming to a terminal, chat, and
+`--show_probs K`, which prints the next-token distribution as a table.
 
 Other policies
 --------------
@@ -39,8 +15,9 @@ Other policies
   <|endoftext|> or, for a model tuned on conversations, a marker of its chat template such as <|end|> (not
   printed either). With --chat the prompt is the user's message in that template (gpt/chat.py), and only
   the answer is printed; --interactive --chat keeps the conversation, dropping its oldest exchanges when
-  they leave less than min(max_new_tokens, block_size // 2) tokens of the context for the answer. num_samples samples are generated together as one batch; each ends
-  on its own, and the loop ends when all have.
+  they leave less than min(max_new_tokens, block_size // 2) tokens of the context for the answer.
+  num_samples samples are generated together as one batch; each ends on its own, and the loop ends when all
+  have.
 - Output is decoded through the tokens' UTF-8 bytes and an incremental decoder, so a character split
   across byte-level tokens is printed only once it is whole. Text that could still be the start of a stop
   string is held back until it is clear that it is not.
@@ -48,22 +25,19 @@ Other policies
 
 from __future__ import annotations
 
-import codecs
-import hashlib
 import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence, TextIO
+from typing import TextIO
 
 import torch
 
-from gpt.post.chat import Message
-from gpt.checkpoint import load_model
 from gpt.config import parse_args, setting
-from gpt.device import autocast, pick_device, pick_dtype
+from gpt.decoding import Decoder, TextStream, encode_prompt, generate_tokens
 from gpt.errors import UserError, exit_on_user_error
-from gpt.inference import COMPILE_HELP, WEIGHTS_HELP, prepare_for_inference
+from gpt.inference import CKPT_HELP, ModelSettings, open_model
+from gpt.sampling import next_token_probs, sample, sample_generators
 from gpt.tokenizer import Tokenizer
 
 # ---------------------------------------------------------------------------------------------------
@@ -71,10 +45,8 @@ from gpt.tokenizer import Tokenizer
 
 
 @dataclass
-class SampleConfig:
-    ckpt: str = setting("out/default", "an out_dir (best.pt, else ckpt.pt), a .pt checkpoint, or a local Hugging Face GPT-2 folder")
-    adapter: str | None = setting(None, "a LoRA adapter (the out_dir or .pt of a run with lora_rank > 0) to apply to the --ckpt model, its base")
-    base: str | None = setting(None, "with a LoRA run's checkpoint as --ckpt: where its base model is, if it moved since training")
+class SampleConfig(ModelSettings):
+    ckpt: str = setting("out/default", "the model: " + CKPT_HELP)
     prompt: str | None = setting(None, "the text to continue; empty starts from <|endoftext|> (or a newline for a char tokenizer)")
     prompt_file: str | None = setting(None, "read the prompt from this file (UTF-8); without --prompt/--prompt_file a piped stdin is read")
     temperature: float = setting(0.8, "divides the logits: <1 sharper, >1 flatter; 0 = greedy (always the most likely token)")
@@ -84,10 +56,6 @@ class SampleConfig:
     num_samples: int = setting(1, "samples to generate, together as one batch")
     seed: int = setting(1337, "random seed: the same seed and settings give the same text")
     stop: list[str] = setting([], "end a sample when this string appears (not printed; \\n, \\t and \\\\ are read as newline, tab and backslash); repeat for several")
-    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
-    dtype: str = setting("auto", "auto (bf16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16")
-    weights: str = setting("float32", WEIGHTS_HELP)
-    compile: bool = setting(False, COMPILE_HELP)
     stream: bool | None = setting(None, "flush the first sample's text at every token (default on a terminal); otherwise it is written line by line as it is generated")
     interactive: bool = setting(False, "read prompts line by line from stdin until end of input; print a completion for each (with --chat: a conversation)")
     chat: bool = setting(False, "a model tuned on conversations: send the prompt as the user's message in its chat template, print only the answer, stop at the end of the turn")
@@ -161,284 +129,6 @@ def check_settings(cfg: SampleConfig) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# From logits to a token
-
-
-def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """The distribution the next token is drawn from: logits [B, V] -> probabilities [B, V] (rows sum to 1).
-
-    temperature 0 gives the greedy distribution: all the probability on the most likely token.
-    """
-    logits = logits.float()
-    if temperature == 0:
-        return torch.zeros_like(logits).scatter_(1, logits.argmax(dim=-1, keepdim=True), 1.0)
-    # Shifting the largest logit to 0 first changes no probability, and keeps the division safe for any
-    # temperature: with a tiny one the others overflow to -inf (probability 0), never to inf - inf = nan.
-    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
-    if 0 < top_k < logits.shape[-1]:  # k >= the vocabulary keeps every token: nothing to filter
-        logits = top_k_filter(logits, top_k)
-    if top_p < 1.0:
-        logits = top_p_filter(logits, top_p)
-    return torch.softmax(logits, dim=-1)
-
-
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k largest logits of each row (exactly k, ties broken by position); the others become -inf."""
-    k = min(k, logits.shape[-1])
-    best = torch.topk(logits, k, dim=-1)
-    return torch.full_like(logits, float("-inf")).scatter_(-1, best.indices, best.values)
-
-
-def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose probabilities sum to at least p; the others -> -inf."""
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    probs = torch.softmax(sorted_logits, dim=-1)
-    mass_before = torch.cumsum(probs, dim=-1) - probs  # probability of the more likely tokens
-    # A token is needed while the tokens before it have not reached p yet; the first always is.
-    drop_sorted = mass_before >= p
-    drop_sorted[..., 0] = False
-    drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
-
-
-def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
-    """Pick the next token of each row: logits [B, V] -> ids [B]. Greedy (argmax) at temperature 0.
-
-    `generator` is one random stream for the whole batch, or one per row (`sample_generators`): then each
-    row's draws depend only on its own stream, not on how many other rows are in the batch.
-    """
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = next_token_probs(logits, temperature, top_k, top_p)
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
-    if len(generator) != probs.shape[0]:
-        raise ValueError(f"{len(generator)} generators for {probs.shape[0]} rows")
-    return torch.cat([torch.multinomial(probs[b : b + 1], 1, generator=g)[0] for b, g in enumerate(generator)])
-
-
-def sample_seed(seed: int, index: int) -> int:
-    """The seed of sample `index` (0, 1, ...) of a request seeded with `seed`: sample 0 uses `seed` itself, so
-    asking for more samples never changes the first one; the others get well-separated seeds derived from both."""
-    if index == 0:
-        return seed
-    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1  # 63 bits: torch.Generator takes any non-negative int64
-
-
-def sample_generators(seed: int, count: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
-    """One random stream per sample, seeded with sample_seed(seed, i)."""
-    return [torch.Generator(device=device).manual_seed(sample_seed(seed, i)) for i in range(count)]
-
-
-# ---------------------------------------------------------------------------------------------------
-# The decode loop
-
-
-@dataclass
-class Row:
-    """One sequence in the Decoder's batch."""
-
-    ids: list[int]  # the prompt and everything generated so far
-    start: int  # the first token the model sees (the window's start)
-    cached: int = -1  # tokens of the window held in the KV cache row (-1: to be prefilled)
-
-
-class Decoder:
-    """Feeds a batch of growing sequences to the model and returns the next-token logits of each.
-
-    It owns the context-window policy (see the module docstring), the same with and without the KV cache:
-    the model sees a row's tokens from `row.start` on; when they would exceed block_size, `start` jumps so
-    that the last block_size // 2 tokens remain (and that row of the cache is rebuilt from them).
-
-    Rows may join (`add`) and leave (`remove`) between steps, and differ in length: this is how the server
-    (gpt/serve) decodes requests that arrive at different times in one batch. A step first fills the cache
-    of rows that are new or whose window restarted ("prefill", with all their tokens but the last), then
-    runs one batched forward pass over every row's newest token.
-    """
-
-    def __init__(self, model, prompt_ids: torch.Tensor | None = None, use_kv_cache: bool = True,
-                 dtype: torch.dtype = torch.float32, vocab_size: int | None = None, max_rows: int | None = None):
-        self.model = model
-        self.block_size = model.config.block_size
-        self.keep = max(1, self.block_size // 2)  # tokens kept when the window restarts
-        self.device = next(model.parameters()).device if prompt_ids is None else prompt_ids.device
-        self.dtype = dtype  # autocast dtype (float32: none)
-        self.vocab_size = vocab_size or model.config.vocab_size  # ids beyond the tokenizer's are never picked
-        self.rows: list[Row] = []
-        self.max_rows = max_rows or (1 if prompt_ids is None else prompt_ids.shape[0])
-        # The cache stores keys/values in the dtype the attention computes in (bf16 under autocast).
-        self.cache = model.new_kv_cache(self.max_rows, dtype=None if dtype == torch.float32 else dtype) \
-            if use_kv_cache else None
-        for ids in [] if prompt_ids is None else prompt_ids.tolist():
-            self.add(ids)
-
-    def add(self, ids: Sequence[int]) -> int:
-        """A new row that continues `ids` (at least one token); returns its index."""
-        if len(self.rows) == self.max_rows:
-            raise ValueError(f"the batch is full ({self.max_rows} rows)")
-        if not ids:
-            raise ValueError("a row needs at least one token to continue")
-        self.rows.append(Row(list(ids), start=max(0, len(ids) - self.block_size)))
-        return len(self.rows) - 1
-
-    def remove(self, index: int) -> None:
-        """Drop row `index`; the last row moves into its place (so remove from the highest index down)."""
-        last = len(self.rows) - 1
-        if index != last:
-            self.rows[index] = self.rows[last]
-            filled = self.rows[index].cached
-            if self.cache is not None and filled > 0:
-                for buffers in (self.cache.keys, self.cache.values):
-                    for layer in buffers:
-                        layer[index, :, :filled] = layer[last, :, :filled]
-                self.cache.lengths[index] = filled
-        self.rows.pop()
-
-    @torch.inference_mode()  # like no_grad, and lighter per operation: a step is many small ops
-    def next_logits(self) -> torch.Tensor:
-        """Logits [rows, V] for the token after each row's ids."""
-        for row in self.rows:
-            if len(row.ids) - row.start > self.block_size:
-                row.start = len(row.ids) - self.keep  # window full: restart from the last block_size // 2 tokens
-                row.cached = -1
-        with autocast(self.device, self.dtype):
-            if self.cache is None:
-                logits = self._recompute()
-            else:
-                self._prefill()
-                # Every row now has exactly one token the cache has not seen: its newest. One step for all.
-                newest = torch.tensor([[row.ids[-1]] for row in self.rows], device=self.device)  # [rows, 1]
-                full = len(self.rows) == self.max_rows
-                cache = self.cache if full else self.cache.rows_view(0, len(self.rows))
-                cache.length = max(row.cached for row in self.rows)  # the longest row, after any prefill
-                logits, _ = self.model(newest, kv_cache=cache)
-                for row in self.rows:
-                    row.cached += 1
-        return logits[:, -1, : self.vocab_size].float()
-
-    def _prefill(self) -> None:
-        """Fill the cache rows that are new or restarted with their window's tokens but the last, running
-        neighbouring rows that have the same number of tokens together (the samples of one prompt)."""
-        index = 0
-        while index < len(self.rows):
-            row = self.rows[index]
-            if row.cached >= 0:
-                index += 1
-                continue
-            window = len(row.ids) - row.start - 1
-            end = index + 1
-            while end < len(self.rows) and self.rows[end].cached < 0 and \
-                    len(self.rows[end].ids) - self.rows[end].start - 1 == window:
-                end += 1
-            cache = self.cache.rows_view(index, end)
-            cache.reset()
-            if window > 0:
-                tokens = torch.tensor([r.ids[r.start : r.start + window] for r in self.rows[index:end]],
-                                      device=self.device)  # [rows, window]
-                self.model(tokens, kv_cache=cache)
-            for r in self.rows[index:end]:
-                r.cached = window
-            index = end
-
-    def _recompute(self) -> torch.Tensor:
-        """The obvious path: each row's whole window, from scratch, every step (rows of equal windows together)."""
-        windows = [row.ids[row.start:] for row in self.rows]
-        if all(len(w) == len(windows[0]) for w in windows):
-            return self.model(torch.tensor(windows, device=self.device))[0]
-        return torch.cat([self.model(torch.tensor([w], device=self.device))[0] for w in windows])
-
-    def append(self, next_ids: torch.Tensor | Sequence[int]) -> None:
-        """Add one token to each row: next_ids [rows]."""
-        tokens = next_ids.view(-1).tolist() if isinstance(next_ids, torch.Tensor) else list(next_ids)
-        if len(tokens) != len(self.rows):
-            raise ValueError(f"{len(tokens)} tokens for {len(self.rows)} rows")
-        for row, token in zip(self.rows, tokens):
-            row.ids.append(token)
-
-
-def generate_tokens(model, prompt_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                    top_k: int = 0, top_p: float = 1.0,
-                    generator: torch.Generator | Sequence[torch.Generator] | None = None,
-                    use_kv_cache: bool = True, dtype: torch.dtype = torch.float32,
-                    vocab_size: int | None = None) -> Iterator[torch.Tensor]:
-    """Yield the next token of every sequence in the batch, step by step: prompt_ids [B, n] -> ids [B] each step."""
-    decoder = Decoder(model, prompt_ids, use_kv_cache, dtype, vocab_size)
-    for _ in range(max_new_tokens):
-        next_ids = sample(decoder.next_logits(), temperature, top_k, top_p, generator)
-        decoder.append(next_ids)
-        yield next_ids
-
-
-# ---------------------------------------------------------------------------------------------------
-# From tokens back to text
-
-
-class TextStream:
-    """Turns one sample's tokens into text that is safe to print as it comes.
-
-    Two things are held back: the bytes of a character not complete yet (byte-level tokens can split a
-    character), and text that could still be the start of a stop string. Once a stop string appears the
-    sample is done, and neither it nor anything after it is returned.
-    """
-
-    def __init__(self, tokenizer: Tokenizer, stop: list[str] | tuple[str, ...] = ()):
-        self.tokenizer = tokenizer
-        self.stop = [s for s in stop if s]
-        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.pending = ""  # decoded, not returned yet
-        self.done = False
-        self.text = ""  # everything returned so far
-
-    def push(self, token_id: int) -> str:
-        """Add one token; return the text that can be printed now (maybe empty)."""
-        if self.done:
-            return ""
-        self.pending += self.utf8.decode(self.tokenizer.decode_bytes([token_id]))
-        return self._release(final=False)
-
-    def finish(self) -> str:
-        """End of the sample: return whatever was held back (an unfinished character becomes U+FFFD)."""
-        if self.done:
-            return ""
-        self.pending += self.utf8.decode(b"", final=True)
-        out = self._release(final=True)
-        self.done = True
-        return out
-
-    def _release(self, final: bool) -> str:
-        hits = [i for i in (self.pending.find(s) for s in self.stop) if i >= 0]
-        if hits:
-            out, self.pending, self.done = self.pending[: min(hits)], "", True
-        else:
-            hold = 0 if final else self._possible_stop_start()
-            out = self.pending[: len(self.pending) - hold]
-            self.pending = self.pending[len(self.pending) - hold:]
-        self.text += out
-        return out
-
-    def _possible_stop_start(self) -> int:
-        """Length of the longest end of the pending text that a stop string starts with."""
-        longest = 0
-        for s in self.stop:
-            for length in range(min(len(s) - 1, len(self.pending)), longest, -1):
-                if self.pending.endswith(s[:length]):
-                    longest = length
-                    break
-        return longest
-
-
-def show_token(tokenizer: Tokenizer, token_id: int) -> str:
-    """A token as a quoted string with whitespace visible ('\\n', ' the'); bytes that are part of a character as b'..'."""
-    raw = tokenizer.decode_bytes([token_id])
-    try:
-        return repr(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        return repr(raw)
-
-
-# ---------------------------------------------------------------------------------------------------
 # The command line
 
 
@@ -464,17 +154,8 @@ def _utf8(data: bytes, what: str) -> str:
         raise UserError(f"{what} is not UTF-8 text (byte offset {e.start}): convert it to UTF-8") from None
 
 
-def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """The prompt's token ids; an empty prompt starts from <|endoftext|>, or else from a newline."""
-    if prompt:
-        return tokenizer.encode(prompt)
-    if tokenizer.eot_id is not None:
-        return [tokenizer.eot_id]
-    try:
-        return tokenizer.encode("\n")
-    except UserError:
-        raise UserError("the prompt is empty and this tokenizer has neither <|endoftext|> nor a newline to "
-                        "start from: give one with --prompt") from None
+def message(role: str, content: str) -> dict[str, str]:
+    return {"role": role, "content": content}
 
 
 class Sampler:
@@ -483,10 +164,8 @@ class Sampler:
     def __init__(self, cfg: SampleConfig, out: TextIO):
         self.cfg = cfg
         self.out = out
-        self.device = pick_device(cfg.device)
-        self.dtype = pick_dtype(cfg.dtype, self.device)
-        loaded = load_model(cfg.ckpt, self.device, adapter=cfg.adapter, base=cfg.base)
-        self.model = prepare_for_inference(loaded.model, cfg.weights, cfg.compile, self.dtype)
+        opened = open_model(cfg)
+        self.model, self.device, self.dtype, loaded = opened.model, opened.device, opened.dtype, opened.loaded
         self.tokenizer, self.template = loaded.tokenizer, loaded.chat_template
         self.stream = out.isatty() if cfg.stream is None else cfg.stream
         if cfg.chat and self.template is None:
@@ -496,7 +175,9 @@ class Sampler:
         self.stop_ids = set() if self.tokenizer.eot_id is None else {self.tokenizer.eot_id}
         if self.template is not None:
             self.stop_ids |= self.template.stop_ids
-        self.history: list[Message] = []  # an interactive chat's conversation so far
+        # An interactive chat's conversation so far: {"role", "content"} messages, as the chat template (gpt/post/chat.py,
+        # found on the loaded model) and the server's API take them.
+        self.history: list[dict[str, str]] = []
 
     def _generators(self, count: int) -> list[torch.Generator]:
         # Re-seeded for every prompt, so a prompt's text does not depend on what came before it; one stream
@@ -513,15 +194,15 @@ class Sampler:
         else:
             texts = self.write_samples(prompt, ids)
             if self.cfg.chat and self.cfg.interactive:
-                self.history += [Message("user", prompt), Message("assistant", texts[0].text)]
+                self.history += [message("user", prompt), message("assistant", texts[0].text)]
 
     def chat_prompt(self, prompt: str) -> list[int]:
         """The template's prompt for the user's message: after the system message and, in an interactive chat,
         the turns so far, trimmed from the oldest when they leave too little of the context for the answer."""
         if not prompt.strip():
             raise UserError("the message is empty: type something to say to the model")
-        system = [Message("system", self.cfg.system)] if self.cfg.system else []
-        messages = system + self.history + [Message("user", prompt)]
+        system = [message("system", self.cfg.system)] if self.cfg.system else []
+        messages = system + self.history + [message("user", prompt)]
         block_size = self.model.config.block_size
         room = min(self.cfg.max_new_tokens, block_size // 2)
         messages = self.template.trim_history(messages, block_size - room)
@@ -617,6 +298,15 @@ def probability_table(tokenizer: Tokenizer, probs: torch.Tensor, k: int, picked:
         lines.append(f"  {rank:>4}  {name:<{width}}  {p:6.4f}  {bar}{mark}")
     lines.append(f"  {'':>4}  {total_label:<{width}}  {float(top.values.sum()):6.4f}")
     return "\n".join(lines)
+
+
+def show_token(tokenizer: Tokenizer, token_id: int) -> str:
+    """A token as a quoted string with whitespace visible ('\\n', ' the'); bytes that are part of a character as b'..'."""
+    raw = tokenizer.decode_bytes([token_id])
+    try:
+        return repr(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return repr(raw)
 
 
 def _can_print(text: str) -> bool:

@@ -1,17 +1,19 @@
 """The model: a decoder-only Transformer that reads token ids and predicts the next token at every position.
 
-Its place in the flow: batches of token ids x [B, T] come in (from gpt/data.py); logits [B, T, vocab_size]
-go out, and with targets y (x shifted by one) the cross-entropy loss that training (gpt/trainer.py)
-minimises. Sampling (gpt/generate.py) calls the same forward with a KV cache, one new token at a time.
+Its place in the flow: text → tokens → batches → model → loss → optimizer → checkpoint → sampling/decoding.
+Batches of token ids x [B, T] come in (from gpt/data.py); logits [B, T, vocab_size] go out, and with targets
+y (x shifted by one) the cross-entropy loss that training (gpt/trainer.py) minimises. Decoding
+(gpt/decoding.py) calls the same forward with a KV cache, one new token at a time.
 
-By default the architecture is GPT-2's, so GPT-2's weights load into it (gpt/hf.py):
+GPTConfig's defaults are GPT-2's architecture, so GPT-2's weights load into it (gpt/hf.py):
 
     ids ─▶ token embedding + position embedding ─▶ n_layer x Block ─▶ LayerNorm ─▶ LM head ─▶ logits
     Block:  x = x + attention(LayerNorm(x));  x = x + MLP(LayerNorm(x))          ("pre-LayerNorm")
 
 Since GPT-2 (2019), a few changes have been found to buy a lower loss for the same compute (Llama, the
-modded-nanogpt speedrun, nanochat). Each is an option of GPTConfig, off by default, a small branch below
-that says what it buys; ARCHITECTURES names two sets of them, "gpt2" (none) and "modern" (BENCHMARKS.md).
+modded-nanogpt speedrun, nanochat). Each is an option of GPTConfig, a small branch below that says what it
+buys. ARCHITECTURES names two sets of them: "gpt2" (none) and "modern" (RoPE, ReLU², QK-norm, an untied
+head, zero init), which is what `python train.py` builds by default (BENCHMARKS.md).
 
 Shapes in the comments: B batch size, T sequence length, C = n_embd (channels), nh = n_head,
 hs = head size = C / nh, V = vocab_size, L = number of positions held in the KV cache.
@@ -19,7 +21,6 @@ hs = head size = C / nh, V = vocab_size, L = number of positions held in the KV 
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -85,6 +86,9 @@ def make_norm(config: GPTConfig, size: int) -> nn.Module:
     return nn.LayerNorm(size, bias=config.bias)
 
 
+Turn = tuple[torch.Tensor, torch.Tensor]  # RoPE's cos and sin of every channel pair's angle at some positions
+
+
 class Rotary(nn.Module):
     """Rotary position embedding (RoPE; Su et al. 2021, in Llama and most models since): instead of adding a
     learned vector per position to the input, turn each pair of channels of every query and key by an angle
@@ -100,12 +104,12 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pos: torch.Tensor) -> Turn:
         # pos [T] or [B, T] -> cos and sin of each pair's angle, [1, T, hs/2] or [B, 1, T, hs/2]: one for all heads
         return self.cos[pos].unsqueeze(-3), self.sin[pos].unsqueeze(-3)
 
 
-def rotate(x: torch.Tensor, turn: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def rotate(x: torch.Tensor, turn: Turn) -> torch.Tensor:
     """x [B, nh, T, hs], its channels taken in pairs (x0, x1), each pair turned by its angle (Rotary's cos, sin)."""
     cos, sin = turn
     x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # [B, nh, T, hs/2] each
@@ -113,69 +117,47 @@ def rotate(x: torch.Tensor, turn: tuple[torch.Tensor, torch.Tensor]) -> torch.Te
 
 
 class KVCache:
-    """The keys and values of every token seen so far, for each layer.
-
-    Without a cache, generating each new token re-runs the whole sequence through the model. With it,
-    a step feeds only the new token: its query attends to the stored keys and values of the earlier
-    ones, which never change (attention is causal; with RoPE each key is stored already turned by its own
-    position). The buffers are allocated once, full size.
-
-    Each row of the batch is a sequence of its own length (`lengths`): a server decodes requests that
-    started at different times side by side. A forward pass first takes the next positions of every row
-    (`advance`); each attention layer then stores its new keys and values there and attends with a mask
-    that lets each query see only its own row's keys, up to its own position (`update`).
-    """
+    """The keys and values of the tokens seen so far, per layer, so that a step feeds the model only its new
+    tokens: the earlier tokens' keys and values never change (attention is causal; with RoPE each key is stored
+    already turned by its own position). The model calls `positions(T)`, then `update(layer, k, v)` in each
+    layer, and reads `length`. Here all rows have one length; gpt/decoding.py's RaggedKVCache answers the same
+    calls for rows of different lengths (a server's requests)."""
 
     def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=None):
-        head_size = config.n_embd // config.n_head
-        shape = (batch_size, config.n_head, config.block_size, head_size)  # [B, nh, block_size, hs]
+        hs = config.n_embd // config.n_head
+        shape = (batch_size, config.n_head, config.block_size, hs)  # [B, nh, block_size, hs]
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # [B] positions filled in each row
-        self.length = 0  # the longest row's: attention reads positions 0..length-1
-        self.capacity = config.block_size
+        self.length, self.capacity = 0, config.block_size  # positions 0..length-1 are filled
 
-    def advance(self, T: int) -> torch.Tensor:
-        """Take the next T positions of every row for a forward pass's new tokens; returns them, pos [B, T]."""
-        device = self.lengths.device
-        self.pos = self.lengths[:, None] + torch.arange(T, device=device)  # [B, T]: each row from its own length
-        self.lengths += T
-        self.length += T
-        # Query t of row b may see that row's keys 0..pos[b, t]: [B, 1, T, L], the same for every head.
-        self.allowed = (torch.arange(self.length, device=device) <= self.pos[:, :, None]).unsqueeze(1)
-        _, nh, _, hs = self.keys[0].shape
-        self.index = self.pos[:, None, :, None].expand(-1, nh, -1, hs)  # [B, nh, T, hs]: where each new value goes
-        return self.pos
+    def positions(self, T: int) -> torch.Tensor:
+        """The positions of a forward pass's T new tokens, pos [T]: they continue the cached sequence."""
+        self.start, self.length = self.length, self.length + T
+        return torch.arange(self.start, self.length, device=self.keys[0].device)
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Store one layer's new keys and values k, v [B, nh, T, hs] at their positions; return every key and
-        value held so far, [B, nh, L, hs] each (L = the longest row's length), and the mask `allowed`."""
-        self.keys[layer].scatter_(2, self.index, k)  # [B, nh, T, hs] into [B, nh, block_size, hs]
-        self.values[layer].scatter_(2, self.index, v)
-        return self.keys[layer][:, :, : self.length], self.values[layer][:, :, : self.length], self.allowed
-
-    def rows_view(self, start: int, stop: int) -> KVCache:
-        """Rows start..stop-1 as a cache of their own that shares this one's memory (to fill some rows only)."""
-        view = copy.copy(self)
-        view.keys = [k[start:stop] for k in self.keys]
-        view.values = [v[start:stop] for v in self.values]
-        view.lengths = self.lengths[start:stop]
-        view.length = int(view.lengths.max()) if stop > start else 0
-        return view
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store one layer's new k, v [B, nh, T, hs] after the cached ones. Returns every key and value so far,
+        [B, nh, L, hs] each (L = length), and the mask [T, L] of the keys each query may see (None: causal)."""
+        start, end = self.start, self.length
+        self.keys[layer][:, :, start:end], self.values[layer][:, :, start:end] = k, v
+        mask = None
+        if start > 0 and end - start > 1:  # query t sees keys 0..start+t; SDPA's is_causal would stop it at t
+            mask = torch.arange(end, device=k.device) <= torch.arange(start, end, device=k.device)[:, None]
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end], mask
 
     def reset(self) -> None:
-        self.lengths.zero_()
         self.length = 0
 
 
-def plain_attention(q, k, v, allowed: torch.Tensor, dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention written out: what F.scaled_dot_product_attention computes in one fused kernel.
-
-    q [B, nh, T, hs] and k, v [B, nh, L, hs]; allowed [T, L] is True where query i may look at key j.
-    Returns the output [B, nh, T, hs] and the attention weights [B, nh, T, L] (each row sums to 1).
-    """
+def plain_attention(q, k, v, mask: torch.Tensor | None = None, dropout: float = 0.0):
+    """Attention written out: what F.scaled_dot_product_attention computes in one fused kernel. q [B, nh, T, hs],
+    k, v [B, nh, L, hs]; mask [T, L] is True where query i may see key j (None: causal, the queries being the last
+    T of the L positions). Returns the output [B, nh, T, hs] and the weights [B, nh, T, L] (rows sum to 1)."""
+    T, L = q.shape[-2], k.shape[-2]
+    if mask is None:
+        mask = torch.ones(T, L, dtype=torch.bool, device=q.device).tril(L - T)
     att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # [B, nh, T, L]: how well each query matches each key
-    att = att.masked_fill(~allowed, float("-inf"))  # no looking ahead: those weights become exactly 0
+    att = att.masked_fill(~mask, float("-inf"))  # no looking ahead: those weights become exactly 0
     att = att.softmax(dim=-1)
     return F.dropout(att, dropout) @ v, att  # a weighted average of the values
 
@@ -200,8 +182,7 @@ class CausalSelfAttention(nn.Module):
         self.plain = False
         self.weights: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rope: Turn | None = None):
         B, T, C = x.shape
         qkv = self.c_attn(x)  # [B, T, 3C]: queries, keys and values of all heads side by side
         # Split into q, k, v and the channels into heads: [B, T, 3, nh, hs] -> 3 x [B, nh, T, hs]
@@ -211,20 +192,18 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:  # the turns for these tokens' positions (GPT.forward)
             q, k = rotate(q, rope), rotate(k, rope)
 
-        allowed = None  # without a cache: plain causal attention over these T tokens
-        if cache is not None:
-            # Keep this step's keys and values after the earlier ones; attend over all L of them, each row's
-            # queries seeing only their own row's keys up to their own position (rows may differ in length).
-            k, v, allowed = cache.update(layer, k, v)  # [B, nh, L, hs] twice, allowed [B, 1, T, L]
+        mask = None  # causal: each of the T queries sees the keys up to its own position
+        if cache is not None:  # keep the new keys and values; attend over all L held so far
+            k, v, mask = cache.update(layer, k, v)  # [B, nh, L, hs] twice; mask [T, L], [B, 1, T, L] or None
 
         dropout = self.dropout if self.training else 0.0
         if self.plain:
-            if allowed is None:  # token t may look at tokens 0..t
-                allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            y, self.weights = plain_attention(q, k, v, allowed, dropout)
+            y, self.weights = plain_attention(q, k, v, mask, dropout)
         else:
             # The same softmax(q @ k^T / sqrt(hs)) @ v as plain_attention, fused (flash attention where available).
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=allowed is None, dropout_p=dropout)
+            # is_causal lines query 0 up with key 0: right when L == T; one query after a cache sees every key.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                               dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: [B, T, C]
         return self.resid_dropout(self.c_proj(y))
 
@@ -269,8 +248,7 @@ class Block(nn.Module):
         self.ln_2 = None if config.attention_only else make_norm(config, config.n_embd)
         self.mlp = None if config.attention_only else MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rope: Turn | None = None):
         # Each sub-layer adds to the residual stream x rather than replacing it, which keeps deep
         # stacks trainable: gradients flow straight through the additions.
         x = x + self.attn(self.ln_1(x), cache, layer, rope)
@@ -312,12 +290,10 @@ class GPT(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 all_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -329,13 +305,9 @@ class GPT(nn.Module):
         the sequence stored in the cache.
         """
         B, T = idx.shape
-        start = 0 if kv_cache is None else kv_cache.length
-        self._check_input(idx, start)
-
-        if kv_cache is None:
-            pos = torch.arange(T, device=idx.device)  # [T]
-        else:
-            pos = kv_cache.advance(T)  # [B, T]: each row continues its own sequence
+        self._check_input(idx, 0 if kv_cache is None else kv_cache.length)
+        # [T], or [B, T] from a cache whose rows differ in length: new tokens continue the cached sequence
+        pos = torch.arange(T, device=idx.device) if kv_cache is None else kv_cache.positions(T)
         x = self.transformer.wte(idx)  # [B, T, C]
         rope = None if self.rotary is None else self.rotary(pos)  # cos, sin: how far every layer turns q and k
         if rope is None:

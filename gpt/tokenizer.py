@@ -1,6 +1,6 @@
 """Tokenizers: the first step of the flow, text -> token ids (and back, when sampling).
 
-text ──encode──▶ list[int] ──(data.py writes bins)──▶ ... ──(generate.py)──▶ list[int] ──decode──▶ text
+text ──encode──▶ list[int] ──(data.py writes bins)──▶ ... ──(decoding.py)──▶ list[int] ──decode──▶ text
 
 One small interface, `Tokenizer`, with two kinds behind it:
   CharTokenizer       "char": the sorted set of the corpus's characters

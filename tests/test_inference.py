@@ -12,9 +12,10 @@ import torch.nn as nn
 
 from gpt.errors import UserError
 from gpt.evaluate import main as evaluate_main
-from gpt.generate import generate_tokens, main as sample_main
+from gpt.decoding import generate_tokens
+from gpt.generate import main as sample_main
 from gpt.inference import prepare_for_inference
-from test_generate import TINY_TEXT, one_thread, train_tiny_checkpoint, train_tiny_model
+from test_decoding import TINY_TEXT, one_thread, train_tiny_checkpoint, train_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from gpt.lab.scores import (heads_off, icl_score, icl_windows, induction_scores,
                             recording_attention)
 from gpt.lab.synthetic import repeat_batch, repeated_random_tokens, synthetic_tokenizer
 from gpt.model import GPT, GPTConfig
-from test_generate import one_thread, train_tiny_checkpoint
+from test_decoding import one_thread, train_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -34,7 +34,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    """A 2-layer char model of a short text (trained once per session in tests/test_generate.py)."""
+    """A 2-layer char model of a short text (trained once per session in tests/test_decoding.py)."""
     path = tmp_path_factory.mktemp("lab_tiny") / "ckpt.pt"
     train_tiny_checkpoint(path)
     return str(path)

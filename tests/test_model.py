@@ -119,24 +119,20 @@ def test_kv_cache_matches_full_forward(chunks):
     torch.testing.assert_close(torch.cat(outputs, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
-def test_kv_cache_rows_of_different_lengths_match_each_row_alone():
-    # Three sequences of 3, 9 and 6 tokens filled row by row (through row views), then two steps together:
-    # each row's logits are those of its own sequence run alone, and no row sees another row's keys.
-    model = tiny().eval()
-    seqs = [torch.randint(0, 37, (1, n)) for n in (3, 9, 6)]
-    cache = model.new_kv_cache(batch_size=3)
-    for row, seq in enumerate(seqs):
-        model(seq, kv_cache=cache.rows_view(row, row + 1))
-    assert cache.lengths.tolist() == [3, 9, 6]
-    cache.length = 9
-    for step in range(2):
-        new = torch.randint(0, 37, (3, 1))
-        logits, _ = model(new, kv_cache=cache)
-        for row in range(3):
-            seqs[row] = torch.cat([seqs[row], new[row : row + 1]], dim=1)
-            alone, _ = model(seqs[row])
-            torch.testing.assert_close(logits[row], alone[0], atol=1e-5, rtol=1e-5)
-    assert cache.lengths.tolist() == [5, 11, 8] and cache.length == 11
+@pytest.mark.parametrize("position", ["learned", "rope"])
+def test_simple_cache_prefill_then_step_equals_an_uncached_forward(position):
+    # The learner's cache: a prefill of 6 tokens, a step of 3 (causal inside the step, after the cache:
+    # the explicit mask) and a step of 1, against one forward pass over all 10 tokens.
+    model = tiny(position=position).eval()
+    idx = torch.randint(0, 37, (2, 10))
+    full, _ = model(idx, all_logits=True)
+    cache = model.new_kv_cache(batch_size=2)
+    assert isinstance(cache, KVCache)
+    prefill, _ = model(idx[:, :6], kv_cache=cache, all_logits=True)
+    step3, _ = model(idx[:, 6:9], kv_cache=cache, all_logits=True)
+    step1, _ = model(idx[:, 9:], kv_cache=cache)
+    torch.testing.assert_close(torch.cat([prefill, step3, step1], dim=1), full, atol=1e-5, rtol=1e-5)
+    assert cache.length == 10
 
 
 def test_kv_cache_reset_and_overflow():
@@ -273,7 +269,7 @@ def test_every_option_keeps_the_kv_cache_exact_and_the_model_causal(options):
     changed[:, 7] = (changed[:, 7] + 1) % 37
     torch.testing.assert_close(model(changed, all_logits=True)[0][:, :7], full[:, :7])
     # Greedy decoding with the cache picks exactly the tokens that recomputing every window picks.
-    from gpt.generate import generate_tokens
+    from gpt.decoding import generate_tokens
 
     def greedy(use_kv_cache):
         return [t.tolist() for t in generate_tokens(model, idx[:, :3], 30, temperature=0.0, use_kv_cache=use_kv_cache)]

@@ -16,8 +16,9 @@ import sys
 import pytest
 import torch
 
-from gpt.generate import main
-from test_generate import TINY_TEXT, train_tiny_checkpoint
+from gpt.generate import main, probability_table, show_token
+from gpt.tokenizer import CharTokenizer
+from test_decoding import TINY_TEXT, ByteTokenizer, train_tiny_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEPARATOR = "-" * 15 + "\n"
@@ -86,7 +87,8 @@ def test_more_samples_never_change_the_first_and_each_has_its_own_stream(sample_
     assert len(set(three)) == 3  # separate streams, not three copies
     # The Python API, with the same per-sample streams, writes the same texts as the command line.
     from gpt.checkpoint import load_model
-    from gpt.generate import generate_tokens, sample_generators
+    from gpt.decoding import generate_tokens
+    from gpt.sampling import sample_generators
 
     loaded = load_model(ckpt)
     ids = loaded.tokenizer.encode("the ")
@@ -330,3 +332,31 @@ def test_malicious_checkpoint_is_refused_and_nothing_runs(ckpt, tmp_path):
     # the file really is malicious: loading it the unsafe way runs its code
     torch.load(evil, weights_only=False)
     assert marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The probability table and the command line's helpers
+
+
+def test_show_token_makes_whitespace_and_partial_bytes_visible():
+    tokenizer = ByteTokenizer()
+    assert show_token(tokenizer, tokenizer.encode("\n")[0]) == "'\\n'"
+    assert show_token(tokenizer, tokenizer.encode("the")[0]) == "'the'" and show_token(tokenizer, 32) == "' '"
+    assert show_token(tokenizer, 0xE2) == "b'\\xe2'"
+
+
+def test_probability_table_marks_the_pick_even_outside_the_top_k():
+    tokenizer = CharTokenizer("abcd")
+    probs = torch.tensor([0.1, 0.6, 0.2, 0.1])
+    table = probability_table(tokenizer, probs, 2, picked=3).splitlines()
+    assert "'b'" in table[1] and "0.6000" in table[1] and "'c'" in table[2]
+    assert "'d'" in table[3] and table[3].strip().startswith("3") and table[3].endswith("<- picked")
+    assert "0.8000" in table[-1]  # the top-2 sum
+
+
+def test_unescape_reads_the_common_escapes_only():
+    from gpt.generate import unescape
+
+    assert unescape("\\n\\n") == "\n\n"
+    assert unescape("a\\tb\\\\n") == "a\tb\\n"
+    assert unescape("C:\\x café") == "C:\\x café"

@@ -22,7 +22,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
 from gpt.generate import main as sample_main  # noqa: E402
-from test_generate import train_tiny_checkpoint  # noqa: E402
+from test_decoding import train_tiny_checkpoint  # noqa: E402
 from test_serve_engine import PROMPTS, alone  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def test_a_seed_gives_sample_py_samples(server, ckpt, capsys, monkeypatch):
 
 
 def test_stop_strings_and_several_prompts(server):
-    from test_generate import train_tiny_model
+    from test_decoding import train_tiny_model
 
     answer = server.client().completions.create(model=MODEL, prompt=["the dog ", "and then"], max_tokens=60,
                                                 temperature=0, stop=["!", ","])
@@ -283,7 +283,7 @@ def test_the_api_key_is_required_on_v1_only(server):
 
 
 def test_16_clients_x_10_requests_lose_nothing_and_match_each_alone(server):
-    from test_generate import train_tiny_model
+    from test_decoding import train_tiny_model
 
     tiny = train_tiny_model()
     lengths = [4, 7, 10, 5]

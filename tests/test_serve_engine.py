@@ -8,9 +8,10 @@ import queue
 import pytest
 import torch
 
-from gpt.generate import encode_prompt, generate_tokens, next_token_probs, sample_generators
+from gpt.decoding import encode_prompt, generate_tokens
+from gpt.sampling import next_token_probs, sample_generators
 from gpt.serve.engine import Busy, Done, Engine, Failed, Finished, Job, Piece, Settings
-from test_generate import one_thread, train_tiny_model
+from test_decoding import one_thread, train_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -30,15 +30,16 @@ import torch
 
 from gpt.config import parse_args, setting
 from gpt.errors import UserError, exit_on_user_error
-from gpt.generate import TextStream, generate_tokens, unescape
+from gpt.decoding import TextStream, generate_tokens
+from gpt.generate import unescape
 from gpt.lab import plots
 from gpt.lab.output import table, write_json
-from gpt.lab.probes import CKPT_HELP, load, out_path
+from gpt.inference import ModelSettings
+from gpt.lab.probes import load, out_path
 
 
 @dataclass
-class FewshotConfig:
-    ckpt: str = setting("", CKPT_HELP)
+class FewshotConfig(ModelSettings):
     data: str = setting("", "the task set: a JSONL file of prompt/response (or instruction/input/output, or messages) lines")
     template: str = setting("Input: {prompt}\nOutput: {response}\n", "how one example is written; the text after {response} ends an answer (\\n for newline)")
     max_shots: int = setting(64, "the most examples to put in a prompt (fewer when block_size or the task set is shorter)")
@@ -46,7 +47,6 @@ class FewshotConfig:
     max_new_tokens: int = setting(0, "longest answer generated (0 = the longest response's tokens + 4)")
     seed: int = setting(0, "seeds the choice of examples and of their shots")
     out_dir: str = setting("out/lab/fewshot", "where fewshot.json and fewshot.png go (replaced if there)")
-    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
 
 
 @dataclass
@@ -153,7 +153,7 @@ def greedy_answer(model, tokenizer, prompt_ids: list[int], max_new_tokens: int, 
 
 def run_fewshot(cfg: FewshotConfig, say=print) -> dict[str, Any]:
     parts, examples = read_task_set(cfg)
-    loaded, device = load(cfg.ckpt, cfg.device)
+    loaded, device = load(cfg)
     model, tokenizer = loaded.model, loaded.tokenizer
     block_size = model.config.block_size
     questions = choose_questions(examples, cfg.max_examples, random.Random(cfg.seed))

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt.checkpoint import Loaded, load_model
+from gpt.checkpoint import Loaded
 from gpt.config import parse_args, setting
-from gpt.device import pick_device
+from gpt.inference import ModelSettings, open_model
 from gpt.errors import UserError, exit_on_user_error
 from gpt.lab import plots
 from gpt.lab.output import table, write_json
@@ -27,14 +27,14 @@ from gpt.lab.scores import (forward_with_attention, icl_score, icl_windows, indu
                             previous_token_scores, token_losses)
 from gpt.lab.synthetic import RepeatBatch
 
-CKPT_HELP = "the model: an out_dir (best.pt, else ckpt.pt), a .pt checkpoint, or a local Hugging Face GPT-2 folder"
-
-
-def load(ckpt: str, device: str) -> tuple[Loaded, torch.device]:
-    if not ckpt:
-        raise UserError("give the model to look inside: --ckpt OUT_DIR, a .pt file, or a Hugging Face GPT-2 folder")
-    where = pick_device(device)
-    return load_model(ckpt, where), where
+def load(settings: ModelSettings) -> tuple[Loaded, torch.device]:
+    """The model to look inside, opened as every command opens one (an adapter merged into its base; the weights
+    as --weights says). Its layers must stay reachable: no compiled wrapper."""
+    if settings.compile:
+        raise UserError("the lab looks inside the model's layers, which a compiled model hides: drop --compile")
+    opened = open_model(settings, what="the model to look inside")
+    opened.loaded.model = opened.model
+    return opened.loaded, opened.device
 
 
 def token_strings(loaded: Loaded, ids: list[int]) -> list[str]:
@@ -67,15 +67,13 @@ def out_path(out_dir: str) -> Path:
 
 
 @dataclass
-class AttentionConfig:
-    ckpt: str = setting("", CKPT_HELP)
+class AttentionConfig(ModelSettings):
     prompt: str = setting("", "the text whose attention is drawn (cut to its last block_size tokens)")
     out_dir: str = setting("out/lab/attention", "where attention.png and attention.json go (replaced if there)")
     repeat_length: int = setting(50, "length of the random token sequence that is repeated to score the heads (at most block_size // 2)")
     repeat_sequences: int = setting(16, "random sequences the head scores average over")
     threshold: float = setting(0.2, "heads with an induction score above this are listed as induction heads")
     seed: int = setting(0, "seeds the random tokens")
-    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
 
 
 def head_scores(model, vocab_size: int, eot_id: int | None, length: int, sequences: int, seed: int,
@@ -104,7 +102,7 @@ def head_scores(model, vocab_size: int, eot_id: int | None, length: int, sequenc
 def run_attention(cfg: AttentionConfig, say=print) -> dict[str, Any]:
     if cfg.repeat_length < 2 or cfg.repeat_sequences < 1:
         raise UserError("repeat_length must be at least 2 and repeat_sequences at least 1")
-    loaded, device = load(cfg.ckpt, cfg.device)
+    loaded, device = load(cfg)
     model, config = loaded.model, loaded.model.config
     ids = encode_prompt(loaded, cfg.prompt, say)
     tokens = token_strings(loaded, ids)
@@ -152,8 +150,7 @@ def run_attention(cfg: AttentionConfig, say=print) -> dict[str, Any]:
 
 
 @dataclass
-class IclConfig:
-    ckpt: str = setting("", CKPT_HELP)
+class IclConfig(ModelSettings):
     data: list[str] = setting([], "the text: a file, a folder (its text files), or a named corpus (stdlib, shakespeare); repeat for several")
     include: str | None = setting(None, "glob that files found in folders must match, e.g. '*.md'")
     data_dir: str = setting("data", "where a named corpus is looked for")
@@ -161,7 +158,6 @@ class IclConfig:
     max_windows: int = setting(256, "windows of block_size tokens to average over, spread evenly over the text")
     batch_size: int = setting(8, "windows per forward pass")
     out_dir: str = setting("out/lab/icl", "where icl.png and icl.json go (replaced if there)")
-    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
 
 
 def text_windows(texts, tokenizer, length: int, max_windows: int) -> tuple[np.ndarray, int]:
@@ -201,7 +197,7 @@ def run_icl(cfg: IclConfig, say=print) -> dict[str, Any]:
         raise UserError("give the text to measure on: --data FILE, a folder, or a named corpus (stdlib, shakespeare)")
     if cfg.max_windows < 1 or cfg.batch_size < 1:
         raise UserError("max_windows and batch_size must be at least 1")
-    loaded, device = load(cfg.ckpt, cfg.device)
+    loaded, device = load(cfg)
     model_block = loaded.model.config.block_size
     block_size = cfg.block_size or model_block
     if not 4 <= block_size <= model_block:
@@ -236,13 +232,11 @@ def run_icl(cfg: IclConfig, say=print) -> dict[str, Any]:
 
 
 @dataclass
-class LensConfig:
-    ckpt: str = setting("", CKPT_HELP)
+class LensConfig(ModelSettings):
     prompt: str = setting("", "the text to read the predictions of (cut to its last block_size tokens)")
     top_k: int = setting(5, "next tokens to show after each layer")
     positions: int = setting(16, "positions (the last ones of the prompt) in lens.png")
     out_dir: str = setting("out/lab/lens", "where lens.png and lens.json go (replaced if there)")
-    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
 
 
 @torch.no_grad()
@@ -268,7 +262,7 @@ def logit_lens(model, ids: torch.Tensor) -> tuple[list[str], torch.Tensor]:
 def run_lens(cfg: LensConfig, say=print) -> dict[str, Any]:
     if cfg.top_k < 1 or cfg.positions < 1:
         raise UserError("top_k and positions must be at least 1")
-    loaded, device = load(cfg.ckpt, cfg.device)
+    loaded, device = load(cfg)
     ids = encode_prompt(loaded, cfg.prompt, say)
     tokens = token_strings(loaded, ids)
     names, probs = logit_lens(loaded.model, torch.tensor([ids], device=device))

@@ -2,7 +2,7 @@
 
 Its place in the flow: the last step, beside sampling. A checkpoint loaded by gpt/checkpoint.py (and made
 cheaper by gpt/inference.py) answers HTTP requests; every request in flight is decoded in one batch by
-the same decoding code as sample.py (gpt/generate.py):
+the same decoding code as sample.py (gpt/decoding.py):
 
     HTTP request ─app.py─▶ checked (protocol.py) ─▶ job ─engine.py─▶ Decoder rows ─▶ tokens ─▶ events ─▶ JSON / SSE
 

@@ -35,12 +35,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gpt.post.chat import ChatTemplate
-from gpt.checkpoint import Loaded, load_model
+from gpt.checkpoint import Loaded
 from gpt.config import parse_args, setting
-from gpt.device import pick_device, pick_dtype
 from gpt.errors import UserError, exit_on_user_error
-from gpt.generate import encode_prompt
-from gpt.inference import COMPILE_HELP, WEIGHTS_HELP, prepare_for_inference
+from gpt.decoding import encode_prompt
+from gpt.inference import CKPT_HELP, ModelSettings, open_model
 from gpt.serve import protocol
 from gpt.serve.engine import Busy, Done, Engine, Failed, Finished, Job, Piece, ShuttingDown, warm_up
 from gpt.serve.protocol import APIError, Limits
@@ -50,10 +49,8 @@ MAX_BODY_BYTES = 8 * 2**20
 
 
 @dataclass
-class ServeConfig:
-    ckpt: str = setting("out/default", "an out_dir (best.pt, else ckpt.pt), a .pt checkpoint, or a local Hugging Face GPT-2 folder")
-    adapter: str | None = setting(None, "a LoRA adapter (the out_dir or .pt of a run with lora_rank > 0) to apply to the --ckpt model, its base")
-    base: str | None = setting(None, "with a LoRA run's checkpoint as --ckpt: where its base model is, if it moved since training")
+class ServeConfig(ModelSettings):
+    ckpt: str = setting("out/default", "the model: " + CKPT_HELP)
     host: str = setting("127.0.0.1", "address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 opens it to the network (set an api_key)")
     port: int = setting(8000, "port to listen on (0: any free port, printed at start)")
     api_key: str | None = setting(None, f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_ENV} if set; the variable keeps it out of `ps`)")
@@ -63,10 +60,6 @@ class ServeConfig:
     max_prompt_tokens: int = setting(0, "longest prompt accepted, in tokens; longer ones get 400 (0 = the model's block_size; "
                                         "above it, a prompt is cut to its last block_size tokens as sample.py does)")
     max_tokens: int = setting(1024, "most tokens one request may ask to generate (max_tokens above it: 400)")
-    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
-    dtype: str = setting("auto", "auto (bf16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16")
-    weights: str = setting("float32", WEIGHTS_HELP)
-    compile: bool = setting(False, COMPILE_HELP + "; the server compiles before it starts listening")
     threads: int = setting(0, "CPU threads for torch (0 = torch's default); the web server runs in one more thread")
     shutdown_timeout: float = setting(30.0, "on SIGTERM or Ctrl-C: seconds requests in flight may take to finish before they are cancelled")
     log_level: str = setting("info", "uvicorn's log level: critical, error, warning, info (one line per request) or debug")
@@ -462,10 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     sock = bind(cfg.host, cfg.port)  # before loading: a taken port fails fast
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device)
-    loaded = load_model(cfg.ckpt, device, adapter=cfg.adapter, base=cfg.base)
-    model = prepare_for_inference(loaded.model, cfg.weights, cfg.compile, dtype)
+    opened = open_model(cfg)
+    model, loaded, device, dtype = opened.model, opened.loaded, opened.device, opened.dtype
     engine = Engine(model, loaded.tokenizer, max_batch=cfg.max_batch, max_waiting=cfg.max_waiting, dtype=dtype)
     if cfg.compile:
         print("compiling the model (once, before listening)...", file=sys.stderr, flush=True)

@@ -1,7 +1,7 @@
 """The engine: one thread that decodes every request in flight together, one batched step at a time.
 
 Requests arrive at any moment, each asking for n samples of one prompt (a "job"). The engine keeps one
-`Decoder` (gpt/generate.py, the same decoding code as sample.py) whose rows are the samples being
+`Decoder` (gpt/decoding.py, the same decoding code as sample.py) whose rows are the samples being
 generated. Before each step, waiting jobs whose n rows fit in the batch join it; after the step, the rows
 that finished (max_tokens reached, a stop string, <|endoftext|>, or a client that went away) leave it. So
 eight clients cost about one batched forward pass per token, not eight passes, and a short request never
@@ -34,7 +34,8 @@ from typing import Callable
 
 import torch
 
-from gpt.generate import Decoder, TextStream, next_token_probs, sample, sample_generators
+from gpt.decoding import Decoder, TextStream
+from gpt.sampling import next_token_probs, sample, sample_generators
 from gpt.tokenizer import Tokenizer
 
 IMPOSSIBLE_LOGPROB = -9999.0  # the log-probability reported for a token the filters rule out (log 0), as OpenAI does

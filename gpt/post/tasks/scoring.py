@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from gpt.errors import UserError
-from gpt.generate import generate_tokens
+from gpt.decoding import generate_tokens
 from gpt.post.tasks.suite import GROUPS
 from gpt.tokenizer import Tokenizer
 

@@ -1,6 +1,9 @@
-"""Sampling internals (gpt/generate.py): the top-k/top-p masks, the window policy with and without the KV
-cache, UTF-8-safe streaming with stop strings, and the probability table. The command line is tested in
-tests/test_sample_cli.py (it imports `train_tiny_checkpoint` from here)."""
+"""The decode loop (gpt/decoding.py): the window policy with and without the KV cache, the ragged cache of the
+server's rows, UTF-8-safe streaming with stop strings, and the prompt's first token.
+
+The tiny char model trained here once per test session (`train_tiny_model`, `train_tiny_checkpoint`) is shared
+by the tests of sample.py, the server, the lab and inference, which import it from this file.
+"""
 
 from __future__ import annotations
 
@@ -13,19 +16,8 @@ import tiktoken
 import torch
 
 from gpt.checkpoint import clean_state_dict, save_checkpoint
+from gpt.decoding import Decoder, RaggedKVCache, TextStream, encode_prompt, generate_tokens
 from gpt.errors import UserError
-from gpt.generate import (
-    Decoder,
-    TextStream,
-    encode_prompt,
-    generate_tokens,
-    next_token_probs,
-    probability_table,
-    sample,
-    show_token,
-    top_k_filter,
-    top_p_filter,
-)
 from gpt.model import GPT, GPTConfig
 from gpt.tokenizer import CharTokenizer, Tokenizer
 
@@ -83,52 +75,6 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return train_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt.pt")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Sampling strategies
-
-
-def test_top_k_keeps_exactly_the_k_largest():
-    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0], [0.0, -1.0, 9.0, 8.0, 7.0]])
-    kept = top_k_filter(logits, 2)
-    assert torch.isfinite(kept).tolist() == [[False, True, False, True, False], [False, False, True, True, False]]
-    assert kept[0, 1] == 5.0 and kept[1, 3] == 8.0  # kept logits unchanged
-    assert torch.isfinite(top_k_filter(logits, 99)).all()  # k beyond the vocabulary keeps everything
-
-
-@pytest.mark.parametrize("p, kept", [(1e-9, 1), (0.5, 1), (0.50001, 2), (0.8, 2), (0.80001, 3), (0.99, 4), (1.0, 4)])
-def test_top_p_keeps_the_smallest_set_reaching_p(p, kept):
-    probs = torch.tensor([[0.3, 0.5, 0.05, 0.15]])  # sorted: 0.5, 0.3, 0.15, 0.05
-    filtered = top_p_filter(probs.log(), p)
-    assert int(torch.isfinite(filtered).sum()) == kept
-    order = [1, 0, 3, 2]  # most likely first
-    assert torch.isfinite(filtered[0, order[:kept]]).all()
-
-
-def test_next_token_probs_temperature_and_filters():
-    torch.manual_seed(0)
-    logits = torch.randn(3, 50)
-    for t in (0.5, 1.0, 2.0):
-        torch.testing.assert_close(next_token_probs(logits, t).sum(-1), torch.ones(3))
-    sharp, flat = next_token_probs(logits, 0.5), next_token_probs(logits, 2.0)
-    assert (sharp.max(-1).values > flat.max(-1).values).all()
-    greedy = next_token_probs(logits, 0.0)
-    assert greedy.sum(-1).tolist() == [1.0] * 3 and (greedy.argmax(-1) == logits.argmax(-1)).all()
-    assert ((next_token_probs(logits, 1.0, top_k=5) > 0).sum(-1) == 5).all()
-    nucleus = next_token_probs(logits, 1.0, top_p=0.5)
-    torch.testing.assert_close(nucleus.sum(-1), torch.ones(3))
-    assert ((nucleus > 0).sum(-1) < 50).all()
-
-
-def test_sample_is_greedy_at_zero_and_reproducible_with_a_seed():
-    torch.manual_seed(0)
-    logits = torch.randn(4, 30)
-    assert sample(logits, 0.0).tolist() == logits.argmax(-1).tolist()
-    assert sample(logits, 1.0, top_k=1).tolist() == logits.argmax(-1).tolist()
-    assert sample(logits, 1.0, top_p=1e-6).tolist() == logits.argmax(-1).tolist()
-    draws = [sample(logits.repeat(50, 1), 1.0, generator=torch.Generator().manual_seed(s)) for s in (1, 1, 2)]
-    assert draws[0].tolist() == draws[1].tolist() and draws[0].tolist() != draws[2].tolist()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -224,6 +170,26 @@ def test_ids_beyond_the_tokenizer_are_never_picked():
     assert max(int(t.max()) for t in tokens) < 5
 
 
+def test_ragged_cache_rows_of_different_lengths_match_each_row_alone():
+    # Three sequences of 3, 9 and 6 tokens filled row by row (through row views), then two steps together:
+    # each row's logits are those of its own sequence run alone, and no row sees another row's keys.
+    model = GPT(GPTConfig(vocab_size=37, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
+    seqs = [torch.randint(0, 37, (1, n)) for n in (3, 9, 6)]
+    cache = RaggedKVCache.for_model(model, batch_size=3)
+    for row, seq in enumerate(seqs):
+        model(seq, kv_cache=cache.rows_view(row, row + 1))
+    assert cache.lengths.tolist() == [3, 9, 6]
+    cache.length = 9
+    for step in range(2):
+        new = torch.randint(0, 37, (3, 1))
+        logits, _ = model(new, kv_cache=cache)
+        for row in range(3):
+            seqs[row] = torch.cat([seqs[row], new[row : row + 1]], dim=1)
+            alone, _ = model(seqs[row])
+            torch.testing.assert_close(logits[row], alone[0], atol=1e-5, rtol=1e-5)
+    assert cache.lengths.tolist() == [5, 11, 8] and cache.length == 11
+
+
 # ---------------------------------------------------------------------------------------------------
 # Text out: UTF-8 safety and stop strings
 
@@ -287,37 +253,9 @@ def test_char_tokenizer_stream_with_several_stop_strings():
     assert "".join(pieces) == "the bird " == stream.text
 
 
-# ---------------------------------------------------------------------------------------------------
-# Prompts and the probability table
-
-
 def test_empty_prompt_starts_from_endoftext_or_newline():
     assert encode_prompt(ByteTokenizer(), "") == [ByteTokenizer().eot_id]
     chars = CharTokenizer("ab\n")
     assert encode_prompt(chars, "") == chars.encode("\n")
     with pytest.raises(UserError, match="empty"):
         encode_prompt(CharTokenizer("ab"), "")
-
-
-def test_show_token_makes_whitespace_and_partial_bytes_visible():
-    tokenizer = ByteTokenizer()
-    assert show_token(tokenizer, tokenizer.encode("\n")[0]) == "'\\n'"
-    assert show_token(tokenizer, tokenizer.encode("the")[0]) == "'the'" and show_token(tokenizer, 32) == "' '"
-    assert show_token(tokenizer, 0xE2) == "b'\\xe2'"
-
-
-def test_probability_table_marks_the_pick_even_outside_the_top_k():
-    tokenizer = CharTokenizer("abcd")
-    probs = torch.tensor([0.1, 0.6, 0.2, 0.1])
-    table = probability_table(tokenizer, probs, 2, picked=3).splitlines()
-    assert "'b'" in table[1] and "0.6000" in table[1] and "'c'" in table[2]
-    assert "'d'" in table[3] and table[3].strip().startswith("3") and table[3].endswith("<- picked")
-    assert "0.8000" in table[-1]  # the top-2 sum
-
-
-def test_unescape_reads_the_common_escapes_only():
-    from gpt.generate import unescape
-
-    assert unescape("\\n\\n") == "\n\n"
-    assert unescape("a\\tb\\\\n") == "a\tb\\n"
-    assert unescape("C:\\x café") == "C:\\x café"
