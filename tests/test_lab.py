@@ -356,7 +356,9 @@ def test_lab_command_line_errors(tmp_path, capsys):
 
 
 def test_readme_lab_commands_use_real_settings():
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    from test_readme import documentation_text
+
+    readme = documentation_text()  # README.md and every chapter in docs/
     configs = {"induction": induction.InductionConfig, "attention": probes.AttentionConfig, "icl": probes.IclConfig,
                "lens": probes.LensConfig, "fewshot": fewshot.FewshotConfig}
     seen = set()

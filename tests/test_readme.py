@@ -1,4 +1,5 @@
-"""The README is part of the product: its commands must match CI and its references must exist."""
+"""The documentation is part of the product: README.md (the front page) and the chapters in docs/. Their commands
+must match CI and run, and their references and links must exist."""
 
 import importlib
 import re
@@ -10,13 +11,24 @@ import pytest
 from gpt.config import _field_types
 
 REPO = Path(__file__).resolve().parents[1]
-README = (REPO / "README.md").read_text(encoding="utf-8")
+README_LINES = 250  # the front page stays a front page; the chapters live in docs/
 
 
-def code_lines() -> list[str]:
-    """Command lines from the README's bash blocks, with continuation lines joined."""
+def documentation() -> dict[str, str]:
+    """The text of every documentation page by its path: README.md first, then every docs/*.md."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    return {page.relative_to(REPO).as_posix(): page.read_text(encoding="utf-8") for page in pages}
+
+
+def documentation_text() -> str:
+    return "\n".join(documentation().values())
+
+
+def code_lines(text: str | None = None) -> list[str]:
+    """Command lines from the bash blocks of `text` (default: all the documentation, README.md first), with
+    continuation lines joined."""
     lines = []
-    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
+    for block in re.findall(r"```bash\n(.*?)```", documentation_text() if text is None else text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split("  #")[0].strip()
             if line:
@@ -24,16 +36,20 @@ def code_lines() -> list[str]:
     return lines
 
 
+def readme() -> str:
+    return documentation()["README.md"]
+
+
 def test_ci_installs_and_tests_exactly_as_the_readme_says():
     ci = (REPO / ".ci" / "run").read_text()
     marker = "# --- README: test command (keep in sync) ---\n"
     ci_commands = [c for c in ci.split(marker, 1)[1].splitlines() if c.strip()]
-    test_command = next(line for line in code_lines() if "[dev]" in line and "pytest" in line)
+    test_command = next(line for line in code_lines(readme()) if "[dev]" in line and "pytest" in line)
     assert " && ".join(ci_commands) in test_command
 
 
 def test_first_command_trains_then_samples():
-    first = code_lines()[0]
+    first = code_lines(readme())[0]
     assert first.startswith("python3 -m venv .venv") and first.endswith("python train.py && python sample.py")
 
 
@@ -62,31 +78,75 @@ def test_every_flag_shown_is_a_real_setting(tool):
     module, name = TOOLS[tool].split(":")
     settings = _field_types(getattr(importlib.import_module(module), name))
     commands = commands_of(tool)
-    assert commands, f"the README shows no {tool} command"
+    assert commands, f"the documentation shows no {tool} command"
     for words in commands:
         for word in words:
             if word.startswith("--"):
                 flag = word[2:].split("=")[0].replace("-", "_")
-                assert flag in settings or flag == "help", f"README: {tool} has no setting --{flag}"
+                assert flag in settings or flag == "help", f"docs: {tool} has no setting --{flag}"
             elif word.endswith(".toml"):
-                assert (REPO / word).is_file(), f"README names {word}, which does not exist"
+                assert (REPO / word).is_file(), f"docs name {word}, which does not exist"
 
 
 def test_every_code_reference_exists():
-    references = set(re.findall(r"`(gpt/\w+\.py):([\w.]+)`", README))
+    text = documentation_text()
+    references = set(re.findall(r"`(gpt/[\w/]+\.py):([\w.]+)`", text))
     assert len(references) > 15
-    for path, qualname in references:
-        assert (REPO / path).is_file(), path
+    missing = []  # every one at once, so that one run lists all there are to fix
+    for path, qualname in sorted(references):
+        if not (REPO / path).is_file():
+            missing.append(f"{path}:{qualname}")
+            continue
         obj = importlib.import_module(path[:-3].replace("/", "."))
         for part in qualname.split("."):
-            assert hasattr(obj, part), f"README refers to {path}:{qualname}, which does not exist"
+            if not hasattr(obj, part):
+                missing.append(f"{path}:{qualname}")
+                break
             obj = getattr(obj, part)
-    for path in set(re.findall(r"(?:configs|gpt|bench)/[\w/]+\.(?:py|toml|sh)", README)):
-        assert (REPO / path).exists(), f"README names {path}, which does not exist"
+    for path in sorted(set(re.findall(r"(?:configs|gpt|bench)/[\w/]+\.(?:py|toml|sh)", text))):
+        if not (REPO / path).exists():
+            missing.append(path)
+    assert missing == [], f"the documentation names what does not exist: {missing}"
+
+
+def test_the_readme_is_a_front_page_whose_chapter_map_is_complete():
+    text = readme()
+    assert len(text.splitlines()) <= README_LINES, f"README.md has {len(text.splitlines())} lines: move some to docs/"
+    linked = set(re.findall(r"\]\((docs/[\w-]+\.md)(?:#[\w-]*)?\)", text))
+    chapters = {page for page in documentation() if page.startswith("docs/")}
+    assert linked, "README.md links to no chapter"
+    assert linked - chapters == set(), f"README.md links to chapters that do not exist: {linked - chapters}"
+    assert chapters - linked == set(), f"chapters README.md does not link to: {chapters - linked}"
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as hyphens, -1, -2 ...
+    after repeats."""
+    seen: dict[str, int] = {}
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    for heading in re.findall(r"^#{1,6} +(.+?) *#*$", text, flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.replace("`", "").strip().lower()).replace(" ", "-")
+        seen[slug] = seen.get(slug, -1) + 1
+        if seen[slug]:
+            seen[f"{slug}-{seen[slug]}"] = 0
+    return set(seen)
+
+
+def test_every_relative_link_and_anchor_exists():
+    for page, text in documentation().items():
+        text = re.sub(r"```.*?```", "", text, flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"\w+://|mailto:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (REPO / page).parent / path if path else REPO / page
+            assert file.resolve().is_relative_to(REPO) and file.exists(), f"{page} links to {target}: no such file"
+            if anchor and file.suffix == ".md":
+                assert anchor in anchors(file.read_text(encoding="utf-8")), f"{page} links to {target}: no such heading"
 
 
 # ---------------------------------------------------------------------------------------------------
-# Every sampling example in the README does what it says, on a model trained here (its --ckpt replaced).
+# Every sampling example in the documentation does what it says, on a model trained here (its --ckpt replaced).
 
 EXAMPLE_TEXT = ("def add(a, b):\n    return a + b\n\nimport os\nROMEO: To be, or not to be, that is the question.\n"
                 "JULIET: The meaning of life is a rose by any other name.\n") * 30
@@ -125,7 +185,7 @@ def example_ckpt(tmp_path_factory):
 
 
 def sample_examples() -> list[tuple[str, list[str]]]:
-    """(stdin, arguments) of every `python sample.py ...` line in the README's bash blocks."""
+    """(stdin, arguments) of every `python sample.py ...` line in the documentation's bash blocks."""
     examples = []
     for line in code_lines():
         for piped in line.split("&&"):
@@ -149,7 +209,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_every_readme_sampling_example_does_what_it_says(example_ckpt, one_thread, tmp_path, monkeypatch, capsys):
+def test_every_documented_sampling_example_does_what_it_says(example_ckpt, one_thread, tmp_path, monkeypatch, capsys):
     import io
     import sys
 
