@@ -92,7 +92,7 @@ def checkpoint_numbers(out: Path) -> dict:
             "optimizer_state_bytes": optimizer_bytes}
 
 
-TASK_GROUPS = ("new_inputs", "new_phrasings", "held_out_tasks")  # the test split's groups (gpt/tasks.py)
+TASK_GROUPS = ("new_inputs", "new_phrasings", "held_out_tasks")  # the test split's groups (gpt/post/tasks/)
 
 
 def exact_match(out: Path, test_file: Path) -> dict | None:

@@ -1,13 +1,13 @@
 """Checkpoints: the trained weights (and the whole training state) on disk, and back.
 
-Its place in the flow: the training loop (gpt/trainer.py) saves here; sampling (gpt/generate.py),
+Its place in the flow: the training loop (gpt/trainer.py) saves here; sampling (gpt/decoding.py, sample.py),
 evaluation (gpt/evaluate.py) and fine-tuning load from here. One format, a dict saved with torch.save:
 
     format_version  1
     model_config    GPTConfig as a dict        model      the model's state_dict
     tokenizer       Tokenizer.to_dict()        step       optimizer steps taken
     config          the training settings      optimizer, rng, sampler, best_val_loss (for resuming)
-    chat_template   (models tuned on conversations) the template of gpt/chat.py, given back by load_model
+    chat_template   (models tuned on conversations) the template of gpt/post/chat.py, given back by load_model
 
 A LoRA run's checkpoints hold `adapter` (its weights, settings and base: see gpt/post/adapter_files.py) instead
 of `model`; `load_model` asks the layer that registered that key (gpt/layers.py) to find the base and apply it.

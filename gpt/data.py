@@ -405,7 +405,7 @@ def cached_folder(data_dir: Path, name: str, key: str, build: Callable[[Path], d
     Found and trusted (`trusted(folder, key)` gives its meta; by default that of token bins), it is reused;
     otherwise `build(tmp)` fills a temporary folder and returns the meta it wrote (meta.json last), and the
     folder is renamed into place whole. Preparing text (`prepare`) and rendering conversations
-    (gpt/chat_data.py) share this mechanism.
+    (gpt/post/chat_data.py) share this mechanism.
     """
     trusted = trusted or trusted_meta
     corpus_dir = data_dir / name

@@ -13,7 +13,7 @@ Other policies
   character tokenizer); that start token is not printed.
 - A sample ends at max_new_tokens, at a stop string (which is not printed), or when the model produces
   <|endoftext|> or, for a model tuned on conversations, a marker of its chat template such as <|end|> (not
-  printed either). With --chat the prompt is the user's message in that template (gpt/chat.py), and only
+  printed either). With --chat the prompt is the user's message in that template (gpt/post/chat.py), and only
   the answer is printed; --interactive --chat keeps the conversation, dropping its oldest exchanges when
   they leave less than min(max_new_tokens, block_size // 2) tokens of the context for the answer.
   num_samples samples are generated together as one batch; each ends on its own, and the loop ends when all

@@ -343,7 +343,7 @@ def save_hf_gpt2(model: torch.nn.Module, path: str | Path, tokenizer: Tokenizer 
     extra = sorted(set(state) - {key for key, _ in _hf_keys(config)} - {"lm_head.weight"})
     if extra:
         raise UserError(f"the model has weights GPT-2 has not (e.g. {extra[0]}): a model carrying LoRA adapters is "
-                        "written after merging them (gpt.lora.merge_adapter, or python -m gpt.lora merge)")
+                        "written after merging them (python -m gpt.lora merge)")
     tensors: dict[str, torch.Tensor] = {}
     for our_key, shape in _hf_keys(config):
         if our_key in state:

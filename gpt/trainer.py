@@ -3,7 +3,7 @@
 Its place in the flow: gpt/datasets.py gives batches of the prepared data (gpt/data.py -> gpt/batches.py);
 this module feeds them through gpt/model.py, minimises the loss with the optimizer of gpt/optim.py at the
 learning rate its schedule gives, evaluates, and saves checkpoints (gpt/checkpoint.py) that sampling
-(gpt/generate.py) later loads. What surrounds the loop (processes, devices, signals, random states, the out_dir)
+(gpt/decoding.py) later loads. What surrounds the loop (processes, devices, signals, random states, the out_dir)
 is in gpt/runtime.py; what it shows and records (screen, log.jsonl, loss.png) in gpt/runlog.py.
 
 One optimizer step ("iteration", `step`), in `fit`:

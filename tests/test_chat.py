@@ -1,4 +1,4 @@
-"""gpt/chat.py: the conversation forms and their errors, the chat template (rendering, which tokens the loss
+"""gpt/post/chat.py: the conversation forms and their errors, the chat template (rendering, which tokens the loss
 counts, prompts), special tokens that text can never produce, history trimming, and the growth of a
 pretrained model's vocabulary for the template's markers (gpt/reshape.py:grow_vocab)."""
 

@@ -1,4 +1,4 @@
-"""gpt/chat_data.py: conversations as training data. Recognising JSONL, rendering into the cache, packing whole
+"""gpt/post/chat_data.py: conversations as training data. Recognising JSONL, rendering into the cache, packing whole
 conversations into windows, the batch stream (padding never a target, answers marked, deterministic, exactly
 resumable, sliced over processes), overlong conversations, validation, and {"text"} JSONL as plain text."""
 

@@ -1,4 +1,4 @@
-"""Preference tuning (gpt/dpo.py): the DPO loss against hand-computed values, the frozen reference, the pairs the
+"""Preference tuning (gpt/post/dpo.py): the DPO loss against hand-computed values, the frozen reference, the pairs the
 task suite makes, the reader's one-line errors, and a short run through train.py that raises held-out preference
 accuracy."""
 

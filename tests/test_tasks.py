@@ -1,4 +1,4 @@
-"""gpt/tasks.py: the task generators, the suite's splits (new inputs, unseen phrasings, held-out tasks), the
+"""gpt/post/tasks/: the task generators, the suite's splits (new inputs, unseen phrasings, held-out tasks), the
 scorer's arithmetic (a perfect answer scores 1, a wrong one 0) and the `make` command line. Scoring a real
 model end to end is in tests/test_sft.py."""
 

@@ -3,8 +3,8 @@
 Its place in the flow, beside plain text (gpt/data.py):
 
     conversations (.jsonl) ──read_conversations──▶ [Conversation(messages), ...]
-        ──ChatTemplate.render──▶ token ids + which of them the loss counts ──gpt/chat_data.py──▶ packed windows
-    a prompt (sample.py --chat, gpt/tasks.py eval, the server) ──ChatTemplate.prompt──▶ ids ending "<|assistant|>"
+        ──ChatTemplate.render──▶ token ids + which of them the loss counts ──gpt/post/chat_data.py──▶ packed windows
+    a prompt (sample.py --chat, python -m gpt.tasks eval, the server) ──ChatTemplate.prompt──▶ ids ending "<|assistant|>"
         ──generate──▶ the answer, until the model writes <|end|>
 
 The template. Every message becomes its role's marker, its text, and the end-of-turn marker:
@@ -85,7 +85,7 @@ def line_form(obj: Any, where: str) -> str:
     if not isinstance(obj, dict):
         raise UserError(f"{where}: a line must be a JSON object, one of {FORM_HELP}")
     if "chosen" in obj or "rejected" in obj:
-        return "pairs"  # preference pairs, for preference tuning (gpt/dpo.py reads them)
+        return "pairs"  # preference pairs, for preference tuning (gpt/post/dpo.py reads them)
     for form, keys in FORMS.items():
         if keys[0] in obj:
             missing = [k for k in keys if k not in obj]

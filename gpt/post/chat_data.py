@@ -2,7 +2,7 @@
 
 Its place in the flow, beside plain text (gpt/data.py -> gpt/batches.py):
 
-    train.jsonl ──gpt/chat.py: read, check, render with the template──▶ data/<name>.chat/<key>/
+    train.jsonl ──gpt/post/chat.py: read, check, render with the template──▶ data/<name>.chat/<key>/
         {train,val}.bin (token ids), {train,val}.learned.bin (1 where the loss counts), {train,val}.offsets.bin
     ──PackedBatches──▶ x, y, answer: [batch_size, block_size]   (y = x shifted by one; -1 at padding)
     ──ChatData.loss──▶ cross-entropy on the assistant's tokens only (targets -1 elsewhere), or on every token

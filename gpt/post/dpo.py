@@ -1,6 +1,6 @@
 """Preference tuning with DPO: of two answers to the same prompt, make the model prefer the better one.
 
-Its place in the flow: after instruction tuning (gpt/chat.py, gpt/chat_data.py), as a kind of training data
+Its place in the flow: after instruction tuning (gpt/post/chat.py, gpt/post/chat_data.py), as a kind of training data
 (gpt/datasets.py) that the same loop (gpt/trainer.py) trains on:
 
     pairs.jsonl ──read_pairs──▶ [Pair(prompt, chosen, rejected)] ──the chat template──▶ two token sequences
@@ -32,7 +32,7 @@ dpo_nll > 0 adds the chosen answers' negative log-likelihood per token, weighted
 beta (dpo_beta) sets how far the policy may move from the reference: a small beta lets it move a lot for a
 given margin, a large one holds it close. Only the answer's tokens (and its <|end|>) count in log p: the
 prompt is the same in both sequences. The reference is the starting model, frozen: a copy of it in memory, or,
-for a LoRA run (gpt/lora.py), the same model with its adapter switched off (no second copy).
+for a LoRA run (gpt/post/lora.py), the same model with its adapter switched off (no second copy).
 
 What an evaluation reports, on held-out pairs (each a mean over pairs):
 
@@ -381,7 +381,7 @@ class PreferenceData(TrainingData):
         """The reference is the model the run started from: a frozen copy of `model` (before its first step), or,
         when resuming, cfg.init_from loaded again the way the run first loaded it. A LoRA run's model carries its
         frozen starting weights inside it: the reference is the same model with the adapter switched off."""
-        if getattr(model, "lora", None) is not None:  # an adapter attached by gpt/lora.py
+        if getattr(model, "lora", None) is not None:  # an adapter attached by gpt/post/lora.py
             self.use_reference_function(adapter_off_logprobs(model), "reference model: the same model with its LoRA "
                                         "adapter switched off (no second copy in memory)")
             log(self.reference_note)

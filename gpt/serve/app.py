@@ -80,7 +80,7 @@ Examples:
 
 
 def chat_prompt(template: ChatTemplate, messages: list[dict]) -> list[int]:
-    """The ids that ask the model for the assistant's next turn (`ChatTemplate.prompt`, gpt/chat.py), with the
+    """The ids that ask the model for the assistant's next turn (`ChatTemplate.prompt`, gpt/post/chat.py), with the
     API's "developer" role read as "system" (OpenAI's newer name for it). A conversation the template cannot
     take (roles out of order, an empty turn) is a 400 that says what is wrong."""
     renamed = [{**m, "role": "system" if m["role"] == "developer" else m["role"]} for m in messages]

@@ -153,7 +153,7 @@ def score_main(argv: list[str]) -> int:
 
 
 def score_pairs_main(cfg: ScoreConfig, path: Path) -> int:
-    """eval on a file of preference pairs: how the model ranks the two answers of each (gpt/dpo.py score_pairs)."""
+    """eval on a file of preference pairs: how the model ranks the two answers of each (gpt/post/dpo.py score_pairs)."""
     pairs = read_pairs(path)
     if cfg.limit:
         pairs = pairs[: cfg.limit]

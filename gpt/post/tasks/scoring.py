@@ -23,7 +23,7 @@ def exact_match(answer: str, expected: str) -> bool:
 def score(items: Sequence[Any], answers: Sequence[tuple[str, bool]]) -> dict[str, Any]:
     """Exact match and the share of answers that ended properly, overall, per task and per group.
 
-    items: Conversations (gpt/chat.py) with .answer, .task and .extra.get("group"); answers: (text, ended).
+    items: Conversations (gpt/post/chat.py) with .answer, .task and .extra.get("group"); answers: (text, ended).
     """
     if len(items) != len(answers):
         raise ValueError(f"{len(items)} items but {len(answers)} answers")
