@@ -255,9 +255,7 @@ def _fine_tuning_start(cfg: Any, log) -> tuple[GPT, Tokenizer, Any]:
     active = [a for a in layers.adaptations() if a.active(cfg)]
     bases = [a.describe_base(loaded, cfg) for a in active]  # before anything below changes the loaded weights
     # A run from an adapter's checkpoint continues from its base with the adapter merged in.
-    carried = layers.adaptation_of(loaded.model)
-    plain = carried.merge(loaded.model) if carried is not None else loaded.model
-    model = rebuild(plain, dropout=cfg.dropout, block_size=block_size)
+    model = rebuild(layers.plain(loaded.model), dropout=cfg.dropout, block_size=block_size)
     # The run's record shows the shape actually trained, whatever the settings said.
     cfg = dataclasses.replace(cfg, n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
                               bias=shape.bias, block_size=block_size, tokenizer=loaded.tokenizer.name,
