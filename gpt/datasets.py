@@ -192,7 +192,10 @@ def line_kind(line: Any, where: str) -> layers.DataKind | None:
     forms = ", ".join([kind.line_help for kind in kinds] + ['{"text"}'])
     if not isinstance(line, dict):
         raise UserError(f"{where}: a line must be a JSON object, one of {forms}")
-    raise UserError(f"{where}: the line has none of the keys of a known form (it has {sorted(line)[:6]}); use {forms}")
+    hint = "" if kinds else (" (conversations and preference pairs come from the gpt/post layer, which is not registered: "
+                             "install the project with pip install -e .)")
+    raise UserError(f"{where}: the line has none of the keys of a known form (it has {sorted(line)[:6]}); use {forms}"
+                    + hint)
 
 
 def detect_kind(files: list[Path]) -> layers.DataKind | None:
