@@ -24,6 +24,7 @@ import statistics
 import torch
 
 from gpt.model import GPT, GPTConfig
+from gpt.runtime import training_flops_per_token
 from gpt.trainer import TrainConfig, make_optimizer
 
 PEAK = 989e12
@@ -47,7 +48,7 @@ def main() -> None:
     config = GPTConfig(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768,
                        bias=not args.no_bias)
     model = GPT(config).to(device)
-    flops_per_token = model.flops_per_token()
+    flops_per_token = training_flops_per_token(model)
     accum = max(1, args.tokens_per_step // (args.batch * config.block_size))
     tokens = accum * args.batch * config.block_size
     params = list(model.parameters())

@@ -74,6 +74,7 @@ def model_numbers(shape: str, extra: list[str]) -> dict:
     sys.path.insert(0, str(REPO))
     from gpt.config import parse_args
     from gpt.model import GPT
+    from gpt.runtime import training_flops_per_token
     from gpt.trainer import TrainConfig, model_config
 
     config, overrides = SHAPES[shape]
@@ -81,7 +82,7 @@ def model_numbers(shape: str, extra: list[str]) -> dict:
     vocab = 65 if "shakespeare" in settings.data else 222  # char vocabularies of the corpora
     with torch.device("meta"):
         model = GPT(model_config(settings, vocab))
-    return {"params": model.num_params(), "flops_per_token": model.flops_per_token(),
+    return {"params": model.num_params(), "flops_per_token": training_flops_per_token(model),
             "flops_6n": 6 * model.num_params(), "tokens_per_step": settings.batch_size * settings.block_size}
 
 

@@ -1,19 +1,18 @@
 """The model: a decoder-only Transformer that reads token ids and predicts the next token at every position.
 
 Its place in the flow: text → tokens → batches → model → loss → optimizer → checkpoint → sampling/decoding.
-Batches of token ids x [B, T] come in (from gpt/data.py); logits [B, T, vocab_size] go out, and with targets
+Batches of token ids x [B, T] come in (gpt/batches.py); logits [B, T, vocab_size] go out, and with targets
 y (x shifted by one) the cross-entropy loss that training (gpt/trainer.py) minimises. Decoding
 (gpt/decoding.py) calls the same forward with a KV cache, one new token at a time.
 
-GPTConfig's defaults are GPT-2's architecture, so GPT-2's weights load into it (gpt/hf.py):
+    ids ─▶ token embedding (+ position embedding) ─▶ n_layer x Block ─▶ norm ─▶ LM head ─▶ logits
+    Block:  x = x + attention(norm(x));  x = x + MLP(norm(x))          ("pre-norm")
 
-    ids ─▶ token embedding + position embedding ─▶ n_layer x Block ─▶ LayerNorm ─▶ LM head ─▶ logits
-    Block:  x = x + attention(LayerNorm(x));  x = x + MLP(LayerNorm(x))          ("pre-LayerNorm")
-
-Since GPT-2 (2019), a few changes have been found to buy a lower loss for the same compute (Llama, the
-modded-nanogpt speedrun, nanochat). Each is an option of GPTConfig, a small branch below that says what it
-buys. ARCHITECTURES names two sets of them: "gpt2" (none) and "modern" (RoPE, ReLU², QK-norm, an untied
-head, zero init), which is what `python train.py` builds by default (BENCHMARKS.md).
+GPTConfig's own defaults are GPT-2's architecture (learned positions, GELU, a tied head), so GPT-2's weights
+load into it (gpt/hf.py). Each change found since to buy a lower loss for the same compute (Llama, the
+modded-nanogpt speedrun, nanochat) is an option with a small branch below that says what it buys.
+ARCHITECTURES names two sets: "gpt2" (none) and "modern" (RoPE, ReLU², QK-norm, an untied head, zero init),
+the one `python train.py` builds by default (BENCHMARKS.md).
 
 Shapes in the comments: B batch size, T sequence length, C = n_embd (channels), nh = n_head,
 hs = head size = C / nh, V = vocab_size, L = number of positions held in the KV cache.
@@ -334,34 +333,23 @@ class GPT(nn.Module):
         return logits
 
     def _check_input(self, idx: torch.Tensor, start: int) -> None:
-        T = idx.shape[1]
-        if start + T > self.config.block_size:
-            what = f"{start} cached + {T} new tokens" if start else f"a sequence of {T} tokens"
+        if start + idx.shape[1] > self.config.block_size:
+            what = f"{start} cached + {idx.shape[1]} new tokens" if start else f"a sequence of {idx.shape[1]} tokens"
             raise ValueError(f"{what} is longer than block_size ({self.config.block_size})")
-        # Out-of-range ids would otherwise fail deep inside the embedding (or silently, on some devices).
-        # The check needs the values on the host, so it is skipped inside torch.compile's graph.
+        # Out-of-range ids would otherwise fail deep inside the embedding (or silently, on some devices). The
+        # check reads the values on the host, so torch.compile's graph skips it.
         if not torch.compiler.is_compiling() and idx.numel() > 0:
             low, high = (int(v) for v in torch.aminmax(idx))
             if low < 0 or high >= self.config.vocab_size:
-                bad = low if low < 0 else high
-                raise ValueError(f"token id {bad} is out of range for vocab_size {self.config.vocab_size}")
+                raise ValueError(f"token id {low if low < 0 else high} is out of range for vocab_size "
+                                 f"{self.config.vocab_size}")
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count. Embeddings are lookups, not matmuls, so FLOP counts leave them out: the position
         embedding, and the token embedding unless it is tied to the LM head (a matmul there)."""
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            if "wpe" in self.transformer:
-                n -= self.transformer.wpe.weight.numel()
-            if not self.config.tie_embeddings:
-                n -= self.transformer.wte.weight.numel()
-        return n
-
-    def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward): 6 per parameter (2 forward, 4 backward for each
-        multiply-add), plus attention's scores and weighted sum, which grow with the sequence length."""
-        cfg = self.config
-        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * (seq_len or cfg.block_size)
+        lookups = ["wpe"] * ("wpe" in self.transformer) + ["wte"] * (not self.config.tie_embeddings)
+        return sum(p.numel() for p in self.parameters()) - non_embedding * sum(
+            self.transformer[name].weight.numel() for name in lookups)
 
     def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache on this model's device, in its dtype (or `dtype`: the autocast dtype, if any)."""

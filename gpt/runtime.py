@@ -268,12 +268,15 @@ def _fine_tuning_start(cfg: Any, log) -> tuple[GPT, Tokenizer, Any]:
     return model, loaded.tokenizer, cfg
 
 
-def training_flops_per_token(model: GPT) -> float:
-    """model.flops_per_token() counts, for every weight, 2 FLOPs per token forward and 4 backward (the gradients of
-    its input and of itself). A frozen weight (the base of a LoRA run) needs no gradient of its own: 2 fewer."""
-    frozen = sum(p.numel() for name, p in model.named_parameters()
-                 if not p.requires_grad and name != "transformer.wpe.weight")  # flops_per_token leaves wpe out
-    return model.flops_per_token() - 2 * frozen
+def training_flops_per_token(model: GPT, seq_len: int | None = None) -> float:
+    """Training FLOPs per token (forward + backward), for MFU: 6 per weight, 2 forward and 4 backward for each
+    multiply-add (the gradients of its input and of itself), but 4 for a frozen weight (the base of a LoRA run),
+    which needs no gradient of its own; plus attention's scores and weighted sum, which grow with the sequence
+    length. Embedding lookups are not matmuls: the weights model.num_params() leaves out are left out here too."""
+    cfg = model.config
+    lookups = {"transformer.wpe.weight"} | ({"transformer.wte.weight"} if not cfg.tie_embeddings else set())
+    frozen = sum(p.numel() for name, p in model.named_parameters() if not p.requires_grad and name not in lookups)
+    return 6 * model.num_params() - 2 * frozen + 12 * cfg.n_layer * cfg.n_embd * (seq_len or cfg.block_size)
 
 
 # The architecture options of gpt/model.py: each from the arch preset unless set on its own.

@@ -114,7 +114,8 @@ def test_a_fresh_adapter_is_a_no_op_and_only_its_parameters_train():
     assert {"transformer.h.0.attn.c_attn.weight", "lm_head.weight"} <= set(model.state_dict())  # base names kept
     # A frozen base weight does no gradient of its own: 2 FLOPs per weight and token fewer.
     frozen = sum(p.numel() for n, p in model.named_parameters() if not p.requires_grad and "wpe" not in n)
-    assert training_flops_per_token(model) == model.flops_per_token() - 2 * frozen
+    attention = 12 * model.config.n_layer * model.config.n_embd * model.config.block_size
+    assert training_flops_per_token(model) == 6 * model.num_params() - 2 * frozen + attention
 
 
 def test_training_changes_the_adapters_and_nothing_of_the_base():

@@ -132,6 +132,17 @@ def anchors(text: str) -> set[str]:
     return set(seen)
 
 
+def test_the_reading_order_gives_each_file_its_true_length():
+    """The front page tells a learner how long each core file is; the counts follow the code."""
+    text = readme()
+    rows = re.findall(r"^\| `(gpt/[\w/]+\.py)` \| ([\d,]+) \|", text, flags=re.M)
+    assert len(rows) >= 10
+    counts = {path: len((REPO / path).read_text(encoding="utf-8").splitlines()) for path, _ in rows}
+    assert {path: int(n.replace(",", "")) for path, n in rows} == counts
+    total = re.search(r"^([\d,]+) lines in all", text, flags=re.M)
+    assert total and int(total.group(1).replace(",", "")) == sum(counts.values())
+
+
 def test_every_relative_link_and_anchor_exists():
     for page, text in documentation().items():
         text = re.sub(r"```.*?```", "", text, flags=re.S)

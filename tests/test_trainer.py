@@ -20,6 +20,7 @@ import torch
 from gpt import checkpoint as ckpt_io
 from gpt.config import load_toml
 from gpt.model import GPT, GPTConfig
+from gpt.runtime import training_flops_per_token
 from gpt.trainer import TrainConfig, learning_rate_at, main, make_optimizer, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +70,16 @@ def test_learning_rate_schedule_warms_up_then_follows_a_cosine_to_min_lr():
     # lr_decay_iters = 0 means "decay until max_iters"
     assert learning_rate_at(100, TrainConfig(learning_rate=1.0, min_lr=0.0, warmup_iters=0, lr_decay_iters=0,
                                              max_iters=100)) == pytest.approx(0.0)
+
+
+def test_training_flops_count_six_per_weight_and_the_attention():
+    model = GPT(GPTConfig(vocab_size=37, block_size=16, n_layer=2, n_head=2, n_embd=32, tie_embeddings=False))
+    # The untied token embedding is a lookup (left out); its head is a matmul (counted).
+    assert model.num_params() == sum(p.numel() for p in model.parameters()) - 16 * 32 - 37 * 32
+    assert training_flops_per_token(model) == 6 * model.num_params() + 12 * 2 * 32 * 16
+    assert training_flops_per_token(model, seq_len=4) == 6 * model.num_params() + 12 * 2 * 32 * 4
+    model.transformer.wte.weight.requires_grad_(False)  # frozen, but a lookup: nothing to subtract
+    assert training_flops_per_token(model) == 6 * model.num_params() + 12 * 2 * 32 * 16
 
 
 def test_weight_decay_applies_to_matrices_and_embeddings_only():
