@@ -40,7 +40,7 @@ from gpt.config import parse_args, setting
 from gpt.corpus import Document, file_hash, read_chunks, cut_near, decode_utf8, resolve_sources
 from gpt.errors import UserError, exit_on_user_error
 from gpt.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_dict
-from gpt.tokenizer_files import from_json_data, load_tokenizer, to_json_data
+from gpt.tokenizer_files import TokenizerChoice, from_json_data, to_json_data
 
 FORMAT_VERSION = 1  # bump when the bin layout or the meta changes: old caches are then prepared again
 
@@ -245,16 +245,6 @@ def _jobs(docs: list[Document], segments: list[Segment], errors: str, dtype, onl
             first = False
 
 
-def tokenizer_digest(tokenizer: Tokenizer) -> str:
-    text = json.dumps(to_json_data(tokenizer.to_dict()), sort_keys=True, ensure_ascii=True)
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-def is_fitted_spec(spec: str) -> bool:
-    """Specs whose tokenizer is fitted to the corpus: it is then a function of the (hashed) text and the spec."""
-    return spec == "char" or spec.startswith("bpe:")
-
-
 # ---------------------------------------------------------------------------------------------------
 # prepare
 
@@ -341,7 +331,7 @@ def _remove_dead_temporaries(corpus_dir: Path) -> None:
 
 def prepare(
     data: str | list[str],
-    tokenizer: str | Tokenizer,
+    tokenizer: str | Tokenizer | TokenizerChoice,
     *,
     include: str | None = None,
     val_fraction: float = 0.1,
@@ -352,7 +342,8 @@ def prepare(
     """Tokenize a corpus into train.bin / val.bin (or reuse the cache for the same inputs).
 
     `tokenizer` is a spec ("char": the characters of the whole corpus; "bpe:<N>": trained on at most the first
-    20 MB of the train split; "gpt2", "<file>.tiktoken") or a Tokenizer (e.g. a checkpoint's, to fine-tune).
+    20 MB of the train split; "gpt2", "<file>.tiktoken"), a Tokenizer (e.g. a checkpoint's, to fine-tune), or the
+    TokenizerChoice a run settled on (gpt/tokenizer_files.py).
     `on_invalid_utf8`: "error" (the file and byte offset) or "replace" (bad bytes become U+FFFD).
     """
     started = time.perf_counter()
@@ -360,37 +351,25 @@ def prepare(
         raise UserError(f"val_fraction must be at least 0 and below 1 (e.g. 0.1), got {val_fraction!r}")
     if on_invalid_utf8 not in ("error", "replace"):
         raise UserError(f"on_invalid_utf8 must be error or replace, got {on_invalid_utf8!r}")
-    if not isinstance(tokenizer, (str, Tokenizer)):
-        raise UserError(f"tokenizer must be a spec such as 'char' or a Tokenizer, got {tokenizer!r}")
+    choice = TokenizerChoice.of(tokenizer)
     errors = "strict" if on_invalid_utf8 == "error" else "replace"
     data_dir = Path(data_dir)
     corpus, docs = resolve_sources(data, include, data_dir)
     sources = [{"path": str(d.path), "label": d.label, "size": d.size, "blake2b": file_hash(d.path)} for d in docs]
 
-    fitted = isinstance(tokenizer, str) and is_fitted_spec(tokenizer)
-    tok: Tokenizer | None
-    if isinstance(tokenizer, Tokenizer):
-        tok = tokenizer
-        tokenizer_id = {"object": tok.name, "blake2b": tokenizer_digest(tok)}
-    elif fitted:
-        tok = None
-        tokenizer_id = {"spec": tokenizer}
-    else:
-        tok = load_tokenizer(tokenizer)
-        tokenizer_id = {"spec": tokenizer, "blake2b": tokenizer_digest(tok)}
     key_inputs = {
         "format": FORMAT_VERSION,
         "sources": [[s["path"], s["size"], s["blake2b"]] for s in sources],
-        "tokenizer": tokenizer_id,
+        "tokenizer": choice.identity(),
         "include": include,
         "val_fraction": float(val_fraction),
         "on_invalid_utf8": on_invalid_utf8,
     }
     key = cache_key(key_inputs)
     final, meta, reused = cached_folder(
-        data_dir, corpus, key, lambda tmp: _build(tmp, docs, sources, tokenizer, tok, key, key_inputs, corpus,
+        data_dir, corpus, key, lambda tmp: _build(tmp, docs, sources, choice, key, key_inputs, corpus,
                                                   val_fraction, include, on_invalid_utf8, errors, progress, started))
-    return _open(final, meta, tokenizer=tok, reused=reused)
+    return _open(final, meta, tokenizer=choice.ready, reused=reused)
 
 
 def cache_key(key_inputs: dict[str, Any]) -> str:
@@ -495,12 +474,12 @@ def _progress_bar(total: int, desc: str, progress: bool):
     return progress_bar(total, desc, "B", progress)
 
 
-def _build(tmp: Path, docs, sources, spec_or_tok, tok, key, key_inputs, corpus, val_fraction, include,
+def _build(tmp: Path, docs, sources, choice: TokenizerChoice, key, key_inputs, corpus, val_fraction, include,
            on_invalid_utf8, errors, progress, started) -> dict:
     segments, split_info = _plan_split(docs, val_fraction)
     total_bytes = sum(s.end - s.start for s in segments)
-    fitted_on = None
-    if tok is None and spec_or_tok == "char":
+    fitted_on, tok = None, choice.ready
+    if tok is None and choice.spec == "char":
         chars: set[str] = set()
         with _progress_bar(total_bytes, "vocabulary", progress) as bar:
             for _, _, charset, _, _ in _map_chunks(_charset_job, _jobs(docs, segments, errors, None), None, total_bytes, bar):
@@ -514,7 +493,7 @@ def _build(tmp: Path, docs, sources, spec_or_tok, tok, key, key_inputs, corpus, 
             sample_bytes += len(data)
             if sample_bytes >= BPE_SAMPLE_BYTES:
                 break
-        tok = load_tokenizer(spec_or_tok, corpus="".join(sample), progress=progress)
+        tok = choice.fit("".join(sample), progress=progress)
         fitted_on = f"the first {sample_bytes} bytes of the train split"
         del sample
 
@@ -545,7 +524,7 @@ def _build(tmp: Path, docs, sources, spec_or_tok, tok, key, key_inputs, corpus, 
         "corpus": corpus,
         "tokenizer": {
             "spec": tok.name,
-            "requested": spec_or_tok if isinstance(spec_or_tok, str) else "(a Tokenizer object)",
+            "requested": "(a Tokenizer object)" if choice.given_as_object else choice.spec,
             "fitted_on": fitted_on,
             "vocab_size": tok.vocab_size,
             "eot_id": eot,

@@ -34,6 +34,7 @@ from gpt.corpus import NAMED_CORPORA, file_hash, resolve_sources
 from gpt.data import cache_key, cached_folder, prepare
 from gpt.errors import UserError
 from gpt.tokenizer import Tokenizer
+from gpt.tokenizer_files import TokenizerChoice
 
 TEXT_FORMAT_VERSION = 1  # of the cached text written from {"text"} JSONL
 
@@ -119,10 +120,11 @@ class TextData(TrainingData):
         return loss * tokens / (nbytes * math.log(2))
 
 
-def open_training_data(cfg: Any, tokenizer: Tokenizer | str, *, progress: bool) -> TrainingData:
+def open_training_data(cfg: Any, tokenizer: TokenizerChoice | str | Tokenizer, *, progress: bool) -> TrainingData:
     """The training data named by cfg.data, recognised by its form, prepared (or found in the cache): .jsonl files
     of a kind a layer registered (conversations, preference pairs) open as that kind; anything else, {"text"}
     JSONL included, is TextData."""
+    tokenizer = TokenizerChoice.of(tokenizer)  # a spec becomes a choice once, here at the edge of the data path
     files = jsonl_files(cfg.data, cfg.include, cfg.data_dir)
     kind = detect_kind(files) if files is not None else None
     if kind is not None:
@@ -248,14 +250,13 @@ def held_out(count: int, val_fraction: float, content: Callable[[int], str], *, 
 # Plain text in JSONL
 
 
-def jsonl_text_file(files: list[Path], tokenizer: str | Tokenizer, data_dir: str | Path) -> Path:
+def jsonl_text_file(files: list[Path], tokenizer: TokenizerChoice, data_dir: str | Path) -> Path:
     """The texts of {"text"} JSONL files as one text file in the data cache, for gpt/data.py to prepare.
 
     The texts are joined by <|endoftext|> where the tokenizer has it (documents keep their boundaries, as
     files do), else by a blank line.
     """
-    has_eot = tokenizer.eot_id is not None if isinstance(tokenizer, Tokenizer) else tokenizer != "char"
-    separator = EOT if has_eot else "\n\n"
+    separator = EOT if tokenizer.has_eot else "\n\n"
     name = files[0].stem if len(files) == 1 else files[0].parent.name
     sources = [[str(f), f.stat().st_size, file_hash(f)] for f in files]
     key = cache_key({"format": TEXT_FORMAT_VERSION, "sources": sources, "separator": separator})

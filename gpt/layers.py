@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from gpt.checkpoint import Loaded
     from gpt.model import GPT
+    from gpt.tokenizer_files import TokenizerChoice
 
 GROUP = "gpt.layers"
 
@@ -39,8 +40,9 @@ class DataKind(Protocol):
     def recognises(self, line: dict[str, Any]) -> bool:
         """Whether a file whose first line is `line` holds this kind."""
 
-    def open(self, files: list[Path], cfg: Any, tokenizer: Any) -> Any:
-        """The files as a TrainingData (gpt/datasets.py) for the run's settings `cfg`."""
+    def open(self, files: list[Path], cfg: Any, tokenizer: TokenizerChoice) -> Any:
+        """The files as a TrainingData (gpt/datasets.py) for the run's settings `cfg`, tokenized as `tokenizer`
+        (ready, or a spec to fit to the files) says."""
 
 
 class Adaptation(Protocol):

@@ -31,6 +31,7 @@ from gpt.hf import not_gpt2
 from gpt.model import ARCHITECTURES, GPT, GPTConfig
 from gpt.reshape import rebuild
 from gpt.tokenizer import Tokenizer, tokenizer_from_dict
+from gpt.tokenizer_files import TokenizerChoice
 
 try:
     import fcntl
@@ -221,17 +222,17 @@ def seed_everything(seed: int) -> None:
 # The model a run starts from.
 
 
-def starting_model(cfg: Any, resume_state: dict[str, Any] | None, log) -> tuple[GPT | None, Tokenizer | str, Any]:
-    """The model to train (None: a new one, built once the corpus gives the vocabulary), the tokenizer (an object,
-    or a spec to fit to the corpus), and cfg completed with what the starting model fixes.
+def starting_model(cfg: Any, resume_state: dict[str, Any] | None, log) -> tuple[GPT | None, TokenizerChoice, Any]:
+    """The model to train (None: a new one, built once the corpus gives the vocabulary), the tokenizer (ready, or a
+    spec to fit to the corpus), and cfg completed with what the starting model fixes.
 
     A run that trains an adaptation over a frozen model (LoRA, lora_rank > 0: gpt/layers.py) starts it over the
     init_from model, and a resumed one rebuilds it from the checkpoint (its base found again and checked)."""
     if resume_state is not None:
-        tokenizer: Tokenizer | str = tokenizer_from_dict(resume_state["tokenizer"])
-        if cfg.init_from == "scratch":
-            # Prepared again exactly as the saved run was (same cache); the tokenizer is checked afterwards.
-            tokenizer = cfg.tokenizer
+        # A run from scratch is prepared again exactly as the saved run was (same cache, the tokenizer fitted
+        # again); the tokenizer is checked afterwards.
+        tokenizer = TokenizerChoice.of(cfg.tokenizer if cfg.init_from == "scratch"
+                                       else tokenizer_from_dict(resume_state["tokenizer"]))
         adaptation = layers.adaptation_for_checkpoint(resume_state)
         if adaptation is not None:
             return adaptation.resume(resume_state, Path(cfg.out_dir) / "ckpt.pt", cfg), tokenizer, cfg
@@ -239,10 +240,10 @@ def starting_model(cfg: Any, resume_state: dict[str, Any] | None, log) -> tuple[
         return rebuild(model, dropout=cfg.dropout), tokenizer, cfg
     if cfg.init_from != "scratch":
         return _fine_tuning_start(cfg, log)
-    return None, cfg.tokenizer, cfg
+    return None, TokenizerChoice.of(cfg.tokenizer), cfg
 
 
-def _fine_tuning_start(cfg: Any, log) -> tuple[GPT, Tokenizer, Any]:
+def _fine_tuning_start(cfg: Any, log) -> tuple[GPT, TokenizerChoice, Any]:
     if not Path(cfg.init_from).exists():
         raise UserError(f"init_from {cfg.init_from} not found: give a checkpoint (.pt), an out_dir, or a local "
                         "Hugging Face GPT-2 folder")
@@ -265,7 +266,7 @@ def _fine_tuning_start(cfg: Any, log) -> tuple[GPT, Tokenizer, Any]:
     for adaptation, base in zip(active, bases):
         model = adaptation.start(model, base, cfg)
         log(adaptation.summary(model))
-    return model, loaded.tokenizer, cfg
+    return model, TokenizerChoice.of(loaded.tokenizer), cfg
 
 
 def training_flops_per_token(model: GPT, seq_len: int | None = None) -> float:

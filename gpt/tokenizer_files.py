@@ -20,6 +20,7 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,55 @@ def load_tokenizer(
     if spec.endswith(".tiktoken"):
         return load_tiktoken_file(spec)
     raise UserError(f"unknown tokenizer {spec!r}: use char, bpe:<vocab_size>, gpt2, or a path to a .tiktoken file")
+
+
+def tokenizer_digest(tokenizer: Tokenizer) -> str:
+    """A hash of everything a tokenizer maps: the part of a cache key that names it."""
+    text = json.dumps(to_json_data(tokenizer.to_dict()), sort_keys=True, ensure_ascii=True)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def is_fitted_spec(spec: str) -> bool:
+    """Specs whose tokenizer is fitted to the corpus: it is then a function of the (hashed) text and the spec."""
+    return spec == "char" or spec.startswith("bpe:")
+
+
+@dataclass(frozen=True)
+class TokenizerChoice:
+    """The tokenizer a corpus is to be tokenized with, settled once where a run starts: a Tokenizer `ready` to use
+    (a checkpoint's, GPT-2's, a .tiktoken file), or a `spec` fitted to the corpus itself ("char": its characters;
+    "bpe:N": a BPE trained on the start of its train split). The data path (gpt/data.py, gpt/datasets.py and the
+    kinds of data the layers add) asks it the same questions whichever it is, and calls `fit` when it must."""
+
+    spec: str  # what was asked for: a spec, or the ready tokenizer's name
+    ready: Tokenizer | None = None
+    given_as_object: bool = False  # a Tokenizer handed over (e.g. a checkpoint's), not named by a spec
+
+    @classmethod
+    def of(cls, choice: str | Tokenizer | TokenizerChoice) -> TokenizerChoice:
+        """The edge: a spec (loaded now unless fitted to the corpus) or a Tokenizer becomes a TokenizerChoice."""
+        if isinstance(choice, TokenizerChoice):
+            return choice
+        if isinstance(choice, Tokenizer):
+            return cls(choice.name, choice, given_as_object=True)
+        if not isinstance(choice, str):
+            raise UserError(f"tokenizer must be a spec such as 'char' or a Tokenizer, got {choice!r}")
+        return cls(choice) if is_fitted_spec(choice) else cls(choice, load_tokenizer(choice))
+
+    def identity(self) -> dict[str, Any]:
+        """What a cache key records of the tokenizer: a fitted one is a function of the text and the spec."""
+        if self.ready is None:
+            return {"spec": self.spec}
+        return {"object" if self.given_as_object else "spec": self.spec, "blake2b": tokenizer_digest(self.ready)}
+
+    @property
+    def has_eot(self) -> bool:
+        """Whether the tokenizer separates documents with <|endoftext|> (a fitted BPE has it; characters do not)."""
+        return self.ready.eot_id is not None if self.ready is not None else self.spec != "char"
+
+    def fit(self, corpus: str, *, progress: bool = False) -> Tokenizer:
+        """The tokenizer: the ready one, or the spec fitted to `corpus` (all of it for "char", a sample for BPE)."""
+        return self.ready if self.ready is not None else load_tokenizer(self.spec, corpus=corpus, progress=progress)
 
 
 def _parse_bpe_spec(spec: str) -> int:

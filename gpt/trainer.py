@@ -48,7 +48,6 @@ from gpt.reshape import grow_vocab
 from gpt.runtime import (ARCH_OPTIONS, Dist, OutDirLock, Run, dist_from_env, end_process_group,
                          model_config, new_model, restore_rng, restore_sampler, seed_everything, setup_device, starting_model,
                          training_flops_per_token)
-from gpt.tokenizer import Tokenizer
 
 # The settings fixed when a run starts: a resumed run must keep them. The shape of the weights; the rounding of
 # the vocabulary (also a shape); the seed (the random streams continue from the checkpoint); the starting model;
@@ -280,7 +279,7 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
     if model is None:
         model = new_model(cfg, data.tokenizer.vocab_size)
     else:  # the data may bring tokens the starting model never saw (a chat template's markers): rows for them
-        known = tokenizer.vocab_size if isinstance(tokenizer, Tokenizer) else data.tokenizer.vocab_size
+        known = (tokenizer.ready or data.tokenizer).vocab_size
         needed = data.tokenizer.vocab_size
         if needed > known:
             def grow(m: GPT) -> GPT:

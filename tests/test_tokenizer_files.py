@@ -227,3 +227,21 @@ def test_gpt2s_merges_are_recovered_exactly_from_its_ranks():
     official = [line for line in (gpt2_dir / "vocab.bpe").read_text(encoding="utf-8").split("\n")
                 if line and not line.startswith("#version")]
     assert ours == official
+
+
+def test_a_tokenizer_choice_is_settled_once_and_answers_the_same_questions_either_way():
+    from gpt.tokenizer_files import TokenizerChoice, tokenizer_digest
+
+    to_fit = TokenizerChoice.of("bpe:262")
+    assert to_fit.ready is None and to_fit.has_eot and to_fit.identity() == {"spec": "bpe:262"}
+    assert TokenizerChoice.of(to_fit) is to_fit  # the edge converts once; passing it on changes nothing
+    chars = TokenizerChoice.of("char")
+    assert not chars.has_eot and chars.fit("abca").vocab_size == 3
+    fitted = to_fit.fit("hello world, " * 200)
+    ready = TokenizerChoice.of(fitted)  # a checkpoint's tokenizer, handed over as an object
+    assert ready.fit("anything else") is fitted and ready.has_eot
+    assert ready.identity() == {"object": fitted.name, "blake2b": tokenizer_digest(fitted)}
+    with pytest.raises(UserError, match="unknown tokenizer"):
+        TokenizerChoice.of("wordpiece")
+    with pytest.raises(UserError, match="a spec such as 'char'"):
+        TokenizerChoice.of(3)

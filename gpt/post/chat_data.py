@@ -42,13 +42,12 @@ import torch
 from gpt.atomic import write_text
 from gpt.bpe import EOT
 from gpt.corpus import file_hash
-from gpt.data import (BPE_SAMPLE_BYTES, dtype_for, is_fitted_spec, tokenizer_digest,
-                      trusted_meta, cache_key, cached_folder)
+from gpt.data import BPE_SAMPLE_BYTES, dtype_for, trusted_meta, cache_key, cached_folder
 from gpt.datasets import TrainingData, held_out, jsonl_files
 from gpt.errors import UserError
 from gpt.post.chat import FORM_HELP, TEMPLATE, ChatTemplate, Conversation, read_records
 from gpt.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_dict
-from gpt.tokenizer_files import from_json_data, load_tokenizer, to_json_data
+from gpt.tokenizer_files import TokenizerChoice, from_json_data, to_json_data
 
 FORMAT_VERSION = 1
 LOSS_ON = ("assistant", "all")
@@ -90,8 +89,8 @@ def _trusted_chat(folder: Path, key: str) -> dict | None:
     return meta
 
 
-def _fit_tokenizer(spec: str, conversations: list[Conversation], train: list[Conversation]) -> Tokenizer:
-    if spec == "char":
+def _fit_tokenizer(choice: TokenizerChoice, conversations: list[Conversation], train: list[Conversation]) -> Tokenizer:
+    if choice.spec == "char":
         chars = set()
         for c in conversations:
             for m in c.messages:
@@ -104,7 +103,7 @@ def _fit_tokenizer(spec: str, conversations: list[Conversation], train: list[Con
         size += len(text)
         if size >= BPE_SAMPLE_BYTES:
             break
-    return load_tokenizer(spec, corpus=EOT.join(sample))
+    return choice.fit(EOT.join(sample))
 
 
 def _render(template: ChatTemplate, conversation: Conversation) -> tuple[list[int], list[bool]]:
@@ -114,20 +113,12 @@ def _render(template: ChatTemplate, conversation: Conversation) -> tuple[list[in
         raise UserError(f"{conversation.where}: {e}") from None
 
 
-def prepare_conversations(files: list[Path], val_files: list[Path], tokenizer: str | Tokenizer, *,
+def prepare_conversations(files: list[Path], val_files: list[Path], tokenizer: TokenizerChoice, *,
                           val_fraction: float, data_dir: str | Path) -> tuple[Path, dict, Tokenizer]:
     """Render the conversations of `files` (and `val_files`) into a cache folder: (folder, meta, tokenizer)."""
     started = time.perf_counter()
-    if isinstance(tokenizer, Tokenizer):
-        tokenizer_id: dict[str, Any] = {"object": tokenizer.name, "blake2b": tokenizer_digest(tokenizer)}
-        tok: Tokenizer | None = tokenizer
-    elif is_fitted_spec(tokenizer):
-        tokenizer_id, tok = {"spec": tokenizer}, None
-    else:
-        tok = load_tokenizer(tokenizer)
-        tokenizer_id = {"spec": tokenizer, "blake2b": tokenizer_digest(tok)}
     key_inputs = {"format": FORMAT_VERSION, "kind": "conversations", "sources": _sources(files),
-                  "val_sources": _sources(val_files), "tokenizer": tokenizer_id,
+                  "val_sources": _sources(val_files), "tokenizer": tokenizer.identity(),
                   "val_fraction": None if val_files else float(val_fraction), "template": TEMPLATE}
     key = cache_key(key_inputs)
     name = files[0].stem if len(files) == 1 else files[0].parent.name
@@ -145,8 +136,7 @@ def prepare_conversations(files: list[Path], val_files: list[Path], tokenizer: s
                 [[m.role, m.content] for m in everything[i].messages], ensure_ascii=False))
             splits = {"train": [c for i, c in enumerate(everything) if i not in held],
                       "val": [c for i, c in enumerate(everything) if i in held]}
-        fitted = tok if tok is not None else _fit_tokenizer(str(tokenizer), splits["train"] + splits["val"],
-                                                             splits["train"])
+        fitted = tokenizer.ready or _fit_tokenizer(tokenizer, splits["train"] + splits["val"], splits["train"])
         template = ChatTemplate.for_tokenizer(fitted)
         dtype = dtype_for(template.tokenizer.vocab_size)
         stats = {}
@@ -179,11 +169,11 @@ def prepare_conversations(files: list[Path], val_files: list[Path], tokenizer: s
         return meta
 
     folder, meta, reused = cached_folder(Path(data_dir), f"{name}.chat", key, build, _trusted_chat)
-    if tok is None or reused:
+    if tokenizer.ready is None or reused:
         data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
         result = tokenizer_from_dict(from_json_data(data))
     else:
-        result = ChatTemplate.add_tokens(tok)
+        result = ChatTemplate.add_tokens(tokenizer.ready)
     return folder, meta, result
 
 
@@ -390,7 +380,7 @@ class ChatData(TrainingData):
         return {"loss": loss}
 
 
-def open_conversations(files: list[Path], cfg: Any, tokenizer: str | Tokenizer) -> ChatData:
+def open_conversations(files: list[Path], cfg: Any, tokenizer: TokenizerChoice) -> ChatData:
     """ChatData for the conversation files (cfg: val_data, val_fraction, data_dir, include, loss_on)."""
     val_files: list[Path] = []
     val_data = getattr(cfg, "val_data", None)
@@ -415,7 +405,7 @@ class Conversations:
         return not ("chosen" in line or "rejected" in line) and any(k in line for k in ("messages", "prompt",
                                                                                        "instruction"))
 
-    def open(self, files: list[Path], cfg: Any, tokenizer: str | Tokenizer) -> ChatData:
+    def open(self, files: list[Path], cfg: Any, tokenizer: TokenizerChoice) -> ChatData:
         return open_conversations(files, cfg, tokenizer)
 
 

@@ -67,6 +67,7 @@ from gpt.post.chat import ChatTemplate, Message, check_messages, message_from_js
 from gpt.reshape import grow_vocab
 from gpt.runtime import starting_model
 from gpt.tokenizer import Tokenizer
+from gpt.tokenizer_files import TokenizerChoice
 
 PAIR_HELP = ('{"prompt", "chosen", "rejected"} or {"messages": [... ending with a user turn], "chosen", '
              '"rejected"}')
@@ -468,8 +469,9 @@ def starting_reference(cfg: Any, tokenizer: Tokenizer, model: torch.nn.Module) -
     model's device; a one-line error when it no longer matches the run's tokenizer or shape."""
     import dataclasses
 
-    start, start_tokenizer, _ = starting_model(dataclasses.replace(cfg, resume=False), None, lambda text: None)
-    assert start is not None and isinstance(start_tokenizer, Tokenizer)
+    start, choice, _ = starting_model(dataclasses.replace(cfg, resume=False), None, lambda text: None)
+    start_tokenizer = choice.ready
+    assert start is not None and start_tokenizer is not None
     if ChatTemplate.add_tokens(start_tokenizer).to_dict() != tokenizer.to_dict():
         raise UserError(f"the reference model {cfg.init_from} does not match this run's tokenizer (it changed since the "
                         "run started?): resume with the init_from the run started from, or start a new run")
@@ -484,9 +486,9 @@ def starting_reference(cfg: Any, tokenizer: Tokenizer, model: torch.nn.Module) -
 # Opening pairs for a run
 
 
-def open_pairs(files: list[Path], cfg: Any, tokenizer: str | Tokenizer) -> PreferenceData:
+def open_pairs(files: list[Path], cfg: Any, tokenizer: TokenizerChoice) -> PreferenceData:
     """PreferenceData for the pair files (cfg: init_from, val_data, val_fraction, data_dir, dpo_beta)."""
-    if cfg.init_from == "scratch" or not isinstance(tokenizer, Tokenizer):
+    if cfg.init_from == "scratch" or tokenizer.ready is None:
         raise UserError("preference pairs tune a model that already answers: give --init_from (an instruction-tuned "
                         "out_dir or checkpoint, e.g. out/sft_tasks); DPO's reference is that starting model")
     train = [p for f in files for p in read_pairs(f)]
@@ -501,7 +503,7 @@ def open_pairs(files: list[Path], cfg: Any, tokenizer: str | Tokenizer) -> Prefe
         held = held_out(len(train), cfg.val_fraction, what="pair", where=where, content=lambda i: json.dumps(
             [[m.role, m.content] for m in train[i].prompt] + [train[i].chosen, train[i].rejected], ensure_ascii=False))
         train, val = [p for i, p in enumerate(train) if i not in held], [p for i, p in enumerate(train) if i in held]
-    return PreferenceData(train, val, ChatTemplate.add_tokens(tokenizer), getattr(cfg, "dpo_beta", 0.1),
+    return PreferenceData(train, val, ChatTemplate.add_tokens(tokenizer.ready), getattr(cfg, "dpo_beta", 0.1),
                           source=",".join(str(f) for f in files), nll_weight=getattr(cfg, "dpo_nll", 0.0))
 
 
@@ -514,7 +516,7 @@ class Pairs:
     def recognises(self, line: dict[str, Any]) -> bool:
         return "chosen" in line or "rejected" in line
 
-    def open(self, files: list[Path], cfg: Any, tokenizer: str | Tokenizer) -> PreferenceData:
+    def open(self, files: list[Path], cfg: Any, tokenizer: TokenizerChoice) -> PreferenceData:
         return open_pairs(files, cfg, tokenizer)
 
 
