@@ -133,3 +133,14 @@ def test_a_cancelled_job_leaves_the_batch_and_a_full_queue_refuses_more(engine):
     assert engine.stats()["running_samples"] == 0 and engine.stats()["waiting_requests"] == 0
     while not long_events.empty():
         assert not isinstance(long_events.get(), Done)  # cancelled: never finished
+
+
+def test_more_jobs_than_may_ever_wait_are_the_callers_error_not_busy(tiny, engine):
+    # Busy means "retry later" (a 429); three jobs never fit a queue of two, so no retry would help.
+    jobs = [Job([1], Settings(max_tokens=3), lambda event: None) for _ in range(3)]
+    for call in (engine.submit, lambda jobs: engine.check_room(len(jobs))):
+        with pytest.raises(ValueError, match="max_waiting is 2"):
+            call(jobs)
+    assert engine.stats()["waiting_requests"] == 0
+    with pytest.raises(ValueError, match="at least 1"):
+        Engine(*tiny, max_waiting=0)

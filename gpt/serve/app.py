@@ -5,8 +5,10 @@
     POST /v1/completions         text completion; "stream": true sends server-sent events
     POST /v1/chat/completions    chat, through the checkpoint's chat template (400 for a model without one)
 
-A request is checked (gpt/serve/protocol.py), becomes one job per prompt, and waits on its events from the
-engine thread (gpt/serve/engine.py). A client that disconnects cancels its jobs at once, streaming or not,
+A request is checked (gpt/serve/protocol.py), tokenized in a worker thread (a large one would stall every
+other client if tokenized on the event loop), becomes one job per prompt, and waits on its events from the
+engine thread (gpt/serve/engine.py). What can be refused is refused before tokenizing: a request that could
+never be accepted (400), a full queue (429). A client that disconnects cancels its jobs at once, streaming or not,
 which frees their rows in the batch for the next step. SIGTERM (or Ctrl-C) stops accepting connections,
 lets requests in flight finish for up to shutdown_timeout seconds, cancels what is left, and exits with 0.
 """
@@ -56,7 +58,8 @@ class ServeConfig(ModelSettings):
     api_key: str | None = setting(None, f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_ENV} if set; the variable keeps it out of `ps`)")
     model_name: str | None = setting(None, "the model id clients name in requests (default: the checkpoint's folder name)")
     max_batch: int = setting(16, "samples decoded together, one batched step for all (KV-cache rows held in memory)")
-    max_waiting: int = setting(64, "requests that may wait for room in the batch; beyond that, 429")
+    max_waiting: int = setting(64, "prompts that may wait for room in the batch (each prompt of a request counts; "
+                                   "a request may list at most this many); beyond that, 429")
     max_prompt_tokens: int = setting(0, "longest prompt accepted, in tokens; longer ones get 400 (0 = the model's block_size; "
                                         "above it, a prompt is cut to its last block_size tokens as sample.py does)")
     max_tokens: int = setting(1024, "most tokens one request may ask to generate (max_tokens above it: 400)")
@@ -136,7 +139,10 @@ def make_app(server: Server) -> Starlette:
     async def completions(request: HTTPRequest) -> Response:
         check_key(server, request)
         body = await read_json(request)
-        req = protocol.parse_completion(body, server.model_id, server.loaded.tokenizer, server.limits, server.encode)
+        req = protocol.parse_completion(body, server.model_id, server.limits)
+        check_room(server, req, len(req.given))  # before tokenizing: a full queue costs no work
+        req.prompts = await anyio.to_thread.run_sync(protocol.encode_prompts, req.given, server.loaded.tokenizer,
+                                                     server.encode, server.limits)
         req.settings.stop_ids = server.stop_ids
         return await answer(server, request, req)
 
@@ -149,7 +155,8 @@ def make_app(server: Server) -> Starlette:
             raise APIError(400, f"the model `{server.model_id}` has no chat template (it was not tuned on "
                            "conversations): use /v1/completions with a plain prompt, or serve a checkpoint tuned "
                            "with python train.py --data=conversations.jsonl", "messages", "no_chat_template")
-        prompt = chat_prompt(template, req.messages)
+        check_room(server, req, 1)
+        prompt = await anyio.to_thread.run_sync(chat_prompt, template, req.messages)
         if len(prompt) > server.limits.max_prompt_tokens:
             raise APIError(400, f"the conversation is {len(prompt)} tokens long; this server takes at most "
                            f"{server.limits.max_prompt_tokens}", "messages", "context_length_exceeded")
@@ -228,6 +235,26 @@ async def read_json(request: HTTPRequest) -> object:
 # Running a request
 
 
+def check_room(server: Server, req: protocol.Request, prompts: int) -> None:
+    """Refuse the request now (429 or 503) if the engine's queue has no room for its prompts: this is checked
+    again when the jobs are submitted, but asking first spares the work of tokenizing a request that is refused."""
+    if req.settings.max_tokens > 0:  # max_tokens 0 is answered without queueing
+        with engine_refusals():
+            server.engine.check_room(prompts)
+
+
+@contextlib.contextmanager
+def engine_refusals():
+    """The engine's refusals as API errors: a full queue is a 429 (clients retry it), shutting down a 503."""
+    try:
+        yield
+    except Busy as e:
+        raise APIError(429, f"the server is busy: {e.waiting} prompts are waiting for room in the batch (at most "
+                       f"{e.max_waiting} may wait); retry later", None, "rate_limit_exceeded") from None
+    except ShuttingDown:
+        raise APIError(503, "the server is shutting down", None, "shutting_down") from None
+
+
 async def answer(server: Server, request: HTTPRequest, req: protocol.Request) -> Response:
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
@@ -242,13 +269,8 @@ async def answer(server: Server, request: HTTPRequest, req: protocol.Request) ->
                 events.put_nowait((index, Finished(sample, "length", 0)))
             events.put_nowait((index, Done(len(job.prompt_ids), 0)))
     else:
-        try:
+        with engine_refusals():
             server.engine.submit(jobs)
-        except Busy:
-            raise APIError(429, f"the server is busy: {server.engine.max_waiting} requests are already waiting; "
-                           "retry later", None, "rate_limit_exceeded") from None
-        except ShuttingDown:
-            raise APIError(503, "the server is shutting down", None, "shutting_down") from None
     if req.stream:
         return EventStream(stream_events(server, req, jobs, events))
     return await run_until_disconnect(request, collect(server, req, jobs, events), jobs)
@@ -427,11 +449,11 @@ def bind(host: str, port: int) -> socket.socket:
 def check_config(cfg: ServeConfig) -> None:
     if cfg.threads < 0:
         raise UserError(f"threads must be 0 (torch's default) or more, got {cfg.threads}")
-    for name in ("max_batch", "max_tokens"):
+    for name in ("max_batch", "max_waiting", "max_tokens"):  # below 1, every request would be refused
         if getattr(cfg, name) < 1:
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.max_waiting < 0 or cfg.max_prompt_tokens < 0:
-        raise UserError("max_waiting and max_prompt_tokens must not be negative")
+    if cfg.max_prompt_tokens < 0:
+        raise UserError(f"max_prompt_tokens must be 0 (the model's block_size) or more, got {cfg.max_prompt_tokens}")
     if not 0 <= cfg.port <= 65535:
         raise UserError(f"port must be between 0 and 65535, got {cfg.port}")
     if cfg.shutdown_timeout < 0:
@@ -464,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compiled in {seconds:.0f} s", file=sys.stderr, flush=True)
     block_size = loaded.model.config.block_size
     limits = Limits(max_prompt_tokens=cfg.max_prompt_tokens or block_size, max_tokens=cfg.max_tokens,
-                    max_n=cfg.max_batch)
+                    max_n=cfg.max_batch, max_prompts=cfg.max_waiting)
     server = Server(engine, loaded, cfg.model_name or model_name(loaded), limits, api_key, protocol.now())
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host

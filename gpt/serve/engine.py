@@ -90,7 +90,12 @@ class Failed:
 
 
 class Busy(Exception):
-    """The waiting queue is full: the HTTP layer answers 429."""
+    """The waiting queue has no room for the jobs now: the HTTP layer answers 429."""
+
+    def __init__(self, waiting: int, max_waiting: int):
+        super().__init__(f"{waiting} jobs are waiting (at most {max_waiting})")
+        self.waiting = waiting
+        self.max_waiting = max_waiting
 
 
 class ShuttingDown(Exception):
@@ -127,6 +132,8 @@ class Engine:
 
     def __init__(self, model, tokenizer: Tokenizer, *, max_batch: int = 16, max_waiting: int = 64,
                  dtype: torch.dtype = torch.float32):
+        if max_batch < 1 or max_waiting < 1:  # an engine that could never take a job
+            raise ValueError(f"max_batch and max_waiting must be at least 1, got {max_batch} and {max_waiting}")
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -147,14 +154,25 @@ class Engine:
     # The other threads' side
 
     def submit(self, jobs: list[Job]) -> None:
-        """Queue the jobs of one request, all or none; raises Busy when the queue is full."""
+        """Queue the jobs of one request, all or none; raises Busy when the queue has no room for them now."""
         with self.lock:
-            if self.closing:
-                raise ShuttingDown()
-            if len(self.waiting) + len(jobs) > self.max_waiting:
-                raise Busy()
+            self._check_room(len(jobs))
             self.waiting.extend(jobs)
             self.lock.notify()
+
+    def check_room(self, count: int) -> None:
+        """Raise what submit() of `count` jobs would raise now (Busy, ShuttingDown), so that a request can be
+        refused before the work of tokenizing it. submit() checks again: the queue may fill meanwhile."""
+        with self.lock:
+            self._check_room(count)
+
+    def _check_room(self, count: int) -> None:
+        if count > self.max_waiting:  # no room ever: the caller must refuse such a request itself (not a 429)
+            raise ValueError(f"{count} jobs can never wait together: max_waiting is {self.max_waiting}")
+        if self.closing:
+            raise ShuttingDown()
+        if len(self.waiting) + count > self.max_waiting:
+            raise Busy(len(self.waiting), self.max_waiting)
 
     def stats(self) -> dict:
         with self.lock:

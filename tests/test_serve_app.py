@@ -1,0 +1,116 @@
+"""The HTTP layer (gpt/serve/app.py) in-process, through Starlette's TestClient: what is refused before the
+work of tokenizing, what stays off the event loop, and what an error tells a client. The server as a user
+runs it (a subprocess, the official client) is tested in tests/test_serve.py."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("httpx")
+pytest.importorskip("starlette")
+
+from starlette.testclient import TestClient  # noqa: E402
+
+from gpt.checkpoint import Loaded  # noqa: E402
+from gpt.serve.app import Server, make_app  # noqa: E402
+from gpt.serve.engine import Engine, Job, Settings  # noqa: E402
+from gpt.serve.protocol import Limits  # noqa: E402
+from test_decoding import one_thread, train_tiny_model  # noqa: E402
+
+MODEL = "tiny"
+MAX_WAITING = 4
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """A server of the tiny model (a batch of 2 rows, 4 prompts may wait) whose tokenizer counts its calls."""
+    model, tokenizer = train_tiny_model()
+    calls = []
+    encode = tokenizer.encode
+    monkeypatch.setattr(tokenizer, "encode", lambda text: calls.append(text) or encode(text))
+    with one_thread():
+        engine = Engine(model, tokenizer, max_batch=2, max_waiting=MAX_WAITING)
+        limits = Limits(max_prompt_tokens=32, max_tokens=100, max_n=2, max_prompts=MAX_WAITING)
+        server = Server(engine, Loaded(model, tokenizer, Path(MODEL), None), MODEL, limits, None, 0)
+        with TestClient(make_app(server), raise_server_exceptions=False) as client:  # one event loop for all calls
+            yield client, engine, calls
+        engine.close()
+
+
+def complete(client: TestClient, **body):
+    return client.post("/v1/completions", json={"model": MODEL, "max_tokens": 3, **body})
+
+
+def fill_the_queue(engine: Engine) -> list[Job]:
+    """A job that holds both rows of the batch (until cancelled), and a full queue behind it."""
+    started: queue.Queue = queue.Queue()
+    running = Job([1], Settings(max_tokens=10**6, temperature=0.0, n=2), started.put)
+    engine.submit([running])
+    started.get(timeout=30)
+    waiting = [Job([1], Settings(max_tokens=3), lambda event: None) for _ in range(MAX_WAITING)]
+    engine.submit(waiting)
+    return [running, *waiting]
+
+
+def test_a_request_that_could_never_be_queued_is_a_400_before_tokenizing(served):
+    client, engine, calls = served
+    response = complete(client, prompt=["the dog "] * (MAX_WAITING + 1))  # nothing is waiting: no retry would help
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["param"] == "prompt", error
+    assert f"at most {MAX_WAITING}" in error["message"] and "max_waiting" in error["message"]
+    assert calls == []
+    assert complete(client, prompt=["the dog "] * MAX_WAITING).status_code == 200  # as many as may wait: served
+
+
+def test_a_full_queue_is_a_429_before_tokenizing(served):
+    client, engine, calls = served
+    jobs = fill_the_queue(engine)
+    try:
+        for prompt in ("the dog ", ["the dog ", "la"]):
+            response = complete(client, prompt=prompt)
+            error = response.json()["error"]
+            assert response.status_code == 429 and error["type"] == "rate_limit_error", error
+            assert calls == [], "the prompts were tokenized before the request was refused"
+            assert f"{MAX_WAITING} prompts are waiting" in error["message"]
+    finally:
+        for job in jobs:
+            job.cancel()
+
+
+def test_tokenizing_runs_off_the_event_loop(served, monkeypatch):
+    # The tokenizer blocks until /health has been answered: on the event loop, /health could not be answered
+    # until the tokenizer gave up waiting.
+    client, engine, calls = served
+    model, tokenizer = train_tiny_model()
+    entered, answered = threading.Event(), threading.Event()
+    waited = []
+    encode = tokenizer.encode
+
+    def slow_encode(text: str) -> list[int]:
+        entered.set()
+        waited.append(answered.wait(timeout=5))
+        return encode(text)
+
+    monkeypatch.setattr(tokenizer, "encode", slow_encode)
+    result = []
+    request = threading.Thread(target=lambda: result.append(complete(client, prompt="the dog ")))
+    request.start()
+    assert entered.wait(timeout=30)
+    assert client.get("/health").status_code == 200
+    answered.set()
+    request.join(timeout=60)
+    assert waited == [True], "/health waited for the tokenizer: it runs on the event loop"
+    assert result[0].status_code == 200 and result[0].json()["usage"]["completion_tokens"] == 3
+
+
+@pytest.mark.parametrize("flag", ["--max_waiting", "--max_batch", "--max_tokens"])
+def test_limits_that_would_refuse_every_request_are_refused_at_start(flag, capsys):
+    from gpt.serve.app import main
+
+    assert main(["--ckpt", "nowhere", flag, "0"]) == 2  # before the checkpoint is even looked for
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{flag[2:]} must be at least 1, got 0" in err, err
