@@ -260,6 +260,7 @@ def test_a_conversation_the_template_cannot_take_is_a_400(chat_server, messages,
     ({"model": MODEL, "prompt": "a", "frequency_penalty": 1}, 400, "frequency_penalty"),
     ({"model": MODEL, "prompt": "Ω"}, 400, "prompt"),  # a character the char tokenizer never saw
     ({"model": MODEL, "prompt": ["a"] * 25}, 400, "prompt"),  # more prompts than may wait (24): never, not 429
+    ("[" * 100_000 + "]" * 100_000, 400, None),  # nested too deeply for the JSON parser
 ])
 def test_bad_requests_get_openai_shaped_errors(server, body, status, param):
     response = server.post("/v1/completions", body)

@@ -114,3 +114,19 @@ def test_limits_that_would_refuse_every_request_are_refused_at_start(flag, capsy
     assert main(["--ckpt", "nowhere", flag, "0"]) == 2  # before the checkpoint is even looked for
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{flag[2:]} must be at least 1, got 0" in err, err
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(served):
+    client, engine, calls = served
+    # Around the parser's limit (about 1000 levels, less the stack in use) and far beyond it; in a parameter,
+    # where an error message describes the value, and as the whole body.
+    for depth in [*range(900, 1001, 10), 5_000, 100_000]:
+        nested = "[" * depth + "]" * depth
+        for path, body in (("/v1/completions", f'{{"model": "{MODEL}", "prompt": "a", "max_tokens": {nested}}}'),
+                           ("/v1/chat/completions", f'{{"model": "{MODEL}", "messages": {nested}}}'),
+                           ("/v1/completions", nested)):
+            response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+            assert response.status_code == 400, (depth, path, response.text)
+    message = response.json()["error"]["message"]
+    assert message == ("the JSON body nests arrays or objects too deeply to read (a request needs only a few "
+                       "levels): send a flatter body")

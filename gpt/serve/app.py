@@ -229,6 +229,9 @@ async def read_json(request: HTTPRequest) -> object:
     except (ValueError, UnicodeDecodeError):
         raise APIError(400, "We could not parse the JSON body of your request: send valid JSON with "
                        "'Content-Type: application/json'") from None
+    except RecursionError:  # the parser recurses once per level of arrays and objects; a request needs a few
+        raise APIError(400, "the JSON body nests arrays or objects too deeply to read (a request needs only a "
+                       "few levels): send a flatter body") from None
 
 
 # ---------------------------------------------------------------------------------------------------
