@@ -4,8 +4,12 @@ runs it (a subprocess, the official client) is tested in tests/test_serve.py."""
 
 from __future__ import annotations
 
+import json
 import queue
+import re
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -130,3 +134,38 @@ def test_deeply_nested_json_is_a_400_not_a_500(served):
     message = response.json()["error"]["message"]
     assert message == ("the JSON body nests arrays or objects too deeply to read (a request needs only a few "
                        "levels): send a flatter body")
+
+
+def test_a_failed_step_gives_each_client_a_500_with_its_id_and_the_log_the_details(served, monkeypatch, caplog):
+    # Two clients in one batch, one streaming; the step that decodes them both fails.
+    client, engine, calls = served
+    next_logits = engine.decoder.next_logits
+    release = threading.Event()
+
+    def step():
+        if len(engine.rows) == 2:
+            monkeypatch.setattr(engine.decoder, "next_logits", next_logits)  # once: the server keeps serving
+            raise RuntimeError("secret detail: /home/someone/model.pt")
+        release.wait(timeout=30)  # a first job holds the engine until both requests wait
+        return next_logits()
+
+    monkeypatch.setattr(engine.decoder, "next_logits", step)
+    engine.submit([Job([1], Settings(max_tokens=1), lambda event: None)])
+    with ThreadPoolExecutor(2) as pool:
+        answers = [pool.submit(complete, client, prompt="the dog ", stream=stream) for stream in (False, True)]
+        deadline = time.time() + 30
+        while engine.stats()["waiting_requests"] < 2:
+            assert time.time() < deadline
+            time.sleep(0.01)
+        release.set()
+        whole, streamed = [a.result(timeout=60) for a in answers]
+    assert whole.status_code == 500  # streamed: the status line went out before any token, the error is an event
+    assert streamed.status_code == 200 and streamed.text.count("data: ") == 1
+    ids = []
+    for error in (whole.json()["error"], json.loads(streamed.text.removeprefix("data: "))["error"]):
+        assert "secret" not in error["message"] and error["type"] == "server_error", error
+        ids.append(re.search(r"request (cmpl-[0-9a-f]{32})", error["message"]).group(1))
+    [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert ids[0] != ids[1] and all(i in record.getMessage() for i in ids) and "secret detail" in caplog.text
+    answer = complete(client, prompt="the dog ").json()
+    assert answer["usage"]["completion_tokens"] == 3 and answer["id"].startswith("cmpl-")

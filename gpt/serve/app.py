@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import hashlib
 import hmac
 import json
@@ -30,6 +31,7 @@ from typing import AsyncIterator
 import anyio
 import torch
 import uvicorn
+import uvicorn.config
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request as HTTPRequest
@@ -265,7 +267,7 @@ async def answer(server: Server, request: HTTPRequest, req: protocol.Request) ->
     for index, prompt in enumerate(req.prompts):
         def listener(event, index=index):
             loop.call_soon_threadsafe(events.put_nowait, (index, event))
-        jobs.append(Job(prompt, req.settings, listener))
+        jobs.append(Job(prompt, req.settings, listener, req.id))
     if req.settings.max_tokens == 0:  # nothing to generate: the answer without queueing
         for index, job in enumerate(jobs):
             for sample in range(req.settings.n):
@@ -312,8 +314,15 @@ async def collect(server: Server, req: protocol.Request, jobs: list[Job], events
             prompt_tokens += event.prompt_tokens
             completion_tokens += event.completion_tokens
         elif isinstance(event, Failed):
-            raise APIError(500, f"generation failed: {event.message}")
+            raise failure(req)
     return JSONResponse(whole_answer(server, req, results, prompt_tokens, completion_tokens))
+
+
+def failure(req: protocol.Request) -> APIError:
+    """The answer when generating failed: the engine logged what went wrong under the request's id, which the
+    client gets to quote; the error itself is not the client's to see (and it is the same for the whole batch)."""
+    return APIError(500, f"generating the answer failed on the server (request {req.id}); the server log has "
+                    "the details under that id", None, "generation_failed")
 
 
 def whole_answer(server: Server, req: protocol.Request, results: list[dict], prompt_tokens: int,
@@ -323,18 +332,17 @@ def whole_answer(server: Server, req: protocol.Request, results: list[dict], pro
     if req.chat:
         choices = [protocol.chat_choice(i, r["text"], r["finish_reason"], r["logprobs"] if want_logprobs else None)
                    for i, r in enumerate(results)]
-        return protocol.chat_body(protocol.new_id("chatcmpl"), protocol.now(), server.model_id, choices, usage)
+        return protocol.chat_body(req.id, protocol.now(), server.model_id, choices, usage)
     choices = [protocol.completion_choice(i, r["text"], r["finish_reason"],
                                           protocol.CompletionLogprobs.merge(r["logprobs"]) if want_logprobs else None)
                for i, r in enumerate(results)]
-    return protocol.completion_body(protocol.new_id("cmpl"), protocol.now(), server.model_id, choices, usage)
+    return protocol.completion_body(req.id, protocol.now(), server.model_id, choices, usage)
 
 
 async def stream_events(server: Server, req: protocol.Request, jobs: list[Job],
                         events: asyncio.Queue) -> AsyncIterator[str]:
     """Server-sent events: one chunk per piece of text, one with each choice's finish_reason, [DONE] last."""
     n, tok = req.settings.n, server.loaded.tokenizer
-    id_ = protocol.new_id("chatcmpl" if req.chat else "cmpl")
     created = protocol.now()
     offsets = [protocol.CompletionLogprobs(tok) for _ in range(len(jobs) * n)]
     want_logprobs = req.settings.logprobs is not None
@@ -342,7 +350,7 @@ async def stream_events(server: Server, req: protocol.Request, jobs: list[Job],
 
     def chunk(choices: list[dict], usage: dict | None = None) -> str:
         build = protocol.chat_body if req.chat else protocol.completion_body
-        return "data: " + json.dumps(build(id_, created, server.model_id, choices, usage, chunk=True)) + "\n\n"
+        return "data: " + json.dumps(build(req.id, created, server.model_id, choices, usage, chunk=True)) + "\n\n"
 
     if req.chat:  # OpenAI's first chat chunk carries the role
         yield chunk([protocol.chat_chunk_choice(i, {"role": "assistant", "content": ""}, None, None)
@@ -370,7 +378,7 @@ async def stream_events(server: Server, req: protocol.Request, jobs: list[Job],
             prompt_tokens += event.prompt_tokens
             completion_tokens += event.completion_tokens
         elif isinstance(event, Failed):
-            yield "data: " + json.dumps(APIError(500, f"generation failed: {event.message}").body()) + "\n\n"
+            yield "data: " + json.dumps(failure(req).body()) + "\n\n"
             return
     if req.include_usage:
         yield chunk([], protocol.usage(prompt_tokens, completion_tokens))
@@ -467,6 +475,15 @@ def check_config(cfg: ServeConfig) -> None:
         raise UserError("api_key must not be empty: give a key, or leave it out to serve without one")
 
 
+def log_config(level: str) -> dict:
+    """uvicorn's logging, with the server's own log (gpt.serve: e.g. a failed decode step, under the ids of the
+    requests it failed) beside uvicorn's errors, in the same form and at the same level."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["gpt.serve"] = {"handlers": ["default"], "level": uvicorn.config.LOG_LEVELS[level],
+                                      "propagate": False}
+    return config
+
+
 def model_name(loaded: Loaded) -> str:
     path = loaded.path
     return path.parent.name if path.is_file() else path.name
@@ -495,8 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     shown_host = f"[{host}]" if ":" in host else host
     banner = (f"serving {server.model_id} ({cfg.weights}{', compiled' if cfg.compile else ''}, {device.type}) at "
               f"http://{shown_host}:{port}/v1" + (" (API key required)" if api_key else ""))
-    config = uvicorn.Config(make_app(server), log_level=cfg.log_level, timeout_graceful_shutdown=cfg.shutdown_timeout,
-                            lifespan="on")
+    config = uvicorn.Config(make_app(server), log_level=cfg.log_level, log_config=log_config(cfg.log_level),
+                            timeout_graceful_shutdown=cfg.shutdown_timeout, lifespan="on")
     # uvicorn re-raises the signal that stopped it once it has shut down gracefully; with this handler in place
     # that re-raise does nothing, and the process exits with 0 after its orderly shutdown.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)

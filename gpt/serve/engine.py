@@ -24,6 +24,7 @@ token only in a rare near-tie.
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 import threading
@@ -37,6 +38,8 @@ import torch
 from gpt.decoding import Decoder, TextStream
 from gpt.sampling import next_token_probs, sample, sample_generators
 from gpt.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 IMPOSSIBLE_LOGPROB = -9999.0  # the log-probability reported for a token the filters rule out (log 0), as OpenAI does
 
@@ -86,7 +89,8 @@ class Done:
 
 @dataclass
 class Failed:
-    message: str
+    """The job could not be finished: the server's fault, not the request's. What went wrong is logged, under
+    the job's request_id, and not carried here: it is not for the client to see (paths, other requests)."""
 
 
 class Busy(Exception):
@@ -105,8 +109,10 @@ class ShuttingDown(Exception):
 class Job:
     """One prompt's n samples, from the queue to the last token. `cancel()` may be called from any thread."""
 
-    def __init__(self, prompt_ids: list[int], settings: Settings, listener: Callable[[object], None]):
+    def __init__(self, prompt_ids: list[int], settings: Settings, listener: Callable[[object], None],
+                 request_id: str = ""):
         self.prompt_ids = prompt_ids
+        self.request_id = request_id  # names the job in the log, where a client quoting it can be found
         self.settings = settings
         self.listener = listener
         self.cancelled = False
@@ -209,11 +215,17 @@ class Engine:
             try:
                 self._step()
             except Exception as e:  # our bug, or out of memory: fail what is in flight and keep serving
-                message = f"{type(e).__name__}: {e}"
-                for job in {row.job for row in self.rows}:
-                    job.listener(Failed(message))
-                for index in reversed(range(len(self.rows))):
-                    self._leave(index)
+                self._fail_all(e)
+
+    def _fail_all(self, error: Exception) -> None:
+        """Fail every job in the batch: one step decodes them all, so one error spoils them all."""
+        jobs = list(dict.fromkeys(row.job for row in self.rows))
+        log.error("a decode step failed; failing the requests in the batch: %s",
+                  ", ".join(job.request_id or "(no id)" for job in jobs), exc_info=error)
+        for job in jobs:
+            job.listener(Failed())
+        for index in reversed(range(len(self.rows))):
+            self._leave(index)
 
     def _admit(self) -> None:
         """Move waiting jobs into the batch, in order, while their rows fit (called with the lock held)."""

@@ -72,6 +72,7 @@ class Request:
     chat: bool = False
     messages: list[dict] = field(default_factory=list)
     given: list[str | list[int]] = field(default_factory=list)  # a completion's prompts before tokenizing
+    id: str = ""  # the answer's id ("cmpl-...", "chatcmpl-..."), which also names the request in the server log
 
 
 COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "stream", "stream_options",
@@ -104,7 +105,7 @@ def parse_completion(body: Any, model_id: str, limits: Limits) -> Request:
     if logprobs is not None:
         settings.logprobs = _int(logprobs, "logprobs", 0, MAX_LOGPROBS)
     stream, include_usage = _stream(body)
-    return Request(body["model"], [], settings, stream, include_usage, given=given)
+    return Request(body["model"], [], settings, stream, include_usage, given=given, id=new_id("cmpl"))
 
 
 def encode_prompts(given: list[str | list[int]], tokenizer: Tokenizer, encode, limits: Limits) -> list[list[int]]:
@@ -138,7 +139,8 @@ def parse_chat(body: Any, model_id: str, limits: Limits) -> Request:
     elif body.get("top_logprobs") is not None:
         raise APIError(400, "top_logprobs needs logprobs: true", "top_logprobs")
     stream, include_usage = _stream(body)
-    return Request(body["model"], [], settings, stream, include_usage, chat=True, messages=messages)
+    return Request(body["model"], [], settings, stream, include_usage, chat=True, messages=messages,
+                   id=new_id("chatcmpl"))
 
 
 def _object(body: Any) -> dict:
