@@ -147,7 +147,9 @@ class Engine:
         self.device = next(model.parameters()).device
         self.decoder = Decoder(model, None, use_kv_cache=True, dtype=dtype, vocab_size=tokenizer.vocab_size,
                                max_rows=max_batch)
-        self.rows: list[_Sample] = []  # the sample each row of the decoder generates (same order)
+        # The sample each row of the decoder generates (same order). Only the engine thread reads or changes it
+        # (other threads may take its len()): rows join and leave between steps, outside the lock.
+        self.rows: list[_Sample] = []
         self.waiting: deque[Job] = deque()
         self.lock = threading.Condition()
         self.closing = False
@@ -187,13 +189,10 @@ class Engine:
                     "decode_steps": self.steps}
 
     def close(self, timeout: float = 10.0) -> None:
-        """Cancel whatever is still queued or running and stop the thread."""
+        """Cancel whatever is still queued or running and stop the thread. The engine thread does the
+        cancelling: the rows are its own, changed between steps without the lock, so no other thread may walk them."""
         with self.lock:
             self.closing = True
-            for job in self.waiting:
-                job.cancel()
-            for row in self.rows:
-                row.job.cancel()
             self.lock.notify()
         self.thread.join(timeout)
 
@@ -203,13 +202,19 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self.lock:
-                self._admit()
-                while not self.rows and not self.closing:
-                    self.lock.wait()
+                while not self.closing:
                     self._admit()
-                if self.closing and not self.rows:
-                    return
+                    if self.rows:
+                        break
+                    self.lock.wait()
+                closing = self.closing
+                if closing:  # close() was called: everything queued or running is cancelled, here
+                    for job in [*self.waiting, *(row.job for row in self.rows)]:
+                        job.cancel()
+                    self.waiting.clear()
             self._drop_cancelled()
+            if closing:
+                return
             if not self.rows:
                 continue
             try:
