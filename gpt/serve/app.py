@@ -20,6 +20,7 @@ import contextlib
 import copy
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import signal
@@ -457,6 +458,14 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def loopback(address: str) -> bool:
+    """Whether a bound address is reachable from this machine only (127.0.0.1, ::1), not from the network."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 def check_config(cfg: ServeConfig) -> None:
     if cfg.threads < 0:
         raise UserError(f"threads must be 0 (torch's default) or more, got {cfg.threads}")
@@ -495,6 +504,10 @@ def main(argv: list[str] | None = None) -> int:
     check_config(cfg)
     api_key = cfg.api_key if cfg.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     sock = bind(cfg.host, cfg.port)  # before loading: a taken port fails fast
+    if api_key is None and not loopback(sock.getsockname()[0]):
+        print(f"warning: listening on {cfg.host} without an API key: anyone who can reach port "
+              f"{sock.getsockname()[1]} can use this server; set {API_KEY_ENV}=KEY (or --api_key) to require one",
+              file=sys.stderr, flush=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     opened = open_model(cfg)
