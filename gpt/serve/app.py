@@ -8,8 +8,8 @@
 A request is checked (gpt/serve/protocol.py), tokenized in a worker thread (a large one would stall every
 other client if tokenized on the event loop), becomes one job per prompt, and waits on its events from the
 engine thread (gpt/serve/engine.py). What can be refused is refused before tokenizing: a request that could
-never be accepted (400), a full queue (429). A client that disconnects cancels its jobs at once, streaming or not,
-which frees their rows in the batch for the next step. SIGTERM (or Ctrl-C) stops accepting connections,
+never be accepted (400), a full queue (429). A client that disconnects cancels its jobs at once, streaming
+or not, which frees their rows in the batch for the next step. SIGTERM (or Ctrl-C) stops accepting connections,
 lets requests in flight finish for up to shutdown_timeout seconds, cancels what is left, and exits with 0.
 """
 
