@@ -47,8 +47,9 @@ class Running:
         return httpx.get(self.url + "/health", timeout=10).json()
 
 
-def start_server(ckpt: Path, log: Path, *args: str) -> Running:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GPT_SERVE_API_KEY": KEY}
+def start_server(ckpt: Path, log: Path, *args: str, key: str | None = KEY) -> Running:
+    env = {k: v for k, v in os.environ.items() if k != "GPT_SERVE_API_KEY"}
+    env = {**env, "OMP_NUM_THREADS": "1", **({"GPT_SERVE_API_KEY": key} if key else {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "gpt.serve", "--ckpt", str(ckpt), "--port", "0", "--model_name", MODEL,
          "--log_level", "warning", *args],
@@ -259,6 +260,8 @@ def test_a_conversation_the_template_cannot_take_is_a_400(chat_server, messages,
     ({"model": MODEL, "prompt": "a", "n": 9}, 400, "n"),
     ({"model": MODEL, "prompt": "a", "frequency_penalty": 1}, 400, "frequency_penalty"),
     ({"model": MODEL, "prompt": "Ω"}, 400, "prompt"),  # a character the char tokenizer never saw
+    ({"model": MODEL, "prompt": ["a"] * 25}, 400, "prompt"),  # more prompts than may wait (24): never, not 429
+    ("[" * 100_000 + "]" * 100_000, 400, None),  # nested too deeply for the JSON parser
 ])
 def test_bad_requests_get_openai_shaped_errors(server, body, status, param):
     response = server.post("/v1/completions", body)
@@ -276,6 +279,26 @@ def test_the_api_key_is_required_on_v1_only(server):
     assert httpx.get(server.url + "/health").status_code == 200
     response = httpx.get(server.url + "/v2/nothing")
     assert response.status_code == 404 and "no such endpoint" in response.json()["error"]["message"]
+
+
+def test_listening_beyond_this_machine_without_a_key_says_so_in_one_line(ckpt, tmp_path):
+    from gpt.serve.app import loopback
+
+    running = start_server(ckpt, tmp_path / "server.log", "--host", "0.0.0.0", key=None)
+    try:
+        port = running.url.rsplit(":", 1)[1]
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/completions", timeout=60,
+                            json={"model": MODEL, "prompt": "a", "max_tokens": 2})
+        assert answer.status_code == 200  # no key asked for
+    finally:
+        running.process.kill()
+        running.process.wait()
+    lines = [line for line in running.log.read_text().splitlines() if "API key" in line]
+    assert lines == [f"warning: listening on 0.0.0.0 without an API key: anyone who can reach port {port} can use "
+                     "this server; set GPT_SERVE_API_KEY=KEY (or --api_key) to require one"]
+    # Said for any address but this machine's own (where nobody else can reach the port).
+    assert [loopback(a) for a in ("127.0.0.1", "127.0.0.2", "::1", "0.0.0.0", "::", "192.168.1.7", "fe80::1%eth0")] \
+        == [True, True, True, False, False, False, False]
 
 
 # ---------------------------------------------------------------------------------------------------

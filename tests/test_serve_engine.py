@@ -1,10 +1,13 @@
 """The serving engine (gpt/serve/engine.py) in-process: jobs decoded together give each job's own text,
-seeds give sample.py's samples, logprobs are sample.py's probabilities, cancelling frees the rows, and a
-full queue refuses more. The HTTP layer is tested in tests/test_serve.py."""
+seeds give sample.py's samples, logprobs are sample.py's probabilities, cancelling frees the rows, a full
+queue refuses more, and close() stops it. The HTTP layer is tested in tests/test_serve_app.py (in-process)
+and tests/test_serve.py (as a user runs it)."""
 
 from __future__ import annotations
 
 import queue
+import threading
+
 import pytest
 import torch
 
@@ -133,3 +136,65 @@ def test_a_cancelled_job_leaves_the_batch_and_a_full_queue_refuses_more(engine):
     assert engine.stats()["running_samples"] == 0 and engine.stats()["waiting_requests"] == 0
     while not long_events.empty():
         assert not isinstance(long_events.get(), Done)  # cancelled: never finished
+
+
+def test_more_jobs_than_may_ever_wait_are_the_callers_error_not_busy(tiny, engine):
+    # Busy means "retry later" (a 429); three jobs never fit a queue of two, so no retry would help.
+    jobs = [Job([1], Settings(max_tokens=3), lambda event: None) for _ in range(3)]
+    for call in (engine.submit, lambda jobs: engine.check_room(len(jobs))):
+        with pytest.raises(ValueError, match="max_waiting is 2"):
+            call(jobs)
+    assert engine.stats()["waiting_requests"] == 0
+    with pytest.raises(ValueError, match="at least 1"):
+        Engine(*tiny, max_waiting=0)
+
+
+class OwnedRows(list):
+    """An engine's rows that note every thread but the engine's own that reads or changes them (len() aside)."""
+
+    def __init__(self, owner: threading.Thread):
+        super().__init__()
+        self.owner, self.strangers = owner, []
+
+    def note(self) -> None:
+        if threading.current_thread() is not self.owner:
+            self.strangers.append(threading.current_thread().name)
+
+    def __iter__(self):
+        self.note()
+        return super().__iter__()
+
+    def __getitem__(self, index):
+        self.note()
+        return super().__getitem__(index)
+
+    def __setitem__(self, index, value):
+        self.note()
+        super().__setitem__(index, value)
+
+    def append(self, value):
+        self.note()
+        super().append(value)
+
+    def pop(self, *index):
+        self.note()
+        return super().pop(*index)
+
+
+def test_close_leaves_the_rows_to_the_engine_thread_which_cancels_everything_and_stops(tiny):
+    # The engine thread changes its rows between steps without the lock: close() walking them from another
+    # thread could miss one that moved, whose job would then run on after close().
+    with one_thread():
+        engine = Engine(*tiny, max_batch=6, max_waiting=2)
+        with engine.lock:
+            engine.rows = rows = OwnedRows(engine.thread)
+        events: queue.Queue = queue.Queue()
+        running = Job([1], Settings(max_tokens=10**6, temperature=0.0, n=4), events.put)
+        waiting = Job([1], Settings(max_tokens=3, n=3), events.put)  # 3 rows: it waits for the 4 running
+        engine.submit([running])
+        events.get(timeout=30)
+        engine.submit([waiting])
+        engine.close(timeout=30)
+    assert not engine.thread.is_alive() and rows.strangers == []
+    assert running.cancelled and waiting.cancelled and not rows and engine.stats()["waiting_requests"] == 0
+    assert not any(isinstance(events.get_nowait(), Done) for _ in range(events.qsize()))

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from gpt.serve.protocol import APIError, Limits, parse_chat, parse_completion
+from gpt.serve.protocol import APIError, Limits, encode_prompts, parse_chat, parse_completion
 from gpt.tokenizer import CharTokenizer
 
 TOKENIZER = CharTokenizer("abc \n")
-LIMITS = Limits(max_prompt_tokens=8, max_tokens=100, max_n=4)
+LIMITS = Limits(max_prompt_tokens=8, max_tokens=100, max_n=4, max_prompts=3)
 
 
 def completion(**body):
-    return parse_completion({"model": "m", "prompt": "ab", **body}, "m", TOKENIZER, LIMITS, TOKENIZER.encode)
+    req = parse_completion({"model": "m", "prompt": "ab", **body}, "m", LIMITS)
+    req.prompts = encode_prompts(req.given, TOKENIZER, TOKENIZER.encode, LIMITS)
+    return req
 
 
 def chat(**body):
@@ -44,6 +46,15 @@ def test_every_prompt_form():
     refused(lambda: completion(prompt=[]), param="prompt")
     refused(lambda: completion(prompt=7), param="prompt")
     refused(lambda: completion(prompt="abcabcabc"), param="prompt", code="context_length_exceeded")
+
+
+def test_more_prompts_than_may_wait_is_a_400_naming_the_limit_found_before_tokenizing():
+    assert len(completion(prompt=["a", "b", "c"]).prompts) == 3
+    assert len(completion(prompt=[1, 2, 0, 1]).prompts) == 1  # token ids: one prompt, however long
+    for prompt in (["a", "b", "c", "a"], [[1]] * 4, ["a"] * 120_000):
+        error = refused(lambda: parse_completion({"model": "m", "prompt": prompt}, "m", LIMITS), param="prompt",
+                        code="too_many_prompts", match="at most 3 in one request")
+        assert "max_waiting" in error.message
 
 
 def test_settings_are_read_and_checked():
@@ -91,7 +102,7 @@ def test_neutral_values_of_unsupported_parameters_are_accepted():
 
 
 def test_model_is_required_and_must_be_the_served_one():
-    refused(lambda: parse_completion({"prompt": "a"}, "m", TOKENIZER, LIMITS, TOKENIZER.encode), param="model",
+    refused(lambda: parse_completion({"prompt": "a"}, "m", LIMITS), param="model",
             code="missing_required_parameter")
     refused(lambda: completion(model="gpt-4"), status=404, param="model", code="model_not_found")
 

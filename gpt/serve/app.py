@@ -5,9 +5,11 @@
     POST /v1/completions         text completion; "stream": true sends server-sent events
     POST /v1/chat/completions    chat, through the checkpoint's chat template (400 for a model without one)
 
-A request is checked (gpt/serve/protocol.py), becomes one job per prompt, and waits on its events from the
-engine thread (gpt/serve/engine.py). A client that disconnects cancels its jobs at once, streaming or not,
-which frees their rows in the batch for the next step. SIGTERM (or Ctrl-C) stops accepting connections,
+A request is checked (gpt/serve/protocol.py), tokenized in a worker thread (a large one would stall every
+other client if tokenized on the event loop), becomes one job per prompt, and waits on its events from the
+engine thread (gpt/serve/engine.py). What can be refused is refused before tokenizing: a request that could
+never be accepted (400), a full queue (429). A client that disconnects cancels its jobs at once, streaming
+or not, which frees their rows in the batch for the next step. SIGTERM (or Ctrl-C) stops accepting connections,
 lets requests in flight finish for up to shutdown_timeout seconds, cancels what is left, and exits with 0.
 """
 
@@ -15,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import signal
@@ -28,6 +32,7 @@ from typing import AsyncIterator
 import anyio
 import torch
 import uvicorn
+import uvicorn.config
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request as HTTPRequest
@@ -56,7 +61,8 @@ class ServeConfig(ModelSettings):
     api_key: str | None = setting(None, f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_ENV} if set; the variable keeps it out of `ps`)")
     model_name: str | None = setting(None, "the model id clients name in requests (default: the checkpoint's folder name)")
     max_batch: int = setting(16, "samples decoded together, one batched step for all (KV-cache rows held in memory)")
-    max_waiting: int = setting(64, "requests that may wait for room in the batch; beyond that, 429")
+    max_waiting: int = setting(64, "prompts that may wait for room in the batch (each prompt of a request counts; "
+                                   "a request may list at most this many); beyond that, 429")
     max_prompt_tokens: int = setting(0, "longest prompt accepted, in tokens; longer ones get 400 (0 = the model's block_size; "
                                         "above it, a prompt is cut to its last block_size tokens as sample.py does)")
     max_tokens: int = setting(1024, "most tokens one request may ask to generate (max_tokens above it: 400)")
@@ -136,7 +142,10 @@ def make_app(server: Server) -> Starlette:
     async def completions(request: HTTPRequest) -> Response:
         check_key(server, request)
         body = await read_json(request)
-        req = protocol.parse_completion(body, server.model_id, server.loaded.tokenizer, server.limits, server.encode)
+        req = protocol.parse_completion(body, server.model_id, server.limits)
+        check_room(server, req, len(req.given))  # before tokenizing: a full queue costs no work
+        req.prompts = await anyio.to_thread.run_sync(protocol.encode_prompts, req.given, server.loaded.tokenizer,
+                                                     server.encode, server.limits)
         req.settings.stop_ids = server.stop_ids
         return await answer(server, request, req)
 
@@ -149,7 +158,8 @@ def make_app(server: Server) -> Starlette:
             raise APIError(400, f"the model `{server.model_id}` has no chat template (it was not tuned on "
                            "conversations): use /v1/completions with a plain prompt, or serve a checkpoint tuned "
                            "with python train.py --data=conversations.jsonl", "messages", "no_chat_template")
-        prompt = chat_prompt(template, req.messages)
+        check_room(server, req, 1)
+        prompt = await anyio.to_thread.run_sync(chat_prompt, template, req.messages)
         if len(prompt) > server.limits.max_prompt_tokens:
             raise APIError(400, f"the conversation is {len(prompt)} tokens long; this server takes at most "
                            f"{server.limits.max_prompt_tokens}", "messages", "context_length_exceeded")
@@ -222,10 +232,33 @@ async def read_json(request: HTTPRequest) -> object:
     except (ValueError, UnicodeDecodeError):
         raise APIError(400, "We could not parse the JSON body of your request: send valid JSON with "
                        "'Content-Type: application/json'") from None
+    except RecursionError:  # the parser recurses once per level of arrays and objects; a request needs a few
+        raise APIError(400, "the JSON body nests arrays or objects too deeply to read (a request needs only a "
+                       "few levels): send a flatter body") from None
 
 
 # ---------------------------------------------------------------------------------------------------
 # Running a request
+
+
+def check_room(server: Server, req: protocol.Request, prompts: int) -> None:
+    """Refuse the request now (429 or 503) if the engine's queue has no room for its prompts: this is checked
+    again when the jobs are submitted, but asking first spares the work of tokenizing a request that is refused."""
+    if req.settings.max_tokens > 0:  # max_tokens 0 is answered without queueing
+        with engine_refusals():
+            server.engine.check_room(prompts)
+
+
+@contextlib.contextmanager
+def engine_refusals():
+    """The engine's refusals as API errors: a full queue is a 429 (clients retry it), shutting down a 503."""
+    try:
+        yield
+    except Busy as e:
+        raise APIError(429, f"the server is busy: {e.waiting} prompts are waiting for room in the batch (at most "
+                       f"{e.max_waiting} may wait); retry later", None, "rate_limit_exceeded") from None
+    except ShuttingDown:
+        raise APIError(503, "the server is shutting down", None, "shutting_down") from None
 
 
 async def answer(server: Server, request: HTTPRequest, req: protocol.Request) -> Response:
@@ -235,20 +268,15 @@ async def answer(server: Server, request: HTTPRequest, req: protocol.Request) ->
     for index, prompt in enumerate(req.prompts):
         def listener(event, index=index):
             loop.call_soon_threadsafe(events.put_nowait, (index, event))
-        jobs.append(Job(prompt, req.settings, listener))
+        jobs.append(Job(prompt, req.settings, listener, req.id))
     if req.settings.max_tokens == 0:  # nothing to generate: the answer without queueing
         for index, job in enumerate(jobs):
             for sample in range(req.settings.n):
                 events.put_nowait((index, Finished(sample, "length", 0)))
             events.put_nowait((index, Done(len(job.prompt_ids), 0)))
     else:
-        try:
+        with engine_refusals():
             server.engine.submit(jobs)
-        except Busy:
-            raise APIError(429, f"the server is busy: {server.engine.max_waiting} requests are already waiting; "
-                           "retry later", None, "rate_limit_exceeded") from None
-        except ShuttingDown:
-            raise APIError(503, "the server is shutting down", None, "shutting_down") from None
     if req.stream:
         return EventStream(stream_events(server, req, jobs, events))
     return await run_until_disconnect(request, collect(server, req, jobs, events), jobs)
@@ -287,8 +315,15 @@ async def collect(server: Server, req: protocol.Request, jobs: list[Job], events
             prompt_tokens += event.prompt_tokens
             completion_tokens += event.completion_tokens
         elif isinstance(event, Failed):
-            raise APIError(500, f"generation failed: {event.message}")
+            raise failure(req)
     return JSONResponse(whole_answer(server, req, results, prompt_tokens, completion_tokens))
+
+
+def failure(req: protocol.Request) -> APIError:
+    """The answer when generating failed: the engine logged what went wrong under the request's id, which the
+    client gets to quote; the error itself is not the client's to see (and it is the same for the whole batch)."""
+    return APIError(500, f"generating the answer failed on the server (request {req.id}); the server log has "
+                    "the details under that id", None, "generation_failed")
 
 
 def whole_answer(server: Server, req: protocol.Request, results: list[dict], prompt_tokens: int,
@@ -298,18 +333,17 @@ def whole_answer(server: Server, req: protocol.Request, results: list[dict], pro
     if req.chat:
         choices = [protocol.chat_choice(i, r["text"], r["finish_reason"], r["logprobs"] if want_logprobs else None)
                    for i, r in enumerate(results)]
-        return protocol.chat_body(protocol.new_id("chatcmpl"), protocol.now(), server.model_id, choices, usage)
+        return protocol.chat_body(req.id, protocol.now(), server.model_id, choices, usage)
     choices = [protocol.completion_choice(i, r["text"], r["finish_reason"],
                                           protocol.CompletionLogprobs.merge(r["logprobs"]) if want_logprobs else None)
                for i, r in enumerate(results)]
-    return protocol.completion_body(protocol.new_id("cmpl"), protocol.now(), server.model_id, choices, usage)
+    return protocol.completion_body(req.id, protocol.now(), server.model_id, choices, usage)
 
 
 async def stream_events(server: Server, req: protocol.Request, jobs: list[Job],
                         events: asyncio.Queue) -> AsyncIterator[str]:
     """Server-sent events: one chunk per piece of text, one with each choice's finish_reason, [DONE] last."""
     n, tok = req.settings.n, server.loaded.tokenizer
-    id_ = protocol.new_id("chatcmpl" if req.chat else "cmpl")
     created = protocol.now()
     offsets = [protocol.CompletionLogprobs(tok) for _ in range(len(jobs) * n)]
     want_logprobs = req.settings.logprobs is not None
@@ -317,7 +351,7 @@ async def stream_events(server: Server, req: protocol.Request, jobs: list[Job],
 
     def chunk(choices: list[dict], usage: dict | None = None) -> str:
         build = protocol.chat_body if req.chat else protocol.completion_body
-        return "data: " + json.dumps(build(id_, created, server.model_id, choices, usage, chunk=True)) + "\n\n"
+        return "data: " + json.dumps(build(req.id, created, server.model_id, choices, usage, chunk=True)) + "\n\n"
 
     if req.chat:  # OpenAI's first chat chunk carries the role
         yield chunk([protocol.chat_chunk_choice(i, {"role": "assistant", "content": ""}, None, None)
@@ -345,7 +379,7 @@ async def stream_events(server: Server, req: protocol.Request, jobs: list[Job],
             prompt_tokens += event.prompt_tokens
             completion_tokens += event.completion_tokens
         elif isinstance(event, Failed):
-            yield "data: " + json.dumps(APIError(500, f"generation failed: {event.message}").body()) + "\n\n"
+            yield "data: " + json.dumps(failure(req).body()) + "\n\n"
             return
     if req.include_usage:
         yield chunk([], protocol.usage(prompt_tokens, completion_tokens))
@@ -424,14 +458,22 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def loopback(address: str) -> bool:
+    """Whether a bound address is reachable from this machine only (127.0.0.1, ::1), not from the network."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 def check_config(cfg: ServeConfig) -> None:
     if cfg.threads < 0:
         raise UserError(f"threads must be 0 (torch's default) or more, got {cfg.threads}")
-    for name in ("max_batch", "max_tokens"):
+    for name in ("max_batch", "max_waiting", "max_tokens"):  # below 1, every request would be refused
         if getattr(cfg, name) < 1:
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.max_waiting < 0 or cfg.max_prompt_tokens < 0:
-        raise UserError("max_waiting and max_prompt_tokens must not be negative")
+    if cfg.max_prompt_tokens < 0:
+        raise UserError(f"max_prompt_tokens must be 0 (the model's block_size) or more, got {cfg.max_prompt_tokens}")
     if not 0 <= cfg.port <= 65535:
         raise UserError(f"port must be between 0 and 65535, got {cfg.port}")
     if cfg.shutdown_timeout < 0:
@@ -440,6 +482,15 @@ def check_config(cfg: ServeConfig) -> None:
         raise UserError(f"unknown log_level {cfg.log_level!r}: use critical, error, warning, info or debug")
     if cfg.api_key == "":
         raise UserError("api_key must not be empty: give a key, or leave it out to serve without one")
+
+
+def log_config(level: str) -> dict:
+    """uvicorn's logging, with the server's own log (gpt.serve: e.g. a failed decode step, under the ids of the
+    requests it failed) beside uvicorn's errors, in the same form and at the same level."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["gpt.serve"] = {"handlers": ["default"], "level": uvicorn.config.LOG_LEVELS[level],
+                                      "propagate": False}
+    return config
 
 
 def model_name(loaded: Loaded) -> str:
@@ -453,6 +504,10 @@ def main(argv: list[str] | None = None) -> int:
     check_config(cfg)
     api_key = cfg.api_key if cfg.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     sock = bind(cfg.host, cfg.port)  # before loading: a taken port fails fast
+    if api_key is None and not loopback(sock.getsockname()[0]):
+        print(f"warning: listening on {cfg.host} without an API key: anyone who can reach port "
+              f"{sock.getsockname()[1]} can use this server; set {API_KEY_ENV}=KEY (or --api_key) to require one",
+              file=sys.stderr, flush=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     opened = open_model(cfg)
@@ -464,14 +519,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compiled in {seconds:.0f} s", file=sys.stderr, flush=True)
     block_size = loaded.model.config.block_size
     limits = Limits(max_prompt_tokens=cfg.max_prompt_tokens or block_size, max_tokens=cfg.max_tokens,
-                    max_n=cfg.max_batch)
+                    max_n=cfg.max_batch, max_prompts=cfg.max_waiting)
     server = Server(engine, loaded, cfg.model_name or model_name(loaded), limits, api_key, protocol.now())
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
     banner = (f"serving {server.model_id} ({cfg.weights}{', compiled' if cfg.compile else ''}, {device.type}) at "
               f"http://{shown_host}:{port}/v1" + (" (API key required)" if api_key else ""))
-    config = uvicorn.Config(make_app(server), log_level=cfg.log_level, timeout_graceful_shutdown=cfg.shutdown_timeout,
-                            lifespan="on")
+    config = uvicorn.Config(make_app(server), log_level=cfg.log_level, log_config=log_config(cfg.log_level),
+                            timeout_graceful_shutdown=cfg.shutdown_timeout, lifespan="on")
     # uvicorn re-raises the signal that stopped it once it has shut down gracefully; with this handler in place
     # that re-raise does nothing, and the process exits with 0 after its orderly shutdown.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)

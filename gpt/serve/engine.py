@@ -24,6 +24,7 @@ token only in a rare near-tie.
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 import threading
@@ -37,6 +38,8 @@ import torch
 from gpt.decoding import Decoder, TextStream
 from gpt.sampling import next_token_probs, sample, sample_generators
 from gpt.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 IMPOSSIBLE_LOGPROB = -9999.0  # the log-probability reported for a token the filters rule out (log 0), as OpenAI does
 
@@ -86,11 +89,17 @@ class Done:
 
 @dataclass
 class Failed:
-    message: str
+    """The job could not be finished: the server's fault, not the request's. What went wrong is logged, under
+    the job's request_id, and not carried here: it is not for the client to see (paths, other requests)."""
 
 
 class Busy(Exception):
-    """The waiting queue is full: the HTTP layer answers 429."""
+    """The waiting queue has no room for the jobs now: the HTTP layer answers 429."""
+
+    def __init__(self, waiting: int, max_waiting: int):
+        super().__init__(f"{waiting} jobs are waiting (at most {max_waiting})")
+        self.waiting = waiting
+        self.max_waiting = max_waiting
 
 
 class ShuttingDown(Exception):
@@ -100,8 +109,10 @@ class ShuttingDown(Exception):
 class Job:
     """One prompt's n samples, from the queue to the last token. `cancel()` may be called from any thread."""
 
-    def __init__(self, prompt_ids: list[int], settings: Settings, listener: Callable[[object], None]):
+    def __init__(self, prompt_ids: list[int], settings: Settings, listener: Callable[[object], None],
+                 request_id: str = ""):
         self.prompt_ids = prompt_ids
+        self.request_id = request_id  # names the job in the log, where a client quoting it can be found
         self.settings = settings
         self.listener = listener
         self.cancelled = False
@@ -127,6 +138,8 @@ class Engine:
 
     def __init__(self, model, tokenizer: Tokenizer, *, max_batch: int = 16, max_waiting: int = 64,
                  dtype: torch.dtype = torch.float32):
+        if max_batch < 1 or max_waiting < 1:  # an engine that could never take a job
+            raise ValueError(f"max_batch and max_waiting must be at least 1, got {max_batch} and {max_waiting}")
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -134,7 +147,9 @@ class Engine:
         self.device = next(model.parameters()).device
         self.decoder = Decoder(model, None, use_kv_cache=True, dtype=dtype, vocab_size=tokenizer.vocab_size,
                                max_rows=max_batch)
-        self.rows: list[_Sample] = []  # the sample each row of the decoder generates (same order)
+        # The sample each row of the decoder generates (same order). Only the engine thread reads or changes it
+        # (other threads may take its len()): rows join and leave between steps, outside the lock.
+        self.rows: list[_Sample] = []
         self.waiting: deque[Job] = deque()
         self.lock = threading.Condition()
         self.closing = False
@@ -147,14 +162,25 @@ class Engine:
     # The other threads' side
 
     def submit(self, jobs: list[Job]) -> None:
-        """Queue the jobs of one request, all or none; raises Busy when the queue is full."""
+        """Queue the jobs of one request, all or none; raises Busy when the queue has no room for them now."""
         with self.lock:
-            if self.closing:
-                raise ShuttingDown()
-            if len(self.waiting) + len(jobs) > self.max_waiting:
-                raise Busy()
+            self._check_room(len(jobs))
             self.waiting.extend(jobs)
             self.lock.notify()
+
+    def check_room(self, count: int) -> None:
+        """Raise what submit() of `count` jobs would raise now (Busy, ShuttingDown), so that a request can be
+        refused before the work of tokenizing it. submit() checks again: the queue may fill meanwhile."""
+        with self.lock:
+            self._check_room(count)
+
+    def _check_room(self, count: int) -> None:
+        if count > self.max_waiting:  # no room ever: the caller must refuse such a request itself (not a 429)
+            raise ValueError(f"{count} jobs can never wait together: max_waiting is {self.max_waiting}")
+        if self.closing:
+            raise ShuttingDown()
+        if len(self.waiting) + count > self.max_waiting:
+            raise Busy(len(self.waiting), self.max_waiting)
 
     def stats(self) -> dict:
         with self.lock:
@@ -163,13 +189,10 @@ class Engine:
                     "decode_steps": self.steps}
 
     def close(self, timeout: float = 10.0) -> None:
-        """Cancel whatever is still queued or running and stop the thread."""
+        """Cancel whatever is still queued or running and stop the thread. The engine thread does the
+        cancelling: the rows are its own, changed between steps without the lock, so no other thread may walk them."""
         with self.lock:
             self.closing = True
-            for job in self.waiting:
-                job.cancel()
-            for row in self.rows:
-                row.job.cancel()
             self.lock.notify()
         self.thread.join(timeout)
 
@@ -179,23 +202,35 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self.lock:
-                self._admit()
-                while not self.rows and not self.closing:
-                    self.lock.wait()
+                while not self.closing:
                     self._admit()
-                if self.closing and not self.rows:
-                    return
+                    if self.rows:
+                        break
+                    self.lock.wait()
+                closing = self.closing
+                if closing:  # close() was called: everything queued or running is cancelled, here
+                    for job in [*self.waiting, *(row.job for row in self.rows)]:
+                        job.cancel()
+                    self.waiting.clear()
             self._drop_cancelled()
+            if closing:
+                return
             if not self.rows:
                 continue
             try:
                 self._step()
             except Exception as e:  # our bug, or out of memory: fail what is in flight and keep serving
-                message = f"{type(e).__name__}: {e}"
-                for job in {row.job for row in self.rows}:
-                    job.listener(Failed(message))
-                for index in reversed(range(len(self.rows))):
-                    self._leave(index)
+                self._fail_all(e)
+
+    def _fail_all(self, error: Exception) -> None:
+        """Fail every job in the batch: one step decodes them all, so one error spoils them all."""
+        jobs = list(dict.fromkeys(row.job for row in self.rows))
+        log.error("a decode step failed; failing the requests in the batch: %s",
+                  ", ".join(job.request_id or "(no id)" for job in jobs), exc_info=error)
+        for job in jobs:
+            job.listener(Failed())
+        for index in reversed(range(len(self.rows))):
+            self._leave(index)
 
     def _admit(self) -> None:
         """Move waiting jobs into the batch, in order, while their rows fit (called with the lock held)."""

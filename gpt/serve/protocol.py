@@ -1,15 +1,16 @@
 """The OpenAI API's shapes: request bodies checked and turned into engine Settings, and answers built back.
 
 Nothing here does I/O: gpt/serve/app.py reads the HTTP request, calls `parse_completion` / `parse_chat`
-(which raise `APIError` with OpenAI's error shape and status), runs the jobs, and sends what
-`completion_body`, `chat_body` and the chunk builders return.
+(which raise `APIError` with OpenAI's error shape and status) and then, off its event loop, `encode_prompts`
+(tokenizing, the one costly step), runs the jobs, and sends what `completion_body`, `chat_body` and the chunk
+builders return.
 
 Parameters (the same in both endpoints unless noted):
 
   supported   model, max_tokens (chat: also max_completion_tokens), temperature (0..2), top_p (0..1), n,
               stop (a string or up to 4), seed, stream, stream_options.include_usage, user (ignored);
-              completions: prompt (a string, a list of strings, a list of token ids, or a list of those),
-              logprobs (0..20); chat: messages, logprobs (true/false), top_logprobs (0..20)
+              completions: prompt (a string, a list of strings, a list of token ids, or a list of those;
+              at most max_waiting prompts), logprobs (0..20); chat: messages, logprobs (true/false), top_logprobs (0..20)
   extension   top_k (0 = off), as vLLM and llama.cpp's server accept it
   refused     (400, when set to anything but their neutral value) echo, suffix, best_of != n, logit_bias,
               presence_penalty, frequency_penalty, tools, tool_choice, functions, function_call,
@@ -56,6 +57,7 @@ class Limits:
     max_prompt_tokens: int
     max_tokens: int  # the most tokens a request may ask to generate
     max_n: int  # the most samples a request may ask for: they must fit in the batch together
+    max_prompts: int  # the most prompts one completion may list: each waits in the queue (--max_waiting)
 
 
 @dataclass
@@ -69,6 +71,8 @@ class Request:
     include_usage: bool = False
     chat: bool = False
     messages: list[dict] = field(default_factory=list)
+    given: list[str | list[int]] = field(default_factory=list)  # a completion's prompts before tokenizing
+    id: str = ""  # the answer's id ("cmpl-...", "chatcmpl-..."), which also names the request in the server log
 
 
 COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "stream", "stream_options",
@@ -82,14 +86,16 @@ CHAT_FIELDS = COMMON | {"messages", "max_completion_tokens", "logprobs", "top_lo
 # Reading requests
 
 
-def parse_completion(body: Any, model_id: str, tokenizer: Tokenizer, limits: Limits, encode) -> Request:
-    """A /v1/completions body -> Request. `encode(text) -> ids` is sample.py's prompt encoding."""
+def parse_completion(body: Any, model_id: str, limits: Limits) -> Request:
+    """A /v1/completions body -> Request, every check but the prompts' lengths in tokens: the prompts are kept
+    as given (`Request.given`), and `encode_prompts` tokenizes them. Tokenizing is the costly part of a large
+    request, so the caller can refuse one (too many prompts: 400 here; a full queue: 429) before doing it."""
     body = _object(body)
     _known_fields(body, COMPLETION_FIELDS)
     _check_model(body, model_id)
     _refuse(body, "echo", False, "echo (returning the prompt with the completion)")
     _refuse(body, "suffix", None, "suffix (text after the insertion point)")
-    prompts = [_prompt_ids(p, tokenizer, encode, limits) for p in _prompt_list(body.get("prompt"))]
+    given = _prompt_list(body.get("prompt"), limits)
     settings = _settings(body, limits, default_max_tokens=min(16, limits.max_tokens))  # OpenAI's default: 16
     best_of = body.get("best_of")
     if best_of is not None and best_of != settings.n:
@@ -99,7 +105,13 @@ def parse_completion(body: Any, model_id: str, tokenizer: Tokenizer, limits: Lim
     if logprobs is not None:
         settings.logprobs = _int(logprobs, "logprobs", 0, MAX_LOGPROBS)
     stream, include_usage = _stream(body)
-    return Request(body["model"], prompts, settings, stream, include_usage)
+    return Request(body["model"], [], settings, stream, include_usage, given=given, id=new_id("cmpl"))
+
+
+def encode_prompts(given: list[str | list[int]], tokenizer: Tokenizer, encode, limits: Limits) -> list[list[int]]:
+    """The token ids of a completion's prompts, each checked against the vocabulary and max_prompt_tokens.
+    `encode(text) -> ids` is sample.py's prompt encoding."""
+    return [_prompt_ids(p, tokenizer, encode, limits) for p in given]
 
 
 def parse_chat(body: Any, model_id: str, limits: Limits) -> Request:
@@ -127,7 +139,8 @@ def parse_chat(body: Any, model_id: str, limits: Limits) -> Request:
     elif body.get("top_logprobs") is not None:
         raise APIError(400, "top_logprobs needs logprobs: true", "top_logprobs")
     stream, include_usage = _stream(body)
-    return Request(body["model"], [], settings, stream, include_usage, chat=True, messages=messages)
+    return Request(body["model"], [], settings, stream, include_usage, chat=True, messages=messages,
+                   id=new_id("chatcmpl"))
 
 
 def _object(body: Any) -> dict:
@@ -205,14 +218,19 @@ def _stream(body: dict) -> tuple[bool, bool]:
     return stream, _bool(options.get("include_usage", False), "stream_options.include_usage")
 
 
-def _prompt_list(prompt: Any) -> list[str | list[int]]:
-    """OpenAI's prompt forms: a string, a list of strings, a list of token ids, or a list of lists of ids."""
+def _prompt_list(prompt: Any, limits: Limits) -> list[str | list[int]]:
+    """OpenAI's prompt forms: a string, a list of strings, a list of token ids, or a list of lists of ids. More
+    prompts than may wait in the queue could never be accepted: a 400 that names the limit (not a 429, which
+    clients retry)."""
     if prompt is None:
         raise APIError(400, "you must provide a prompt", "prompt", "missing_required_parameter")
     if isinstance(prompt, str):
         return [prompt]
     if isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt):
         return [prompt]
+    if isinstance(prompt, list) and len(prompt) > limits.max_prompts:
+        raise APIError(400, f"the request lists {len(prompt)} prompts; this server takes at most {limits.max_prompts} "
+                       "in one request (its max_waiting): send them in several requests", "prompt", "too_many_prompts")
     if isinstance(prompt, list) and prompt and all(isinstance(p, str) or (isinstance(p, list) and all(_is_int(t) for t in p))
                                                    for p in prompt):
         return prompt
