@@ -96,6 +96,11 @@ def test_bad_completion_parameters_are_400s_naming_the_parameter(body, param, co
     refused(lambda: completion(**body), param=param, code=code)
 
 
+def test_an_error_quotes_a_huge_bad_value_cut_short():
+    error = refused(lambda: completion(max_tokens="9" * 1_000_000), param="max_tokens", match="1,000,002 characters")
+    assert len(error.message) < 200
+
+
 def test_neutral_values_of_unsupported_parameters_are_accepted():
     completion(echo=False, best_of=1, presence_penalty=0, frequency_penalty=0.0, logit_bias={}, user="me")
     chat(tools=[], tool_choice="none", response_format={"type": "text"})

@@ -277,13 +277,19 @@ def _messages(messages: Any) -> list[dict]:
     return checked
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value quoted in an error, cut short: a bad field may hold megabytes the client already has."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _int(value: Any, name: str, low: int, high: int | None) -> int:
     if not _is_int(value):
-        raise APIError(400, f"{name} must be an integer, got {value!r}", name)
+        raise APIError(400, f"{name} must be an integer, got {_shown(value)}", name)
     if value < low or (high is not None and value > high):
         where = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise APIError(400, f"{name} must be {where}, got {value}", name)
@@ -292,7 +298,7 @@ def _int(value: Any, name: str, low: int, high: int | None) -> int:
 
 def _number(value: Any, name: str, low: float, high: float) -> float:
     if not (isinstance(value, (int, float)) and not isinstance(value, bool)) or not math.isfinite(value):
-        raise APIError(400, f"{name} must be a number, got {value!r}", name)
+        raise APIError(400, f"{name} must be a number, got {_shown(value)}", name)
     if not low <= value <= high:
         raise APIError(400, f"{name} must be between {low:g} and {high:g}, got {value}", name)
     return float(value)
@@ -300,7 +306,7 @@ def _number(value: Any, name: str, low: float, high: float) -> float:
 
 def _bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
-        raise APIError(400, f"{name} must be true or false, got {value!r}", name)
+        raise APIError(400, f"{name} must be true or false, got {_shown(value)}", name)
     return value
 
 
