@@ -292,7 +292,7 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
             if adaptation is not None:
                 log(adaptation.summary(model))
     model.to(device)
-    data.use_starting_model(model, cfg, resumed=resume_state is not None, log=log)
+    data.use_starting_model(model, cfg, resumed_from=resume_state, log=log)
 
     optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
