@@ -247,6 +247,31 @@ def test_a_dpo_run_resumes_exactly_with_its_reference(tuned):
     assert losses(tuned / "half") == losses(tuned / "whole") and len(losses(tuned / "whole")) == 6
 
 
+def test_a_lora_dpo_run_from_a_base_without_the_chat_markers_resumes_exactly(tuned):
+    # A base that only continues text: the run grows rows for the template's markers under the adapter, and its
+    # reference (the adapter off) scores with them. A resumed run must grow exactly the same rows, or its reference,
+    # and so every loss after the resume, differs from the uninterrupted run's.
+    lines = [json.loads(line) for split in ("train", "val")
+             for line in (tuned / "pairs" / f"{split}.jsonl").read_text().splitlines()]
+    text = tuned / "pairs_text.txt"
+    text.write_text("\n".join(f"{line['prompt']} {line['chosen']} {line['rejected']}" for line in lines), "utf-8")
+    assert train([f"--data={text}", *_args(tuned, "text_base", "--max_iters=2", "--eval_interval=2")]) == 0
+
+    def losses(out: Path) -> list[float]:
+        return [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+
+    args = [f"--data={tuned / 'pairs' / 'train.jsonl'}", f"--init_from={tuned / 'text_base'}", "--lora_rank=4",
+            "--learning_rate=1e-2"]
+    every = ["--log_interval=1", "--eval_interval=3", "--eval_iters=1", "--lr_decay_iters=6"]
+    assert train([*args, *_args(tuned, "lora_whole", "--max_iters=6", *every)]) == 0
+    assert train([*args, *_args(tuned, "lora_half", "--max_iters=3", *every)]) == 0
+    assert train([f"--out_dir={tuned / 'lora_half'}", "--resume", "--max_iters=6"]) == 0
+    state = ckpt_io.load_checkpoint(tuned / "lora_half" / "ckpt.pt")
+    known = ckpt_io.load_model(tuned / "text_base").tokenizer.vocab_size
+    assert state["adapter"]["new_rows_from"] == known  # the markers were new to the base: their rows grew
+    assert losses(tuned / "lora_half") == losses(tuned / "lora_whole") and len(losses(tuned / "lora_whole")) == 6
+
+
 def test_a_resumed_dpo_run_refuses_a_starting_model_that_changed_since(tuned, capsys):
     # A full fine-tune's reference is its init_from, read again on resume: trained one step further in between
     # (here: one weight nudged), it would silently be another reference, and the losses another run's.
