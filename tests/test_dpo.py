@@ -235,6 +235,30 @@ def test_a_short_dpo_run_raises_held_out_preference_accuracy(tuned, capsys):
         [Message("user", "x")])
 
 
+def test_the_pair_scorer_applies_an_adapter_named_with_adapter_to_its_base(tuned, capsys, tmp_path):
+    from gpt.post import export
+
+    assert train([f"--data={tuned / 'pairs' / 'train.jsonl'}", f"--init_from={tuned / 'sft'}", "--lora_rank=4",
+                  "--learning_rate=2e-2", *_args(tuned, "lora_pairs", "--max_iters=4", "--eval_interval=4")]) == 0
+    assert export.main(["merge", "--ckpt", str(tuned / "lora_pairs"), "--out", str(tmp_path / "merged.pt")]) == 0
+
+    def scored(*model: str) -> dict:
+        capsys.readouterr()
+        assert cli.main(["eval", *model, f"--data={tuned / 'pairs' / 'val.jsonl'}", f"--ref={tuned / 'sft'}",
+                         "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        del report["ckpt"]
+        return report
+
+    base = scored(f"--ckpt={tuned / 'sft'}")
+    with_adapter = scored(f"--ckpt={tuned / 'sft'}", f"--adapter={tuned / 'lora_pairs'}")
+    assert with_adapter == scored(f"--ckpt={tuned / 'lora_pairs'}")  # the adapter named, or its run: one model
+    assert with_adapter["chosen_logp"] != base["chosen_logp"] and base["margin"] == 0  # the base is its own reference
+    merged = scored(f"--ckpt={tmp_path / 'merged.pt'}")
+    for name in ("prefers_chosen", "chosen_logp", "rejected_logp", "accuracy", "margin", "loss"):
+        assert merged[name] == pytest.approx(with_adapter[name], abs=1e-4), name
+
+
 def test_a_dpo_run_resumes_exactly_with_its_reference(tuned):
     def losses(out: Path) -> list[float]:
         return [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
