@@ -69,9 +69,12 @@ class TrainingData(ABC):
         """The loss in bits per byte of text, where the data knows its bytes (None otherwise)."""
         return None
 
-    def use_starting_model(self, model: torch.nn.Module, cfg: Any, *, resumed: bool, log: Any) -> None:
+    def use_starting_model(self, model: torch.nn.Module, cfg: Any, *, resumed_from: dict[str, Any] | None,
+                           log: Any) -> None:
         """Called once the model to train is built and on its device, before the first step. A kind of data whose
-        loss needs the model the run started from (preference pairs: the frozen reference) takes it here."""
+        loss needs the model the run started from (preference pairs: the frozen reference) takes it here.
+        `resumed_from` is the checkpoint a resumed run continues (what checkpoint_extras saved in it), None for a
+        new run."""
 
     def checkpoint_extras(self) -> dict[str, Any]:
         """What the run's checkpoints record besides the model and the tokenizer (conversations: the chat template

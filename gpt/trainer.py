@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from gpt import checkpoint as ckpt_io
 from gpt.config import from_dict, parse_args, setting
@@ -290,7 +291,7 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
             if adaptation is not None:
                 log(adaptation.summary(model))
     model.to(device)
-    data.use_starting_model(model, cfg, resumed=resume_state is not None, log=log)
+    data.use_starting_model(model, cfg, resumed_from=resume_state, log=log)
 
     optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
@@ -308,8 +309,6 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
     train_model = torch.compile(model) if use_compile else model
     if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
         train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
 
     peak, peak_source = peak_flops(device, dtype, cfg.peak_flops) if dist.master else (None, "n/a")
@@ -334,9 +333,13 @@ def fit(run: Run, train_model: torch.nn.Module, autocast_dtype: torch.dtype) -> 
     """Train from run.step to max_iters: the optimizer steps, with evaluations, logs and checkpoints between them."""
     cfg, dist, device, optimizer, scaler = run.cfg, run.dist, run.device, run.optimizer, run.scaler
     local_accum = cfg.gradient_accumulation_steps // dist.world_size
+    # Evaluation runs the module inside DDP's wrapper: it has no gradients to synchronise, and every forward of the
+    # wrapper is a collective (it broadcasts the module's buffers), which processes scoring different numbers of
+    # batches (eval_iters not a multiple of the processes) would call unevenly, and then wait on forever.
+    eval_model = train_model.module if isinstance(train_model, DistributedDataParallel) else train_model
 
     def evaluation() -> None:
-        run.record_eval(evaluate(train_model, run.data, run.eval_batches, cfg, device, autocast_dtype, dist))
+        run.record_eval(evaluate(eval_model, run.data, run.eval_batches, cfg, device, autocast_dtype, dist))
 
     if run.step == 0 and not cfg.resume:
         evaluation()  # the "before" number: about ln(vocab_size) from scratch; the starting model's when fine-tuning

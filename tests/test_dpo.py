@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from gpt import checkpoint as ckpt_io
 from gpt.post.tasks import cli
 from gpt.post.chat import ChatTemplate, Message
 from gpt.post.dpo import PreferenceData, dpo_loss, pair_from_json, read_pairs, sequence_logprobs
@@ -78,7 +80,7 @@ def one_thread():
 def test_the_reference_stays_frozen_while_the_policy_learns(one_thread):
     data, model = _pairs_data()
     said: list[str] = []
-    data.use_starting_model(model, SimpleNamespace(init_from="a test model"), resumed=False, log=said.append)
+    data.use_starting_model(model, SimpleNamespace(init_from="a test model"), resumed_from=None, log=said.append)
     assert said == [data.reference_note] and "frozen copy" in said[0]
     reference = data.reference_model
     assert reference is not model
@@ -227,12 +229,34 @@ def test_a_short_dpo_run_raises_held_out_preference_accuracy(tuned, capsys):
     assert before["reference"] is None and "accuracy" not in before
     assert report["prefers_chosen"] > before["prefers_chosen"]
     # The tuned model keeps the template: sampling and the scorer use it.
-    from gpt import checkpoint as ckpt_io
-
     loaded = ckpt_io.load_model(tuned / "dpo")
     assert loaded.chat_template is not None
     assert loaded.chat_template.prompt([Message("user", "x")]) == ckpt_io.load_model(tuned / "sft").chat_template.prompt(
         [Message("user", "x")])
+
+
+def test_the_pair_scorer_applies_an_adapter_named_with_adapter_to_its_base(tuned, capsys, tmp_path):
+    from gpt.post import export
+
+    assert train([f"--data={tuned / 'pairs' / 'train.jsonl'}", f"--init_from={tuned / 'sft'}", "--lora_rank=4",
+                  "--learning_rate=2e-2", *_args(tuned, "lora_pairs", "--max_iters=4", "--eval_interval=4")]) == 0
+    assert export.main(["merge", "--ckpt", str(tuned / "lora_pairs"), "--out", str(tmp_path / "merged.pt")]) == 0
+
+    def scored(*model: str) -> dict:
+        capsys.readouterr()
+        assert cli.main(["eval", *model, f"--data={tuned / 'pairs' / 'val.jsonl'}", f"--ref={tuned / 'sft'}",
+                         "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        del report["ckpt"]
+        return report
+
+    base = scored(f"--ckpt={tuned / 'sft'}")
+    with_adapter = scored(f"--ckpt={tuned / 'sft'}", f"--adapter={tuned / 'lora_pairs'}")
+    assert with_adapter == scored(f"--ckpt={tuned / 'lora_pairs'}")  # the adapter named, or its run: one model
+    assert with_adapter["chosen_logp"] != base["chosen_logp"] and base["margin"] == 0  # the base is its own reference
+    merged = scored(f"--ckpt={tmp_path / 'merged.pt'}")
+    for name in ("prefers_chosen", "chosen_logp", "rejected_logp", "accuracy", "margin", "loss"):
+        assert merged[name] == pytest.approx(with_adapter[name], abs=1e-4), name
 
 
 def test_a_dpo_run_resumes_exactly_with_its_reference(tuned):
@@ -245,6 +269,54 @@ def test_a_dpo_run_resumes_exactly_with_its_reference(tuned):
     assert train([*args, *_args(tuned, "half", "--max_iters=3", *every)]) == 0
     assert train([f"--out_dir={tuned / 'half'}", "--resume", "--max_iters=6"]) == 0
     assert losses(tuned / "half") == losses(tuned / "whole") and len(losses(tuned / "whole")) == 6
+
+
+def test_a_lora_dpo_run_from_a_base_without_the_chat_markers_resumes_exactly(tuned):
+    # A base that only continues text: the run grows rows for the template's markers under the adapter, and its
+    # reference (the adapter off) scores with them. A resumed run must grow exactly the same rows, or its reference,
+    # and so every loss after the resume, differs from the uninterrupted run's.
+    lines = [json.loads(line) for split in ("train", "val")
+             for line in (tuned / "pairs" / f"{split}.jsonl").read_text().splitlines()]
+    text = tuned / "pairs_text.txt"
+    text.write_text("\n".join(f"{line['prompt']} {line['chosen']} {line['rejected']}" for line in lines), "utf-8")
+    assert train([f"--data={text}", *_args(tuned, "text_base", "--max_iters=2", "--eval_interval=2")]) == 0
+
+    def losses(out: Path) -> list[float]:
+        return [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+
+    args = [f"--data={tuned / 'pairs' / 'train.jsonl'}", f"--init_from={tuned / 'text_base'}", "--lora_rank=4",
+            "--learning_rate=1e-2"]
+    every = ["--log_interval=1", "--eval_interval=3", "--eval_iters=1", "--lr_decay_iters=6"]
+    assert train([*args, *_args(tuned, "lora_whole", "--max_iters=6", *every)]) == 0
+    assert train([*args, *_args(tuned, "lora_half", "--max_iters=3", *every)]) == 0
+    assert train([f"--out_dir={tuned / 'lora_half'}", "--resume", "--max_iters=6"]) == 0
+    state = ckpt_io.load_checkpoint(tuned / "lora_half" / "ckpt.pt")
+    known = ckpt_io.load_model(tuned / "text_base").tokenizer.vocab_size
+    assert state["adapter"]["new_rows_from"] == known  # the markers were new to the base: their rows grew
+    assert losses(tuned / "lora_half") == losses(tuned / "lora_whole") and len(losses(tuned / "lora_whole")) == 6
+
+
+def test_a_resumed_dpo_run_refuses_a_starting_model_that_changed_since(tuned, capsys):
+    # A full fine-tune's reference is its init_from, read again on resume: trained one step further in between
+    # (here: one weight nudged), it would silently be another reference, and the losses another run's.
+    start = tuned / "start"
+    shutil.copytree(tuned / "sft", start)
+    args = [f"--data={tuned / 'pairs' / 'train.jsonl'}", f"--init_from={start}"]
+    assert train([*args, *_args(tuned, "moved", "--max_iters=2", "--eval_interval=2", "--eval_iters=1")]) == 0
+    original = (start / "best.pt").read_bytes()
+    state = ckpt_io.load_checkpoint(start / "best.pt")
+    state["model"]["transformer.ln_f.weight"] = state["model"]["transformer.ln_f.weight"] + 1e-3
+    ckpt_io.save_checkpoint(state, start / "best.pt")
+    saved = (tuned / "moved" / "ckpt.pt").read_bytes()
+    capsys.readouterr()
+    code = train([f"--out_dir={tuned / 'moved'}", "--resume", "--max_iters=4"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert str(start / "best.pt") in err and "changed" in err and "start a new run" in err
+    assert (tuned / "moved" / "ckpt.pt").read_bytes() == saved
+    # The model it started from, put back: the run resumes.
+    (start / "best.pt").write_bytes(original)
+    assert train([f"--out_dir={tuned / 'moved'}", "--resume", "--max_iters=4"]) == 0
 
 
 def test_preference_tuning_needs_a_starting_model(tuned, capsys):
@@ -266,7 +338,7 @@ def test_with_lora_the_reference_is_the_model_with_its_adapter_off(one_thread):
     before = frozen_copy(model)  # the starting model, kept here only to check against
     adapters.attach(model, lora.LoRASettings(rank=2, alpha=4.0))
     said: list[str] = []
-    data.use_starting_model(model, SimpleNamespace(init_from="a test model"), resumed=False, log=said.append)
+    data.use_starting_model(model, SimpleNamespace(init_from="a test model"), resumed_from=None, log=said.append)
     assert "adapter switched off (no second copy in memory)" in said[0] and data.reference_model is None
     batch = data.batches("train", 32, 6, seed=0).next()
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -310,6 +310,56 @@ def test_one_base_switches_between_adapters_without_reloading(runs):
         adapter_files.use_adapter(other, a)
 
 
+@pytest.fixture(scope="module")
+def padded_chat(runs, tmp_path_factory) -> Path:
+    """An adapter tuned on conversations from a base without the chat markers: its run grew the base's vocabulary,
+    rounded up to a multiple of 10 (32 tokens: 40 rows), and the adapter trained the new rows."""
+    root = tmp_path_factory.mktemp("padded_chat")
+    chats = write_conversations(root / "chats.jsonl", 8)
+    assert train_main(run_args(root, chats, "chat", f"--init_from={runs / 'base'}", "--lora_rank=2",
+                               "--learning_rate=2e-2", "--max_iters=2", "--eval_interval=2", "--vocab_multiple=10")) == 0
+    return root / "chat"
+
+
+def test_one_base_switches_to_an_adapter_that_trained_rows_for_new_tokens_too(runs, padded_chat):
+    # Switched on over the loaded base, such an adapter is the model that loading it gives; switched off, or for
+    # another adapter, the base is its own size again.
+    chat, a = adapter_files.read_adapter(padded_chat), adapter_files.read_adapter(runs / "adapter_a")
+    base = ckpt_io.load_model(runs / "base").model
+    known = base.config.vocab_size
+    assert chat.new_rows_from == known and chat.model_config["vocab_size"] > known
+    own = dict(base.named_parameters())
+    ids, old_ids = tiny_ids(chat.model_config["vocab_size"]), tiny_ids(known)
+    loaded = ckpt_io.load_model(padded_chat).model  # the base with the adapter, as load_with_adapter opens it
+    expected = logits_of(loaded, ids)
+    with adapters.adapters_disabled(loaded):
+        expected_off = logits_of(loaded, ids)
+    expected_a = logits_of(ckpt_io.load_model(runs / "adapter_a").model, old_ids)
+    base_logits = logits_of(base, old_ids)
+    for adapter in (chat, a, chat):
+        adapter_files.use_adapter(base, adapter)
+        if adapter is chat:
+            assert base.config.vocab_size == chat.model_config["vocab_size"]
+            assert torch.equal(logits_of(base, ids), expected)
+            with adapters.adapters_disabled(base):  # the run's starting model: the base with its grown rows
+                assert torch.equal(logits_of(base, ids), expected_off)
+        else:
+            assert base.config.vocab_size == known
+            assert torch.equal(logits_of(base, old_ids), expected_a)
+    adapters.remove_adapter(base)
+    assert base.config.vocab_size == known and dict(base.named_parameters()) == own  # its own tensors again
+    assert torch.equal(logits_of(base, old_ids), base_logits)
+
+
+def test_merge_grows_the_base_as_the_adapter_run_did_its_vocabulary_rounded_up(padded_chat, tmp_path):
+    # merge took vocab_multiple 1 where the run had 10: the base grew to 32 rows, not the run's 40 ("damaged").
+    assert export.main(["merge", "--ckpt", str(padded_chat), "--out", str(tmp_path / "merged.pt")]) == 0
+    merged, loaded = ckpt_io.load_model(tmp_path / "merged.pt").model, ckpt_io.load_model(padded_chat).model
+    assert merged.config.vocab_size == loaded.config.vocab_size == 40
+    ids = tiny_ids(40)
+    torch.testing.assert_close(logits_of(merged, ids), logits_of(loaded, ids), rtol=1e-5, atol=1e-5)
+
+
 def test_resuming_an_adapter_run_continues_it_exactly_in_bfloat16(runs, tmp_path):
     text = write_corpus(tmp_path / "text.txt", seed=3, words=WORDS[:6])
     common = [f"--init_from={runs / 'base'}", "--lora_rank=2", "--dtype=bfloat16", "--eval_interval=3",

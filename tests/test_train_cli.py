@@ -7,6 +7,7 @@ Tiny model and corpus in tmp_path; OMP_NUM_THREADS=1 keeps the runs fast and bit
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -137,6 +138,44 @@ def test_two_processes_match_one_with_the_same_global_batch(corpus, tmp_path):
     for a, b in zip(*evals):
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
+
+
+def run_processes(args: list[str], count: int, folder: Path, timeout: float) -> list[int] | None:
+    """train.py in `count` processes, each given what torchrun would give it (rank, world size, the rendezvous);
+    their exit codes, or None when they had not all ended after `timeout` seconds (then every one is killed).
+    Launched here rather than through torchrun, whose workers run in sessions of their own and would outlive it."""
+    port = str(_free_port())
+    processes = []
+    for rank in range(count):
+        env = {**ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(count),
+               "LOCAL_WORLD_SIZE": str(count), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        with open(folder / f"rank{rank}.out", "w") as out, open(folder / f"rank{rank}.err", "w") as err:
+            processes.append(subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env,
+                                              stdout=out, stderr=err))
+    deadline = time.monotonic() + timeout
+    try:
+        return [p.wait(timeout=max(deadline - time.monotonic(), 0.1)) for p in processes]
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_a_process_that_scores_no_evaluation_batch_does_not_hang_the_others(corpus, tmp_path):
+    # One evaluation batch for two processes: rank 0 scores it, rank 1 none. Evaluating through DDP's wrapper made
+    # every forward a collective (it broadcasts the module's buffers, here RoPE's tables), so rank 0 waited in a
+    # broadcast that rank 1, already gathering the results, never joined: both waited forever.
+    args = tiny_args(corpus, tmp_path / "two", "--max_iters=2", "--eval_interval=2", "--eval_iters=1",
+                     "--gradient_accumulation_steps=2", "--arch=modern", "--compile=false")
+    codes = run_processes(args, 2, tmp_path, timeout=120)
+    assert codes is not None, "two processes hung: one of them scored no evaluation batch"
+    assert codes == [0, 0], (tmp_path / "rank0.err").read_text()[-3000:] + (tmp_path / "rank1.err").read_text()[-3000:]
+    evals = [r for r in map(json.loads, (tmp_path / "two" / "log.jsonl").read_text().splitlines())
+             if r["kind"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 2] and all(math.isfinite(e["val_loss"]) for e in evals)
 
 
 def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(corpus, tmp_path):

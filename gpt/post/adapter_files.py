@@ -145,21 +145,30 @@ def find_base(adapter: Adapter, base: str | Path | None = None) -> ckpt_io.Loade
                     "(give --base PATH to that model)")
 
 
-def adapted_model(base_model: GPT, adapter: Adapter, *, dropout: float = 0.0, lora_dropout: float | None = None,
-                  vocab_multiple: int = 1) -> GPT:
-    """`adapter` applied to a checked base model: the base rebuilt to the run's shape (its block_size, this dropout,
-    and rows for the tokens new to the base grown exactly as the run grew them: gpt/reshape.py), then the adapter
-    attached with its trained weights. A base that is itself adapted is merged first."""
-    model = rebuild(merge_adapter(base_model), dropout=dropout, block_size=adapter.model_config["block_size"])
+def grown_for(model: GPT, adapter: Adapter) -> GPT:
+    """`model`, the adapter's base, with rows for the tokens the adapter's run added to it, grown exactly as the run
+    grew them (gpt/reshape.py: the same rows from the same weights, its vocab_multiple); the model itself when the
+    run added none."""
     vocab_size = adapter.model_config["vocab_size"]
     if vocab_size > model.config.vocab_size or adapter.new_rows_from is not None:
         tokenizer = adapter.checkpoint.get("tokenizer")  # the run's: its size is how far the start grew the base
         needed = tokenizer_from_dict(tokenizer).vocab_size if tokenizer is not None else vocab_size
         known = adapter.new_rows_from if adapter.new_rows_from is not None else model.config.vocab_size
+        vocab_multiple = int((adapter.checkpoint.get("config") or {}).get("vocab_multiple", 1))
         model = grow_vocab(model, known, needed, vocab_multiple)
     if model.config.vocab_size != vocab_size:
         raise UserError(f"adapter {adapter.path}: its base grown for the run's tokens has {model.config.vocab_size} "
                         f"rows, the run had {vocab_size}: the file is damaged")
+    return model
+
+
+def adapted_model(base_model: GPT, adapter: Adapter, *, dropout: float = 0.0,
+                  lora_dropout: float | None = None) -> GPT:
+    """`adapter` applied to a checked base model: the base rebuilt to the run's shape (its block_size, this dropout,
+    and rows for the tokens new to the base: grown_for), then the adapter attached with its trained weights. A base
+    that is itself adapted is merged first."""
+    model = rebuild(merge_adapter(base_model), dropout=dropout, block_size=adapter.model_config["block_size"])
+    model = grown_for(model, adapter)
     settings = adapter.settings
     if lora_dropout is not None:
         settings = dataclasses.replace(settings, dropout=lora_dropout)
@@ -186,8 +195,7 @@ def load_with_adapter(adapter_spec: str | Path, *, base: str | Path | None = Non
     else:
         adapter = read_adapter(adapter_spec)
     base_loaded = find_base(adapter, base)
-    vocab_multiple = int((adapter.checkpoint.get("config") or {}).get("vocab_multiple", 1))
-    model = adapted_model(base_loaded.model, adapter, vocab_multiple=vocab_multiple)
+    model = adapted_model(base_loaded.model, adapter)
     tokenizer = tokenizer_from_dict(adapter.checkpoint["tokenizer"])
     # The chat template: the adapter run's own (its checkpoint records it: gpt/post/chat.py's on-load hook reads
     # it), else its base's.
@@ -198,7 +206,11 @@ def load_with_adapter(adapter_spec: str | Path, *, base: str | Path | None = Non
 
 def use_adapter(model: GPT, adapter: Adapter) -> GPT:
     """Switch `model` to `adapter` (in place), taking off the adapter it carries, if any: load a base once, then move
-    between adapters at the cost of their small weights. The model must be the adapter's base (fingerprint)."""
+    between adapters at the cost of their small weights. The model must be the adapter's base (fingerprint).
+
+    An adapter whose run grew its base's vocabulary (rows for a chat template's markers) needs that vocabulary: the
+    model takes the token layers of its base grown as the run grew it (grown_for, as loading the adapter does),
+    and gets its own back when the adapter comes off (remove_adapter, or a switch to another adapter)."""
     current = attached(model)
     have = current.base["fingerprint"] if current is not None and current.base else None
     if have is None:
@@ -206,7 +218,15 @@ def use_adapter(model: GPT, adapter: Adapter) -> GPT:
     if have != adapter.base["fingerprint"]:
         raise UserError(f"adapter {adapter.path} was trained on another base: it expects {adapter.describe_base()}")
     remove_adapter(model)
-    return attach(model, adapter.settings, adapter.base, adapter.weights, new_rows_from=adapter.new_rows_from)
+    grown = grown_for(model, adapter)
+    base_vocab = None
+    if grown is not model:  # only its token layers are taken: the rest of `grown` is a copy of the model's weights
+        base_vocab = (model.config, {name: model.get_submodule(name) for name in ("transformer.wte", "lm_head")})
+        like = model.transformer.wte.weight  # grow_vocab builds on the CPU; the model may be elsewhere
+        model.config, model.transformer.wte, model.lm_head = (grown.config, grown.transformer.wte.to(like),
+                                                              grown.lm_head.to(like))
+    return attach(model, adapter.settings, adapter.base, adapter.weights, new_rows_from=adapter.new_rows_from,
+                  base_vocab=base_vocab)
 
 
 def _base_fingerprint(model: nn.Module) -> str:
@@ -260,8 +280,7 @@ class LoRA:
     def resume(self, state: dict[str, Any], path: Path, cfg: Any) -> GPT:
         adapter = adapter_from_checkpoint(state, path)
         base = find_base(adapter)
-        return adapted_model(base.model, adapter, dropout=cfg.dropout, lora_dropout=cfg.lora_dropout,
-                             vocab_multiple=cfg.vocab_multiple)
+        return adapted_model(base.model, adapter, dropout=cfg.dropout, lora_dropout=cfg.lora_dropout)
 
     def open(self, spec: str | Path, *, base: str | Path | None, state: dict[str, Any] | None,
              device: torch.device | str) -> ckpt_io.Loaded:

@@ -35,6 +35,9 @@ class Attachment:
     new_rows_from: int | None = None  # the first token id whose embedding (and head) row the adapter trains
     originals: dict[str, nn.Module] = field(default_factory=dict)  # full name -> the layer replaced
     trainable: dict[str, bool] = field(default_factory=dict)  # requires_grad of each base parameter before
+    # When the base's vocabulary was grown to put this adapter on it (use_adapter on a loaded base): its own config
+    # and token layers (full name -> layer), which removal puts back. A merge keeps the grown ones: it wrote into them.
+    base_vocab: tuple[Any, dict[str, nn.Module]] | None = None
 
 
 def attached(model: nn.Module) -> Attachment | None:
@@ -54,13 +57,16 @@ def _set_layer(model: nn.Module, name: str, layer: nn.Module) -> None:
 
 
 def attach(model: GPT, settings: LoRASettings, base: dict[str, Any] | None = None,
-           weights: dict[str, torch.Tensor] | None = None, new_rows_from: int | None = None) -> GPT:
+           weights: dict[str, torch.Tensor] | None = None, new_rows_from: int | None = None,
+           base_vocab: tuple[Any, dict[str, nn.Module]] | None = None) -> GPT:
     """Freeze `model` and put adapters of `settings` on the layers its targets name (in place; returns the model).
 
     New adapters start as a no-op (B = 0); `weights` (from adapter_weights) gives trained ones instead.
     `base` records where the model came from, for the checkpoints of a run (see base_reference).
     `new_rows_from`: the rows of the token embedding and the head from this token id on belong to tokens the base
     never saw (a vocabulary grown for new special tokens): they train too, and are saved with the adapter.
+    `base_vocab`: the model's config and token layers before its vocabulary was grown for this adapter, put back
+    when the adapter comes off (see Attachment).
     """
     if attached(model) is not None:
         raise ValueError("the model already carries an adapter: remove_adapter (or use_adapter) first")
@@ -72,7 +78,7 @@ def attach(model: GPT, settings: LoRASettings, base: dict[str, Any] | None = Non
     if new_rows_from is not None and new_rows_from < model.config.vocab_size:
         token_layers = ["transformer.wte"] + ([] if tied else ["lm_head"])
     record = Attachment(settings, base, new_rows_from=new_rows_from if token_layers else None,
-                        trainable={n: p.requires_grad for n, p in model.named_parameters()})
+                        trainable={n: p.requires_grad for n, p in model.named_parameters()}, base_vocab=base_vocab)
     for p in model.parameters():
         p.requires_grad_(False)  # the base is frozen: only the adapters' parameters will train
     for name in names + [n for n in token_layers if n not in names]:
@@ -114,6 +120,10 @@ def remove_adapter(model: GPT) -> GPT:
         _set_layer(model, name, layer)
     for name, p in model.named_parameters():
         p.requires_grad_(record.trainable.get(name, True))
+    if record.base_vocab is not None:  # last: the base's own token layers were never frozen, and come back as they were
+        model.config, token_layers = record.base_vocab
+        for name, layer in token_layers.items():
+            _set_layer(model, name, layer)
     del model.lora
     return model
 
@@ -121,8 +131,10 @@ def remove_adapter(model: GPT) -> GPT:
 def merge_adapter(model: GPT) -> GPT:
     """Fold each adapter's ΔW into the weight it adapts and take the adapters off (in place): a plain model that
     computes what the adapted one did (to float rounding), at the base's speed. A no-op on a plain model."""
-    if attached(model) is None:
+    record = attached(model)
+    if record is None:
         return model
+    record.base_vocab = None  # the merged model keeps the vocabulary the adapter needs
     merged: set[int] = set()
     with torch.no_grad():
         for _, layer in lora_layers(model):

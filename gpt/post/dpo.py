@@ -60,8 +60,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gpt import checkpoint as ckpt_io
 from gpt.datasets import TrainingData, held_out, jsonl_files, jsonl_kind, read_jsonl
 from gpt.errors import UserError
+from gpt.post.adapter_files import fingerprint
 from gpt.post.adapters import adapters_disabled
 from gpt.post.chat import ChatTemplate, Message, check_messages, message_from_json
 from gpt.reshape import grow_vocab
@@ -69,6 +71,8 @@ from gpt.runtime import starting_model
 from gpt.tokenizer import Tokenizer
 from gpt.tokenizer_files import TokenizerChoice
 
+# The entry of a full fine-tune's checkpoints that records its reference: {"init_from", "fingerprint"}.
+REFERENCE_KEY = "dpo_reference"
 PAIR_HELP = ('{"prompt", "chosen", "rejected"} or {"messages": [... ending with a user turn], "chosen", '
              '"rejected"}')
 
@@ -342,10 +346,14 @@ class PreferenceData(TrainingData):
         self.reference_logprobs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
         self.reference_model: torch.nn.Module | None = None  # a separate frozen model, where there is one
         self.reference_note = ""
+        self.reference_record: dict[str, Any] | None = None  # a full fine-tune's: see use_starting_model
         self.fit_note = ""
 
     def checkpoint_extras(self) -> dict[str, Any]:
-        return {"chat_template": self.template.to_dict()}
+        extras: dict[str, Any] = {"chat_template": self.template.to_dict()}
+        if self.reference_record is not None:
+            extras[REFERENCE_KEY] = self.reference_record
+        return extras
 
     def describe(self) -> str:
         train, val = self.splits["train"], self.splits["val"]
@@ -378,21 +386,29 @@ class PreferenceData(TrainingData):
 
     # ---- the reference model
 
-    def use_starting_model(self, model: torch.nn.Module, cfg: Any, *, resumed: bool, log: Any) -> None:
+    def use_starting_model(self, model: torch.nn.Module, cfg: Any, *, resumed_from: dict[str, Any] | None,
+                           log: Any) -> None:
         """The reference is the model the run started from: a frozen copy of `model` (before its first step), or,
         when resuming, cfg.init_from loaded again the way the run first loaded it. A LoRA run's model carries its
-        frozen starting weights inside it: the reference is the same model with the adapter switched off."""
+        frozen starting weights inside it: the reference is the same model with the adapter switched off.
+
+        A full fine-tune's checkpoints record the reference's fingerprint (gpt/post/adapter_files.py's, the one an
+        adapter records of its base), so that a resumed run refuses an init_from that changed since (trained
+        further): read again, it would silently be another reference."""
         if getattr(model, "lora", None) is not None:  # an adapter attached by gpt/post/lora.py
             self.use_reference_function(adapter_off_logprobs(model), "reference model: the same model with its LoRA "
                                         "adapter switched off (no second copy in memory)")
             log(self.reference_note)
             return
-        if not resumed:
+        recorded = None if resumed_from is None else resumed_from.get(REFERENCE_KEY)
+        if resumed_from is None:
             reference = frozen_copy(model)
             where = "a frozen copy of the starting model"
         else:
-            reference = starting_reference(cfg, self.tokenizer, model)
+            reference = starting_reference(cfg, self.tokenizer, model, recorded)
             where = "the starting model, loaded again for the resumed run, frozen"
+        # A checkpoint from before the record existed: the reference read now is the one checked from here on.
+        self.reference_record = recorded or {"init_from": str(cfg.init_from), "fingerprint": fingerprint(reference)}
         size = sum(p.numel() for p in reference.parameters()) / 1e6
         self.use_reference(reference, f"reference model: {where} ({cfg.init_from}; {size:.2f}M more parameters in "
                                       "memory, beside the model being tuned)")
@@ -464,9 +480,11 @@ def adapter_off_logprobs(model: torch.nn.Module) -> Callable[[torch.Tensor, torc
     return logprobs
 
 
-def starting_reference(cfg: Any, tokenizer: Tokenizer, model: torch.nn.Module) -> torch.nn.Module:
+def starting_reference(cfg: Any, tokenizer: Tokenizer, model: torch.nn.Module,
+                       recorded: dict[str, Any] | None = None) -> torch.nn.Module:
     """cfg.init_from as the run first prepared it (same shape, rows for the template's tokens), frozen, on the
-    model's device; a one-line error when it no longer matches the run's tokenizer or shape."""
+    model's device; a one-line error when it no longer matches the run's tokenizer, shape, or the fingerprint the
+    run recorded of it (`recorded`: REFERENCE_KEY of its checkpoint)."""
     import dataclasses
 
     start, choice, _ = starting_model(dataclasses.replace(cfg, resume=False), None, lambda text: None)
@@ -479,6 +497,11 @@ def starting_reference(cfg: Any, tokenizer: Tokenizer, model: torch.nn.Module) -
     if start.config != model.config:
         raise UserError(f"the reference model {cfg.init_from} has another shape than this run's model ({start.config} "
                         f"against {model.config}): resume with the init_from the run started from")
+    if recorded is not None and fingerprint(start) != recorded["fingerprint"]:
+        source = cfg.init_from if ckpt_io.is_hf_folder(cfg.init_from) else ckpt_io.resolve_checkpoint_path(cfg.init_from)
+        raise UserError(f"cannot resume {cfg.out_dir}: its starting model {source} changed since the run started from "
+                        "it (other weights: trained further, or replaced), and DPO's reference must stay that model: "
+                        "put it back, or start a new run (another --out_dir)")
     return frozen_copy(start.to(next(model.parameters()).device))
 
 
