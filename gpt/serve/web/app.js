@@ -118,6 +118,7 @@ function headers() {
 function askKey(problem) {
   const dialog = $("key-dialog");
   $("key-problem").textContent = problem || "";
+  if (dialog.open) return new Promise((resolve) => dialog.addEventListener("close", resolve, { once: true }));
   $("key-input").value = "";
   dialog.showModal();
   return new Promise((resolve) => {
@@ -596,7 +597,12 @@ async function sendChat() {
   try {
     const how = await stream("v1/chat/completions", body, answer);
     answer.finish(how);
-    page.conversation.push({ role: "user", content: text }, { role: "assistant", content: answer.text });
+    if (answer.text) {
+      page.conversation.push({ role: "user", content: text }, { role: "assistant", content: answer.text });
+    } else { // a chat template takes no empty turn: this exchange stays on the page, out of the conversation
+      answer.stats.textContent += " · nothing said: left out of the conversation";
+      mine.parentElement.classList.add("left-out");
+    }
   } catch (e) {
     // Nothing was said: the message goes back to the box, to be changed or sent again.
     mine.parentElement.remove();
