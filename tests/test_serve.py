@@ -96,6 +96,21 @@ def test_models_and_health(server):
     assert health["status"] == "ok" and health["model"] == MODEL and health["max_batch"] == 8
 
 
+def test_the_page_is_served_with_its_files_and_needs_nothing_from_the_network(server):
+    # The page itself (tests/test_webpage.py drives it in a browser) needs no key: it asks for one for /v1.
+    page = httpx.get(server.url + "/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for name, kind in (("app.js", "text/javascript"), ("style.css", "text/css")):
+        assert f'"web/{name}"' in page.text
+        response = httpx.get(f"{server.url}/web/{name}", timeout=10)
+        assert response.status_code == 200 and response.headers["content-type"].startswith(kind)
+        assert not re.search(r"https?://", response.text), f"{name} names a URL: the page must work offline"
+    for path in ("/web/nothing.js", "/web/..%2Fapp.py", "/web/%2E%2E", "/web/../engine.py", "/web/index"):
+        assert httpx.get(server.url + path, timeout=10).status_code == 404, path
+    card = server.client().models.retrieve(MODEL).model_dump()
+    assert (card["chat_template"], card["max_tokens"], card["max_prompt_tokens"]) == (False, 100000, 32)
+
+
 def test_greedy_completion_is_sample_py_text_with_usage(server, ckpt, capsys, monkeypatch):
     answer = server.client().completions.create(model=MODEL, prompt="the dog ", max_tokens=40, temperature=0)
     expected = sample_py(ckpt, capsys, monkeypatch, "--prompt", "the dog ", "--temperature", "0", "--max_new_tokens", "40")
@@ -203,6 +218,7 @@ def test_chat_answers_as_sample_py_chat_and_stops_at_the_end_of_the_turn(chat_se
     from gpt.checkpoint import load_model
 
     template = load_model(chat_ckpt).chat_template
+    assert chat_server.client().models.retrieve(MODEL).model_dump()["chat_template"] is True  # the page offers chat
     answer = chat_server.client().chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "grass?"}], temperature=0, max_tokens=30)
     expected = sample_py(chat_ckpt, capsys, monkeypatch, "--chat", "--prompt", "grass?", "--temperature", "0",

@@ -1,7 +1,8 @@
 """The HTTP side: OpenAI-compatible endpoints over the engine, and the `python -m gpt.serve` command line.
 
+    GET  /                       a web page for talking to the model and seeing its predictions (gpt/serve/web/)
     GET  /health                 liveness and load (no API key needed)
-    GET  /v1/models              the one model served (and GET /v1/models/{id})
+    GET  /v1/models              the one model served (and GET /v1/models/{id}), with whether it has a chat template
     POST /v1/completions         text completion; "stream": true sends server-sent events
     POST /v1/chat/completions    chat, through the checkpoint's chat template (400 for a model without one)
 
@@ -27,6 +28,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import AsyncIterator
 
 import anyio
@@ -36,7 +38,7 @@ import uvicorn.config
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request as HTTPRequest
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gpt.post.chat import ChatTemplate
@@ -51,6 +53,9 @@ from gpt.serve.protocol import APIError, Limits
 
 API_KEY_ENV = "GPT_SERVE_API_KEY"
 MAX_BODY_BYTES = 8 * 2**20
+WEB = Path(__file__).parent / "web"  # the page: plain HTML, CSS and JavaScript, no build step, nothing fetched
+WEB_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
+             ".js": "text/javascript; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml"}
 
 
 @dataclass
@@ -72,7 +77,7 @@ class ServeConfig(ModelSettings):
 
 
 DESCRIPTION = f"""Serve a checkpoint over the OpenAI API (completions, chat completions, models), with the requests
-in flight decoded together in one batch.
+in flight decoded together in one batch, and a web page at / to talk to the model and see its predictions.
 
 Examples:
   python -m gpt.serve --ckpt out/shakespeare_char_cpu
@@ -126,6 +131,12 @@ class Server:
 
 
 def make_app(server: Server) -> Starlette:
+    async def page(request: HTTPRequest) -> Response:
+        return web_file("index.html")
+
+    async def page_file(request: HTTPRequest) -> Response:
+        return web_file(request.path_params["name"])
+
     async def health(request: HTTPRequest) -> Response:
         return JSONResponse({"status": "ok", "model": server.model_id, **server.engine.stats()})
 
@@ -189,6 +200,8 @@ def make_app(server: Server) -> Starlette:
         server.engine.close()  # after uvicorn let the requests in flight finish (or cancelled them)
 
     routes = [
+        Route("/", page, methods=["GET"]),
+        Route("/web/{name}", page_file, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model:path}", model, methods=["GET"]),
@@ -200,7 +213,20 @@ def make_app(server: Server) -> Starlette:
 
 
 def model_card(server: Server) -> dict:
-    return {"id": server.model_id, "object": "model", "created": server.created, "owned_by": "gpt"}
+    """OpenAI's model object, with what a client (the page) needs to know besides: whether chat works (the
+    checkpoint has a chat template) and the most tokens a request may ask for."""
+    return {"id": server.model_id, "object": "model", "created": server.created, "owned_by": "gpt",
+            "chat_template": server.loaded.chat_template is not None, "max_tokens": server.limits.max_tokens,
+            "max_prompt_tokens": server.limits.max_prompt_tokens}
+
+
+def web_file(name: str) -> Response:
+    """A file of the page, by its bare name: only the files in gpt/serve/web/, nothing above or below it.
+    No API key is needed for the page itself; it asks for the key and sends it on its /v1 requests."""
+    path = WEB / name
+    if "/" in name or "\\" in name or path.suffix not in WEB_TYPES or not path.is_file():
+        raise HTTPException(404)
+    return FileResponse(path, media_type=WEB_TYPES[path.suffix], headers={"Cache-Control": "no-cache"})
 
 
 def check_key(server: Server, request: HTTPRequest) -> None:
@@ -524,7 +550,8 @@ def main(argv: list[str] | None = None) -> int:
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
     banner = (f"serving {server.model_id} ({cfg.weights}{', compiled' if cfg.compile else ''}, {device.type}) at "
-              f"http://{shown_host}:{port}/v1" + (" (API key required)" if api_key else ""))
+              f"http://{shown_host}:{port}/v1" + (" (API key required)" if api_key else "") +
+              f"; the page: http://{shown_host}:{port}/")
     config = uvicorn.Config(make_app(server), log_level=cfg.log_level, log_config=log_config(cfg.log_level),
                             timeout_graceful_shutdown=cfg.shutdown_timeout, lifespan="on")
     # uvicorn re-raises the signal that stopped it once it has shut down gracefully; with this handler in place
