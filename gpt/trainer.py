@@ -108,7 +108,7 @@ class TrainConfig:
     learning_rate: float = setting(2e-3, "peak learning rate (AdamW's; Muon's is muon_lr_scale times it)")
     min_lr: float = setting(2e-4, "learning rate at the end of the decay")
     warmup_iters: int = setting(100, "steps of linear warmup")
-    lr_decay_iters: int = setting(2000, "step where the decay reaches min_lr (0 = max_iters)")
+    lr_decay_iters: int = setting(0, "step where the decay reaches min_lr (0 = follow max_iters; a resumed run keeps the end it started with)")
     decay_lr: bool = setting(True, "warmup, then the lr_schedule; false = constant learning_rate")
     lr_schedule: str = setting("cosine", "cosine, or wsd: warmup-stable-decay, flat then a linear decay over the last decay_fraction")
     decay_fraction: float = setting(0.3, "wsd: the share of the run spent decaying")
@@ -194,8 +194,13 @@ def resolve_config(argv: list[str]) -> tuple[TrainConfig, dict[str, Any] | None]
     saved = {k: v for k, v in state["config"].items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
     saved = {**LEGACY_SETTINGS, **saved}
     base = from_dict(TrainConfig, saved, where=f"in {path}")
-    cfg, _ = parse_args(TrainConfig, argv, prog="train.py", base=base)
+    cfg, flags = parse_args(TrainConfig, argv, prog="train.py", base=base)
     cfg.resume = True
+    if cfg.lr_decay_iters == 0 and "lr_decay_iters" not in flags:
+        # A schedule that followed max_iters keeps the end it started with: a --max_iters that extends the run
+        # must not move the decay (the learning rate would jump back up). --lr_decay_iters on the command line
+        # (0 included: follow the new max_iters) sets another end.
+        cfg.lr_decay_iters = base.max_iters
     validate(cfg)
     fixed = {name: state["model_config"][name] for name in SHAPE_SETTINGS}
     fixed.update({name: base_value for name in FIXED_AT_START if (base_value := getattr(base, name)) is not None})
@@ -217,6 +222,30 @@ def resolve_config(argv: list[str]) -> tuple[TrainConfig, dict[str, Any] | None]
         raise UserError(f"cannot resume {out_dir} with tokenizer {cfg.tokenizer!r}: it was trained with "
                         f"{state['config'].get('tokenizer')!r}")
     return cfg, state
+
+
+def schedule_note(cfg: TrainConfig) -> str | None:
+    """One line when the run will end before its learning-rate schedule does (lr_decay_iters past max_iters):
+    the last steps, where most of the loss drops, would then run near the peak rate instead of decaying."""
+    if not cfg.decay_lr or cfg.max_iters == 0 or cfg.lr_decay_iters <= cfg.max_iters:
+        return None
+    share = learning_rate_at(cfg.max_iters - 1, cfg) / cfg.learning_rate
+    unless = " (unless max_seconds ends it first)" if cfg.max_seconds else ""
+    return (f"note: lr_decay_iters={cfg.lr_decay_iters} is past max_iters={cfg.max_iters}: the run ends{unless} with "
+            f"the learning rate still at {share:.0%} of its peak, not min_lr; --lr_decay_iters=0 makes the schedule "
+            "follow max_iters")
+
+
+def resume_note(cfg: TrainConfig, resume_state: dict[str, Any]) -> str:
+    """The line a resumed run starts with: where it continues, and where its schedule ends if that is earlier."""
+    step = int(resume_state.get("step", 0))
+    line = f"resuming {cfg.out_dir} from step {step:,} of {cfg.max_iters:,}"
+    end = cfg.lr_decay_iters or cfg.max_iters
+    if cfg.decay_lr and end < cfg.max_iters:
+        line += (f"; the learning-rate schedule ends at step {end:,} (as the run started), so "
+                 f"{'the steps after it train' if step < end else 'every step trains'} at min_lr "
+                 f"(--lr_decay_iters={cfg.max_iters} decays over the whole run instead)")
+    return line
 
 
 DESCRIPTION = """Train a GPT on text (see configs/ for examples).
@@ -264,6 +293,9 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
                         "or optimizer = 'adamw'")
     show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     log = (lambda text: print(text, flush=True)) if dist.master else (lambda text: None)
+    for note in (resume_note(cfg, resume_state) if resume_state is not None else None, schedule_note(cfg)):
+        if note:
+            log(note)
 
     # The model and the data. Weights are initialised from the same seed on every process (DDP also
     # broadcasts rank 0's); rank 0 prepares the corpus, the others then find it in the cache.
