@@ -38,7 +38,7 @@ import numpy as np
 from gpt.atomic import check_writable, write_text
 from gpt.config import parse_args, setting
 from gpt.corpus import Document, file_hash, read_chunks, cut_near, decode_utf8, resolve_sources
-from gpt.errors import UserError, exit_on_user_error
+from gpt.errors import UserError, exit_on_user_error, plural
 from gpt.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_dict
 from gpt.tokenizer_files import from_json_data, load_tokenizer, to_json_data
 
@@ -499,6 +499,11 @@ def _build(tmp: Path, docs, sources, spec_or_tok, tok, key, key_inputs, corpus, 
            on_invalid_utf8, errors, progress, started) -> dict:
     segments, split_info = _plan_split(docs, val_fraction)
     total_bytes = sum(s.end - s.start for s in segments)
+    if progress:  # the slow part of a first run: said before it starts, once, since the result is cached
+        name = spec_or_tok if isinstance(spec_or_tok, str) else spec_or_tok.name
+        size = f"{total_bytes / 1e6:,.1f} MB" if total_bytes >= 100_000 else plural(total_bytes, "byte")
+        print(f"preparing {corpus} ({name} tokens; {plural(len(docs), 'document')}, {size}): once, then cached in "
+              f"{tmp.parent}...", file=sys.stderr, flush=True)
     fitted_on = None
     if tok is None and spec_or_tok == "char":
         chars: set[str] = set()

@@ -345,9 +345,9 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
 
         train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    peak, peak_source = peak_flops(device, dtype, cfg.peak_flops) if dist.master else (None, "n/a")
+    peak, peak_source = peak_flops(device, dtype, cfg.peak_flops, say=log) if dist.master else (None, "n/a")
     run = Run(cfg, dist, device, model, data, optimizer, scaler, train_batches, start, show_bar,
-              flops_per_token=training_flops_per_token(model), peak_flops=peak)
+              flops_per_token=training_flops_per_token(model), peak_flops=peak, compiled=use_compile)
     log(f"model: {model.num_params() / 1e6:.2f}M parameters ({cfg.n_layer} layers, {cfg.n_head} heads, "
         f"{cfg.n_embd} wide, block {cfg.block_size}, vocab {model.config.vocab_size}); device {device}, "
         f"{str(dtype).replace('torch.', '')}, compile {'on' if use_compile else 'off'}, {dist.world_size} process(es)")
@@ -355,6 +355,9 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
         + (f"peak {peak / 1e9:,.0f} GFLOP/s ({peak_source}) for MFU" if peak else "peak FLOP/s unknown (MFU n/a)"))
     if peak:
         log(MFU_EXPLAINED)
+    if use_compile:
+        log("torch.compile: the first evaluation and the first step compile the model (a minute or more), then steps "
+            "run faster")
     restore_rng(resume_state, cfg, device, dist)  # last, so that nothing above moves the random streams
     return fit(run, train_model, autocast_dtype=dtype)
 
@@ -372,7 +375,8 @@ def fit(run: Run, train_model: torch.nn.Module, autocast_dtype: torch.dtype) -> 
         run.record_eval(evaluate(train_model, run.data, run.eval_batches, cfg, device, autocast_dtype, dist))
 
     if run.step == 0 and not cfg.resume:
-        evaluation()  # the "before" number: about ln(vocab_size) from scratch; the starting model's when fine-tuning
+        with run.paused(evaluation=True):  # (not in the first steps' tokens per second)
+            evaluation()  # the "before" number: about ln(vocab_size) from scratch; the starting model's when fine-tuning
     run.stop.install()
     train_model.train()
     try:
@@ -411,7 +415,7 @@ def fit(run: Run, train_model: torch.nn.Module, autocast_dtype: torch.dtype) -> 
             is_ckpt = is_last or stop_now or (run.step % cfg.checkpoint_interval == 0 if cfg.checkpoint_interval
                                               else is_eval)
             run.record_loss(step_loss, lr, check=is_log or is_eval or is_ckpt or dist.enabled, show=is_log)
-            with run.paused():  # evaluating and saving are not training throughput
+            with run.paused(evaluation=is_eval):  # evaluating and saving are not training throughput
                 if is_eval:
                     evaluation()
                 if is_ckpt:

@@ -315,6 +315,27 @@ def test_resume_refuses_settings_fixed_at_the_start(tiny, tmp_path, capsys, flag
     assert (tmp_path / "out" / "ckpt.pt").read_bytes() == before
 
 
+def test_a_first_run_says_what_it_prepares_and_measures_before_the_wait(tiny, tmp_path, capsys, monkeypatch):
+    import gpt.device
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no peak FLOP/s cached yet
+    monkeypatch.setattr(gpt.device, "measure_matmul_flops", lambda *args, **kwargs: 1e12)  # (instead of 2 s)
+    args = [a for a in tiny("first", "--progress=none") if not a.startswith("--peak_flops")]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    preparing = [line for line in captured.err.splitlines() if line.startswith("preparing")]
+    size = (tmp_path / "corpus.txt").stat().st_size
+    assert preparing == [f"preparing corpus (char tokens; 1 document, {size:,} bytes): once, then cached in "
+                         f"{tmp_path / 'data' / 'corpus'}..."]
+    out = captured.out.splitlines()
+    measuring = [i for i, line in enumerate(out) if line.startswith("measuring this machine's peak FLOP/s for MFU")]
+    assert len(measuring) == 1 and measuring[0] < [i for i, line in enumerate(out) if line.startswith("model:")][0]
+    # The second run finds both in their caches: nothing to wait for, nothing said.
+    assert main([f"--out_dir={tmp_path / 'second'}" if a.startswith("--out_dir") else a for a in args]) == 0
+    captured = capsys.readouterr()
+    assert "preparing" not in captured.err and "measuring" not in captured.out
+
+
 def test_fine_tuning_logs_the_starting_models_val_loss(tiny, tmp_path, capsys):
     assert main(tiny("base")) == 0
     capsys.readouterr()
