@@ -643,10 +643,10 @@ def main(argv: list[str] | None = None) -> int:
     train, val = meta["splits"]["train"], meta["splits"]["val"]
     chars = train["characters"] + val["characters"]
     nbytes = train["bytes"] + val["bytes"]
-    print(f"corpus      {meta['corpus']}: {meta['documents']} documents, {_human(chars)} characters, {_human(nbytes)} bytes")
+    print(f"corpus      {meta['corpus']}: {plural(meta['documents'], 'document')}, {_human(chars)} characters, {_human(nbytes)} bytes")
     print(f"tokenizer   {meta['tokenizer']['spec']}, vocabulary {meta['vocab_size']}, {meta['dtype']}")
     for name, s in (("train", train), ("val", val)):
-        print(f"{name:<11} {s['tokens']:,} tokens, {s['bytes']:,} bytes, {s['documents']} documents")
+        print(f"{name:<11} {plural(s['tokens'], 'token')}, {plural(s['bytes'], 'byte')}, {plural(s['documents'], 'document')}")
     status = "reused (nothing tokenized)" if prepared.reused else f"built in {meta['seconds']:.2f} s"
     print(f"cache       {prepared.dir} ({status})")
     print(f"time        {elapsed:.2f} s")

@@ -19,7 +19,7 @@ import torch
 
 from gpt.atomic import write_text
 from gpt.config import parse_args, setting
-from gpt.errors import UserError, exit_on_user_error
+from gpt.errors import UserError, exit_on_user_error, plural
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -60,7 +60,9 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r} asked for, but CUDA is not available here: use --device=cpu (or auto)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"device {name!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
+        count = torch.cuda.device_count()
+        raise UserError(f"device {name!r} asked for, but only {plural(count, 'CUDA device')} "
+                        f"{'exists' if count == 1 else 'exist'}")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UserError("device 'mps' asked for, but MPS is not available here: use --device=cpu (or auto)")
     if device.type not in ("cpu", "cuda", "mps"):

@@ -26,7 +26,7 @@ import torch
 from gpt import checkpoint as ckpt_io
 from gpt import layers
 from gpt.device import pick_device
-from gpt.errors import UserError
+from gpt.errors import UserError, plural
 from gpt.hf import not_gpt2
 from gpt.model import ARCHITECTURES, GPT, GPTConfig
 from gpt.reshape import rebuild
@@ -351,8 +351,9 @@ def restore_sampler(batches: Any, resume_state: dict[str, Any], dist: Dist, log)
     elif states:
         # Every rank runs the same generator (each takes its slice of one global draw), so rank 0's state
         # continues the stream for any number of processes; only the slicing changes.
-        log(f"resuming a run saved with {sampler.get('world_size')} process(es) on {dist.world_size}: "
-            "the batch stream continues, dealt out differently")
+        saved_with = plural(int(sampler.get("world_size") or 1), "process", "processes")
+        log(f"resuming a run saved with {saved_with} on {dist.world_size}: the batch stream continues, dealt out "
+            "differently")
         batches.load_state_dict(states[0])
 
 
@@ -558,5 +559,6 @@ class Run:
             print(f"error: training ended at step {self.step}, but its last checkpoint could not be saved "
                   f"({self.failed_save}); {self._latest_good()}", file=sys.stderr, flush=True)
             return 1
-        print(f"done: {self.step} steps{note}; best val loss {self.best_val_loss:.4f}; checkpoints in {self.out_dir}", flush=True)
+        print(f"done: {plural(self.step, 'step')}{note}; best val loss {self.best_val_loss:.4f}; checkpoints in "
+              f"{self.out_dir}", flush=True)
         return 0

@@ -37,7 +37,7 @@ from gpt import checkpoint as ckpt_io
 from gpt.config import from_dict, parse_args, setting
 from gpt.datasets import TrainingData, open_training_data
 from gpt.device import autocast, peak_flops, pick_dtype
-from gpt.errors import UserError, exit_on_user_error
+from gpt.errors import UserError, exit_on_user_error, plural
 from gpt import layers
 from gpt.model import GPT, GPTConfig
 from gpt.optim import (learning_rate_at, make_optimizer, param_groups,  # noqa: F401 (re-exported)
@@ -348,9 +348,9 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
     peak, peak_source = peak_flops(device, dtype, cfg.peak_flops, say=log) if dist.master else (None, "n/a")
     run = Run(cfg, dist, device, model, data, optimizer, scaler, train_batches, start, show_bar,
               flops_per_token=training_flops_per_token(model), peak_flops=peak, compiled=use_compile)
-    log(f"model: {model.num_params() / 1e6:.2f}M parameters ({cfg.n_layer} layers, {cfg.n_head} heads, "
+    log(f"model: {model.num_params() / 1e6:.2f}M parameters ({plural(cfg.n_layer, 'layer')}, {plural(cfg.n_head, 'head')}, "
         f"{cfg.n_embd} wide, block {cfg.block_size}, vocab {model.config.vocab_size}); device {device}, "
-        f"{str(dtype).replace('torch.', '')}, compile {'on' if use_compile else 'off'}, {dist.world_size} process(es)")
+        f"{str(dtype).replace('torch.', '')}, compile {'on' if use_compile else 'off'}, {plural(dist.world_size, 'process', 'processes')}")
     log(f"data: {data.describe()}; {cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps:,} tokens per step; "
         + (f"peak {peak / 1e9:,.0f} GFLOP/s ({peak_source}) for MFU" if peak else "peak FLOP/s unknown (MFU n/a)"))
     if peak:

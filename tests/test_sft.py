@@ -104,7 +104,7 @@ def test_a_pretrained_model_grows_its_vocabulary_for_the_markers(tmp_path, capsy
     capsys.readouterr()
     assert train([f"--data={chats}", f"--init_from={tmp_path / 'base'}", f"--out_dir={tmp_path / 'chat'}",
                   "--learning_rate=1e-9", "--min_lr=1e-9", "--weight_decay=0", *common]) == 0
-    assert "4 new token(s)" in capsys.readouterr().out
+    assert "4 new tokens" in capsys.readouterr().out
     tuned = ckpt_io.load_model(tmp_path / "chat")
     old = base.tokenizer.vocab_size
     assert tuned.model.config.vocab_size == old + 4 and tuned.chat_template is not None
