@@ -180,6 +180,17 @@ def test_every_readme_chat_example_answers_and_stops(runs, monkeypatch, capsys):
         assert err == "" and "<|" not in out and len(lines) == (2 if "--interactive" in args else 1), (args, out)
 
 
+def test_sampling_a_chat_model_without_chat_says_how_to_ask_it(runs, capsys):
+    from gpt.generate import main as sample
+
+    capsys.readouterr()
+    assert sample([f"--ckpt={runs / 'tuned'}", "--prompt=length: abc", "--max_new_tokens=4", "--temperature=0"]) == 0
+    out, err = capsys.readouterr()
+    assert err == (f"note: {runs / 'tuned' / 'best.pt'} was tuned on conversations and continues plain text poorly: "
+                   "add --chat to send the prompt as a user message\n")
+    assert out.startswith("length: abc")  # the continuation itself is still written, as asked
+
+
 def test_sample_chat_refuses_a_model_without_a_template(tmp_path, capsys):
     from gpt.generate import main as sample
 
