@@ -348,9 +348,10 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
     peak, peak_source = peak_flops(device, dtype, cfg.peak_flops, say=log) if dist.master else (None, "n/a")
     run = Run(cfg, dist, device, model, data, optimizer, scaler, train_batches, start, show_bar,
               flops_per_token=training_flops_per_token(model), peak_flops=peak, compiled=use_compile)
-    log(f"model: {model.num_params() / 1e6:.2f}M parameters ({plural(cfg.n_layer, 'layer')}, {plural(cfg.n_head, 'head')}, "
-        f"{cfg.n_embd} wide, block {cfg.block_size}, vocab {model.config.vocab_size}); device {device}, "
-        f"{str(dtype).replace('torch.', '')}, compile {'on' if use_compile else 'off'}, {plural(dist.world_size, 'process', 'processes')}")
+    log(f"model: {model.num_params() / 1e6:.2f}M parameters ({plural(cfg.n_layer, 'layer')}, "
+        f"{plural(cfg.n_head, 'head')}, {cfg.n_embd} wide, block {cfg.block_size}, vocab {model.config.vocab_size}); "
+        f"device {device}, {str(dtype).replace('torch.', '')}, compile {'on' if use_compile else 'off'}, "
+        f"{plural(dist.world_size, 'process', 'processes')}")
     log(f"data: {data.describe()}; {cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps:,} tokens per step; "
         + (f"peak {peak / 1e9:,.0f} GFLOP/s ({peak_source}) for MFU" if peak else "peak FLOP/s unknown (MFU n/a)"))
     if peak:
