@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from gpt.atomic import write_bytes
-from gpt.errors import UserError
+from gpt.errors import UserError, plural
 
 NAMED_CORPORA = ("stdlib", "shakespeare")
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -196,7 +196,7 @@ def resolve_sources(
             docs.append(Document(path, size, path.name))
     if binaries:
         shown = ", ".join(str(p) for p in binaries[:10]) + (f" and {len(binaries) - 10} more" if len(binaries) > 10 else "")
-        warnings.warn(f"skipped {len(binaries)} binary file(s) (NUL bytes in the first 8 KB): {shown}", DataWarning, stacklevel=3)
+        warnings.warn(f"skipped {plural(len(binaries), 'binary file')} (NUL bytes in the first 8 KB): {shown}", DataWarning, stacklevel=3)
     if not docs:
         raise UserError("no text to prepare: every file given is binary; give text files (UTF-8)")
     name = re.sub(r"[^A-Za-z0-9._+-]", "_", "+".join(names))[:60].strip(".") or "corpus"

@@ -38,7 +38,7 @@ import numpy as np
 from gpt.atomic import check_writable, write_text
 from gpt.config import parse_args, setting
 from gpt.corpus import Document, file_hash, read_chunks, cut_near, decode_utf8, resolve_sources
-from gpt.errors import UserError, exit_on_user_error
+from gpt.errors import UserError, exit_on_user_error, plural
 from gpt.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_dict
 from gpt.tokenizer_files import TokenizerChoice, from_json_data, to_json_data
 
@@ -478,6 +478,10 @@ def _build(tmp: Path, docs, sources, choice: TokenizerChoice, key, key_inputs, c
            on_invalid_utf8, errors, progress, started) -> dict:
     segments, split_info = _plan_split(docs, val_fraction)
     total_bytes = sum(s.end - s.start for s in segments)
+    if progress:  # the slow part of a first run: said before it starts, once, since the result is cached
+        size = f"{total_bytes / 1e6:,.1f} MB" if total_bytes >= 100_000 else plural(total_bytes, "byte")
+        print(f"preparing {corpus} ({choice.spec} tokens; {plural(len(docs), 'document')}, {size}): once, then cached "
+              f"in {tmp.parent}...", file=sys.stderr, flush=True)
     fitted_on, tok = None, choice.ready
     if tok is None and choice.spec == "char":
         chars: set[str] = set()
@@ -617,10 +621,10 @@ def main(argv: list[str] | None = None) -> int:
     train, val = meta["splits"]["train"], meta["splits"]["val"]
     chars = train["characters"] + val["characters"]
     nbytes = train["bytes"] + val["bytes"]
-    print(f"corpus      {meta['corpus']}: {meta['documents']} documents, {_human(chars)} characters, {_human(nbytes)} bytes")
+    print(f"corpus      {meta['corpus']}: {plural(meta['documents'], 'document')}, {_human(chars)} characters, {_human(nbytes)} bytes")
     print(f"tokenizer   {meta['tokenizer']['spec']}, vocabulary {meta['vocab_size']}, {meta['dtype']}")
     for name, s in (("train", train), ("val", val)):
-        print(f"{name:<11} {s['tokens']:,} tokens, {s['bytes']:,} bytes, {s['documents']} documents")
+        print(f"{name:<11} {plural(s['tokens'], 'token')}, {plural(s['bytes'], 'byte')}, {plural(s['documents'], 'document')}")
     status = "reused (nothing tokenized)" if prepared.reused else f"built in {meta['seconds']:.2f} s"
     print(f"cache       {prepared.dir} ({status})")
     print(f"time        {elapsed:.2f} s")

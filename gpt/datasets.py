@@ -32,7 +32,7 @@ from gpt.batches import Batches
 from gpt.bpe import EOT
 from gpt.corpus import NAMED_CORPORA, file_hash, resolve_sources
 from gpt.data import cache_key, cached_folder, prepare
-from gpt.errors import UserError
+from gpt.errors import UserError, plural
 from gpt.tokenizer import Tokenizer
 from gpt.tokenizer_files import TokenizerChoice
 
@@ -107,7 +107,7 @@ class TextData(TrainingData):
                                 "lower --block_size or give more text")
         windows = self.split_size("train")[0] - block_size
         if batch_size * world_size > windows:
-            raise UserError(f"batch_size {batch_size} x {world_size} process(es) is more than the {windows} "
+            raise UserError(f"batch_size {batch_size} x {plural(world_size, 'process', 'processes')} is more than the {windows:,} "
                             f"distinct windows of {block_size + 1} tokens in the train split: lower --batch_size "
                             "or --block_size, or give more text")
 
@@ -239,7 +239,7 @@ def held_out(count: int, val_fraction: float, content: Callable[[int], str], *, 
     left to train on) whose content hashes lowest, so the pick is the same whatever the order of the lines or
     the seed. `content(i)` is example i's text."""
     if count < 2:
-        raise UserError(f"{where} holds {count} {what}(s): give at least 2 (one is held out for validation), or a "
+        raise UserError(f"{where} holds {plural(count, what)}: give at least 2 (one is held out for validation), or a "
                         "separate --val_data file")
     n_val = min(count - 1, max(1, round(val_fraction * count)))
 

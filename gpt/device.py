@@ -13,12 +13,13 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from gpt.atomic import write_text
 from gpt.config import parse_args, setting
-from gpt.errors import UserError, exit_on_user_error
+from gpt.errors import UserError, exit_on_user_error, plural
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -59,7 +60,9 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r} asked for, but CUDA is not available here: use --device=cpu (or auto)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"device {name!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
+        count = torch.cuda.device_count()
+        raise UserError(f"device {name!r} asked for, but only {plural(count, 'CUDA device')} "
+                        f"{'exists' if count == 1 else 'exist'}")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UserError("device 'mps' asked for, but MPS is not available here: use --device=cpu (or auto)")
     if device.type not in ("cpu", "cuda", "mps"):
@@ -129,12 +132,14 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float3
     return 2 * n**3 / best
 
 
-def peak_flops(device: torch.device, dtype: torch.dtype, override: float = 0.0) -> tuple[float | None, str]:
+def peak_flops(device: torch.device, dtype: torch.dtype, override: float = 0.0,
+               say: Callable[[str], None] | None = None) -> tuple[float | None, str]:
     """The device's peak FLOP/s for MFU and where the number came from ("n/a" when unknown).
 
     On a CPU there is no datasheet figure, so a matmul is timed: once per machine, thread count, torch version and
     dtype, and cached (`peak_cache_path()`), because a single timing on a busy machine reads low and would make
-    every MFU after it too high. `override` (--peak_flops) pins it.
+    every MFU after it too high. `override` (--peak_flops) pins it. `say` is told, before the timing, that it
+    happens: seconds with nothing on screen otherwise.
     """
     if override > 0:
         return override, "setting"
@@ -142,7 +147,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype, override: float = 0.0) 
         flops = gpu_peak_flops(device)
         return (flops, "datasheet") if flops else (None, "n/a")
     if device.type == "cpu":
-        return cpu_peak_flops(dtype)
+        return cpu_peak_flops(dtype, say=say)
     return None, "n/a"
 
 
@@ -163,7 +168,8 @@ def _cpu_key(dtype: torch.dtype) -> str:
     return f"{model} | {torch.get_num_threads()} threads | torch {torch.__version__} | {str(dtype).replace('torch.', '')}"
 
 
-def cpu_peak_flops(dtype: torch.dtype, recalibrate: bool = False) -> tuple[float, str]:
+def cpu_peak_flops(dtype: torch.dtype, recalibrate: bool = False,
+                   say: Callable[[str], None] | None = None) -> tuple[float, str]:
     """The CPU's matmul peak: cached, else measured (best of several timings over about 2 s) and cached."""
     path, key = peak_cache_path(), _cpu_key(dtype)
     try:
@@ -174,6 +180,8 @@ def cpu_peak_flops(dtype: torch.dtype, recalibrate: bool = False) -> tuple[float
         cache = {}
     if not recalibrate and isinstance(cache.get(key), (int, float)) and cache[key] > 0:
         return float(cache[key]), f"measured on this machine, cached in {path}"
+    if say is not None:
+        say(f"measuring this machine's peak FLOP/s for MFU (about 2 s, once: cached in {path})...")
     flops = max(measure_matmul_flops(torch.device("cpu"), dtype, seconds=0.5) for _ in range(4))
     if recalibrate and isinstance(cache.get(key), (int, float)):
         flops = max(flops, float(cache[key]))  # a busy machine only ever reads low: keep the best seen

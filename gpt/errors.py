@@ -1,4 +1,4 @@
-"""User-facing errors, shared by every command-line tool.
+"""User-facing errors, shared by every command-line tool, and `plural`, for the counts in every message.
 
 A `UserError` is a mistake the user can fix (a bad setting, a missing file). Command-line entry points
 wrap their `main` in `exit_on_user_error`, which prints the message as one line on standard error and
@@ -31,3 +31,8 @@ def exit_on_user_error(main: Callable[..., int | None]) -> Callable[..., int]:
             return 0
 
     return wrapper
+
+
+def plural(count: int, noun: str, plural_noun: str | None = None) -> str:
+    """A count and its noun in the right number: "1 document", "2 documents", "1,024 tokens", "3 processes"."""
+    return f"{count:,} {noun if count == 1 else plural_noun or noun + 's'}"

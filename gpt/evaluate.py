@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from gpt.config import parse_args, setting
 from gpt.device import autocast
-from gpt.errors import UserError, exit_on_user_error
+from gpt.errors import UserError, exit_on_user_error, plural
 from gpt.inference import ModelSettings, open_model
 from gpt.tokenizer import Tokenizer
 
@@ -146,7 +146,7 @@ def _check_ids(token_ids: Sequence[int] | np.ndarray | torch.Tensor, vocab_size:
     """The ids as one int64 tensor, at least two long and all inside the model's vocabulary."""
     ids = torch.as_tensor(np.asarray(token_ids, dtype=np.int64)).reshape(-1)
     if len(ids) < 2:
-        raise UserError(f"the text is {len(ids)} token(s) long: at least 2 are needed to score one prediction")
+        raise UserError(f"the text is {plural(len(ids), 'token')} long: at least 2 are needed to score one prediction")
     low, high = int(ids.min()), int(ids.max())
     if low < 0 or high >= vocab_size:
         raise UserError(f"token id {low if low < 0 else high} is outside the model's vocabulary (0..{vocab_size - 1}): "
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         what = f"its {cfg.split} split only, cut as training cuts it with val_fraction {val_fraction:g}"
     print(f"text           {', '.join(cfg.data)}, {what}: {result['tokens']:,} tokens scored, {num_bytes:,} bytes")
-    print(f"stride         {stride} ({result['windows']:,} window(s); each token scored once, with at least "
+    print(f"stride         {stride} ({plural(result['windows'], 'window')}; each token scored once, with at least "
           f"{block_size - stride} tokens of context after the first window)")
     print(f"loss           {result['loss']:.4f} nats/token")
     print(f"perplexity     {result['perplexity']:.3f}")

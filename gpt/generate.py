@@ -17,7 +17,8 @@ Other policies
   the answer is printed; --interactive --chat keeps the conversation, dropping its oldest exchanges when
   they leave less than min(max_new_tokens, block_size // 2) tokens of the context for the answer.
   num_samples samples are generated together as one batch; each ends on its own, and the loop ends when all
-  have.
+  have. They are parted by a line of dashes; --interactive (without --chat) ends each prompt's completion with
+  a line of '=', since a completion may span lines.
 - Output is decoded through the tokens' UTF-8 bytes and an incremental decoder, so a character split
   across byte-level tokens is printed only once it is whole. Text that could still be the start of a stop
   string is held back until it is clear that it is not.
@@ -75,13 +76,18 @@ Examples (out/default is what `python train.py` makes; out/shakespeare_char_cpu 
 `python train.py configs/shakespeare_char_cpu.toml` makes, in about two minutes on a CPU):
   python sample.py --prompt "def " --max_new_tokens 300
   python sample.py --ckpt out/shakespeare_char_cpu --prompt "ROMEO:" --max_new_tokens 300
-  python sample.py --ckpt out/shakespeare_char_cpu --prompt "ROMEO:" --temperature 0 --stop "\n\n"
+  python sample.py --ckpt out/shakespeare_char_cpu --prompt "ROMEO:" --temperature 0 --stop "\\n\\n"
   python sample.py --ckpt out/shakespeare_char_cpu --prompt "Listen to your" --show_probs 10 --steps 3
   echo "First Citizen:" | python sample.py --ckpt out/shakespeare_char_cpu
   python sample.py --ckpt out/sft_tasks --chat --prompt "Reverse the word stone."
   python sample.py --ckpt out/sft_tasks --chat --interactive         # a conversation, one message per line
   python sample.py --ckpt out/my_adapter --prompt "ROMEO:"     # a LoRA run: its base is found and checked
   python sample.py --ckpt out/shakespeare_char_cpu --adapter out/my_adapter --prompt "ROMEO:"   # the base named"""
+
+
+# After each completion of --interactive (not --chat): where one ends and the next prompt's begins. Samples of one
+# prompt (--num_samples) are parted by a line of dashes.
+COMPLETION_END = "=" * 15 + "\n"
 
 
 def unescape(text: str) -> str:
@@ -171,6 +177,11 @@ class Sampler:
         if cfg.chat and self.template is None:
             raise UserError(f"{loaded.path} has no chat template (it was not tuned on conversations): drop --chat, "
                             "or tune it first (python train.py --data=conversations.jsonl --init_from=...)")
+        if self.template is not None and not cfg.chat:
+            # Tuning on conversations trades plain continuation for answering: without the template around it, a
+            # prompt gets text that looks like neither. Said once, on stderr, so the output stays the samples.
+            print(f"note: {loaded.path} was tuned on conversations and continues plain text poorly: add --chat to "
+                  "send the prompt as a user message", file=sys.stderr, flush=True)
         # A sample ends at <|endoftext|>, and, for a chat model, at the end of a turn (any marker of the template).
         self.stop_ids = set() if self.tokenizer.eot_id is None else {self.tokenizer.eot_id}
         if self.template is not None:
@@ -337,5 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.chat and not line.strip():
             continue  # an empty line says nothing to the model
         sampler.run(line)
+        if not cfg.chat:  # a completion may span lines: mark where it ends (a chat's answers are one turn each)
+            out.write(COMPLETION_END)
         out.flush()
     return 0

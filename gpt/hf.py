@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from gpt.atomic import atomic_write, write_bytes
-from gpt.errors import UserError
+from gpt.errors import UserError, plural
 from gpt.model import GPT, GPTConfig
 from gpt.tokenizer import Tokenizer
 from gpt.tokenizer_files import save_hf_tokenizer
@@ -284,10 +284,10 @@ def convert_from_hf(tensors: dict[str, torch.Tensor], model: GPT, where: Path | 
     missing = sorted(set(wanted) - set(by_name))
     unexpected = sorted(set(by_name) - set(wanted))
     if missing:
-        raise UserError(f"{where} lacks {len(missing)} GPT-2 weight(s) the config calls for, e.g. "
+        raise UserError(f"{where} lacks {plural(len(missing), 'GPT-2 weight')} the config calls for, e.g. "
                         f"{', '.join(missing[:3])}: the file does not match config.json")
     if unexpected:
-        raise UserError(f"{where} has {len(unexpected)} weight(s) a GPT-2 of this config does not, e.g. "
+        raise UserError(f"{where} has {plural(len(unexpected), 'weight')} a GPT-2 of this config does not, e.g. "
                         f"{', '.join(unexpected[:3])}: the file does not match config.json")
 
     state = {}

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from gpt.checkpoint import clean_state_dict
+from gpt.errors import plural
 from gpt.model import GPT
 
 
@@ -61,6 +62,6 @@ def grow_vocab(model: GPT, known: int, needed: int, vocab_multiple: int = 1,
     new = GPT(dataclasses.replace(model.config, vocab_size=size))
     new.load_state_dict(weights)
     room = f"grows from {model.config.vocab_size} to {size}" if size > model.config.vocab_size else "has room for them"
-    log(f"vocabulary: {needed - known} new token(s) for the data (ids {known}..{needed - 1}), started at the mean of "
+    log(f"vocabulary: {plural(needed - known, 'new token')} for the data (ids {known}..{needed - 1}), started at the mean of "
         f"the known tokens' embeddings; the model's vocabulary {room}")
     return new

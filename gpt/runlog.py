@@ -97,22 +97,84 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+class Eta:
+    """The time a run has left, shown only once its speed has settled.
+
+    The first WARMUP_STEPS steps after the start (or a resume) are not measured: they pay for compiling,
+    allocating and warming caches, and extrapolated they once predicted 1.5 hours for a 5-minute run. After
+    SETTLE_STEPS more, the time left is the steps left at the measured time per step, plus the evaluations left
+    at the latest one's time (evaluations are timed apart from steps: they come in bursts), capped by what
+    max_seconds leaves. A compiled model's first evaluation compiles too: it is not taken as an evaluation's time,
+    which until the next one is guessed from the step time (a forward pass is about a third of a training step).
+    """
+
+    WARMUP_STEPS = 5
+    SETTLE_STEPS = 10
+
+    def __init__(self, start: int, total: int, eval_interval: int, *, eval_guess_steps: float,
+                 first_eval_compiles: bool = False):
+        self.start, self.total, self.eval_interval = start, total, max(1, eval_interval)
+        self.eval_guess_steps = eval_guess_steps  # an evaluation's time in steps' times, until one is measured
+        self.first_eval_compiles = first_eval_compiles
+        self.anchor: tuple[int, float] | None = None  # (step, step clock) where measuring began
+        self.step_seconds: float | None = None
+        self.eval_seconds: float | None = None
+        self.evaluations = 0
+
+    def stepped(self, step: int, clock: float) -> None:
+        """Step `step` ended at `clock` seconds of stepping (evaluations left out)."""
+        if self.anchor is None:
+            if step >= self.start + self.WARMUP_STEPS:
+                self.anchor = (step, clock)
+            return
+        measured = step - self.anchor[0]
+        if measured >= self.SETTLE_STEPS:
+            self.step_seconds = (clock - self.anchor[1]) / measured
+
+    def evaluated(self, seconds: float) -> None:
+        self.evaluations += 1
+        if not (self.first_eval_compiles and self.evaluations == 1):
+            self.eval_seconds = seconds
+
+    def evaluations_left(self, step: int) -> int:
+        """The evaluations still to come after step `step`'s, that one included: every eval_interval and the last."""
+        if step > self.total:
+            return 0
+        last = 1 if self.total % self.eval_interval else 0
+        return self.total // self.eval_interval - max(step - 1, 0) // self.eval_interval + last
+
+    def left(self, step: int, budget_left: float | None = None) -> float | None:
+        """Seconds left after step `step` (None until the speed has settled); `budget_left`: what max_seconds leaves."""
+        if self.step_seconds is None:
+            return None
+        per_eval = self.eval_seconds if self.eval_seconds is not None else self.eval_guess_steps * self.step_seconds
+        left = (self.total - step) * self.step_seconds + self.evaluations_left(step) * per_eval
+        if budget_left is not None:  # the run stops when the budget is spent, then evaluates once more
+            left = min(left, max(0.0, budget_left) + per_eval)
+        return left
+
+
 class Progress:
     """A tqdm bar on a terminal, plain lines elsewhere; `say` prints a line either way.
 
-    Elapsed time counts this process's training (evaluations and saves included); the estimate of the time
-    left extrapolates the time per step since this process started.
+    Elapsed time counts this process's training (evaluations and saves included); the time left is `Eta`'s,
+    shown once the speed has settled.
     """
 
-    def __init__(self, enabled: bool, show_bar: bool, start: int, total: int):
+    def __init__(self, enabled: bool, show_bar: bool, start: int, total: int, eta: Eta | None = None):
         self.enabled = enabled
         self.start_step, self.total = start, total
+        self.eta = eta
         self.started = time.perf_counter()
+        self.evaluating = 0.0  # seconds spent in evaluations: not step time
+        self.fields: dict[str, str] = {}
         self.bar = None
         if enabled and show_bar:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr)
+            # tqdm's own estimate extrapolates from the bar's creation, warm-up and evaluations included: ours instead.
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr,
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
 
     def say(self, text: str) -> None:
         if not self.enabled:
@@ -122,22 +184,37 @@ class Progress:
         else:
             print(text, flush=True)
 
-    def timing(self, step: int) -> str:
+    def paused(self, seconds: float, evaluation: bool) -> None:
+        """Time out of stepping: an evaluation (with its save, if any) is timed for the estimate."""
+        if evaluation:
+            self.evaluating += seconds
+            if self.eta is not None:
+                self.eta.evaluated(seconds)
+
+    def left(self, step: int, budget_left: float | None = None) -> float | None:
+        return None if self.eta is None else self.eta.left(step, budget_left)
+
+    def timing(self, step: int, budget_left: float | None = None) -> str:
+        left = self.left(step, budget_left)
         elapsed = time.perf_counter() - self.started
-        done = step - self.start_step
-        left = elapsed / done * (self.total - step) if done > 0 else None
         return f"elapsed {format_duration(elapsed)}" + ("" if left is None else f", left ~{format_duration(left)}")
 
-    def update(self, step: int, fields: dict[str, str] | None) -> None:
+    def update(self, step: int, fields: dict[str, str] | None, budget_left: float | None = None) -> None:
         """A logged step (fields given) or a step in between (None: only a bar moves)."""
+        if self.eta is not None:
+            self.eta.stepped(step, time.perf_counter() - self.started - self.evaluating)
         if self.bar is not None:
             self.bar.n = step
             if fields:
-                self.bar.set_postfix(fields, refresh=False)
+                self.fields = dict(fields)
+            left = self.left(step, budget_left)
+            shown = self.fields if left is None else {**self.fields, "left": f"~{format_duration(left)}"}
+            if shown:
+                self.bar.set_postfix(shown, refresh=False)
             self.bar.refresh()
         elif fields:
             self.say(f"step {step}/{self.total}: " + ", ".join(f"{k} {v}" for k, v in fields.items())
-                     + f" ({self.timing(step)})")
+                     + f" ({self.timing(step, budget_left)})")
 
     def close(self) -> None:
         if self.bar is not None:

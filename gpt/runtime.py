@@ -26,7 +26,7 @@ import torch
 from gpt import checkpoint as ckpt_io
 from gpt import layers
 from gpt.device import pick_device
-from gpt.errors import UserError
+from gpt.errors import UserError, plural
 from gpt.hf import not_gpt2
 from gpt.model import ARCHITECTURES, GPT, GPTConfig
 from gpt.reshape import rebuild
@@ -355,8 +355,9 @@ def restore_sampler(batches: Any, resume_state: dict[str, Any], dist: Dist, log)
     elif states:
         # Every rank runs the same generator (each takes its slice of one global draw), so rank 0's state
         # continues the stream for any number of processes; only the slicing changes.
-        log(f"resuming a run saved with {sampler.get('world_size')} process(es) on {dist.world_size}: "
-            "the batch stream continues, dealt out differently")
+        saved_with = plural(int(sampler.get("world_size") or 1), "process", "processes")
+        log(f"resuming a run saved with {saved_with} on {dist.world_size}: the batch stream continues, dealt out "
+            "differently")
         batches.load_state_dict(states[0])
 
 
@@ -384,8 +385,8 @@ class Run:
 
     def __init__(self, cfg: Any, dist: Dist, device: torch.device, model: GPT, data: Any,
                  optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, batches: Any, start: dict[str, float],
-                 show_bar: bool, *, flops_per_token: float, peak_flops: float | None):
-        from gpt.runlog import Progress, RunLog
+                 show_bar: bool, *, flops_per_token: float, peak_flops: float | None, compiled: bool = False):
+        from gpt.runlog import Eta, Progress, RunLog
 
         self.cfg, self.dist, self.device, self.model, self.data = cfg, dist, device, model, data
         self.optimizer, self.scaler, self.batches = optimizer, scaler, batches
@@ -404,7 +405,12 @@ class Run:
             write_text(self.out_dir / "config.toml", to_toml(cfg))
             if cfg.resume:
                 self.log.keep_until(self.step)
-        self.progress = Progress(dist.master, show_bar, self.step, cfg.max_iters)
+        # An evaluation runs 2 x eval_iters forward passes of one micro-batch; a step runs this process's micro-batches
+        # forward and backward, about 3 forward passes each: the guess of an evaluation's time until one is measured.
+        micro_steps = max(1, cfg.gradient_accumulation_steps // dist.world_size)
+        eta = Eta(self.step, cfg.max_iters, cfg.eval_interval, eval_guess_steps=2 * cfg.eval_iters / (3 * micro_steps),
+                  first_eval_compiles=compiled)
+        self.progress = Progress(dist.master, show_bar, self.step, cfg.max_iters, eta)
         self.last_good_ckpt: int | None = self.step if cfg.resume else None
         self.failed_save: str | None = None  # why the latest save failed, until one succeeds
         self.mfu_capped_said = False
@@ -431,7 +437,7 @@ class Run:
         self.window_tokens += self.tokens_per_step
         value = self._check_losses() if (check or show) else None
         if not show:
-            self.progress.update(self.step, None)
+            self.progress.update(self.step, None, self._budget_left())
             return
         from gpt.device import synchronize
 
@@ -449,8 +455,12 @@ class Run:
                               "measure it again on a quiet machine: python -m gpt.device --calibrate")
         fields = {"loss": f"{value:.4f}", "lr": f"{lr:.2e}", "tok/s": f"{tok_per_s:,.0f}",
                   "mfu": "n/a" if mfu is None or mfu > 1 else f"{100 * mfu:.1f}%"}
-        self.progress.update(self.step, fields)
+        self.progress.update(self.step, fields, self._budget_left())
         self.window_start, self.window_tokens = time.perf_counter(), 0
+
+    def _budget_left(self) -> float | None:
+        """The seconds max_seconds leaves this run (None without one)."""
+        return self.cfg.max_seconds - self.elapsed() if self.cfg.max_seconds else None
 
     def _check_losses(self) -> float | None:
         """The last step's loss (mean over processes); stops the run on a NaN or inf."""
@@ -468,11 +478,14 @@ class Run:
         return values[-1]
 
     @contextlib.contextmanager
-    def paused(self):
-        """Time spent inside (evaluating, saving) does not count against training throughput."""
+    def paused(self, evaluation: bool = False):
+        """Time spent inside (evaluating, saving) does not count against training throughput; an evaluation's is
+        timed apart for the estimate of the time left."""
         paused = time.perf_counter()
         yield
-        self.window_start += time.perf_counter() - paused
+        seconds = time.perf_counter() - paused
+        self.window_start += seconds
+        self.progress.paused(seconds, evaluation)
 
     # ---- evaluations and checkpoints
 
@@ -550,5 +563,6 @@ class Run:
             print(f"error: training ended at step {self.step}, but its last checkpoint could not be saved "
                   f"({self.failed_save}); {self._latest_good()}", file=sys.stderr, flush=True)
             return 1
-        print(f"done: {self.step} steps{note}; best val loss {self.best_val_loss:.4f}; checkpoints in {self.out_dir}", flush=True)
+        print(f"done: {plural(self.step, 'step')}{note}; best val loss {self.best_val_loss:.4f}; checkpoints in "
+              f"{self.out_dir}", flush=True)
         return 0

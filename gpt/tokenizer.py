@@ -25,7 +25,7 @@ import numpy as np
 import tiktoken
 
 from gpt.bpe import EOT, GPT2_PATTERN, train_bpe
-from gpt.errors import UserError
+from gpt.errors import UserError, plural
 
 __all__ = [
     "EOT", "Tokenizer", "CharTokenizer", "TiktokenTokenizer", "check_ranks", "train_bpe_tokenizer",
@@ -99,7 +99,7 @@ class CharTokenizer(Tokenizer):
             unknown = sorted(set(text) - set(self.stoi))
             shown = ", ".join(repr(c) for c in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
             raise UserError(
-                f"{len(unknown)} character(s) not in this char tokenizer's vocabulary: {shown}; "
+                f"{plural(len(unknown), 'character')} not in this char tokenizer's vocabulary: {shown}; "
                 "remove them from the text, or train on a corpus that contains them"
             ) from None
 

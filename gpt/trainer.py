@@ -38,7 +38,7 @@ from gpt import checkpoint as ckpt_io
 from gpt.config import from_dict, parse_args, setting
 from gpt.datasets import TrainingData, open_training_data
 from gpt.device import autocast, peak_flops, pick_dtype
-from gpt.errors import UserError, exit_on_user_error
+from gpt.errors import UserError, exit_on_user_error, plural
 from gpt import layers
 from gpt.model import GPT, GPTConfig
 from gpt.optim import (learning_rate_at, make_optimizer, param_groups,  # noqa: F401 (re-exported)
@@ -108,7 +108,7 @@ class TrainConfig:
     learning_rate: float = setting(2e-3, "peak learning rate (AdamW's; Muon's is muon_lr_scale times it)")
     min_lr: float = setting(2e-4, "learning rate at the end of the decay")
     warmup_iters: int = setting(100, "steps of linear warmup")
-    lr_decay_iters: int = setting(2000, "step where the decay reaches min_lr (0 = max_iters)")
+    lr_decay_iters: int = setting(0, "step where the decay reaches min_lr (0 = follow max_iters; a resumed run keeps the end it started with)")
     decay_lr: bool = setting(True, "warmup, then the lr_schedule; false = constant learning_rate")
     lr_schedule: str = setting("cosine", "cosine, or wsd: warmup-stable-decay, flat then a linear decay over the last decay_fraction")
     decay_fraction: float = setting(0.3, "wsd: the share of the run spent decaying")
@@ -194,8 +194,13 @@ def resolve_config(argv: list[str]) -> tuple[TrainConfig, dict[str, Any] | None]
     saved = {k: v for k, v in state["config"].items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
     saved = {**LEGACY_SETTINGS, **saved}
     base = from_dict(TrainConfig, saved, where=f"in {path}")
-    cfg, _ = parse_args(TrainConfig, argv, prog="train.py", base=base)
+    cfg, flags = parse_args(TrainConfig, argv, prog="train.py", base=base)
     cfg.resume = True
+    if cfg.lr_decay_iters == 0 and "lr_decay_iters" not in flags:
+        # A schedule that followed max_iters keeps the end it started with: a --max_iters that extends the run
+        # must not move the decay (the learning rate would jump back up). --lr_decay_iters on the command line
+        # (0 included: follow the new max_iters) sets another end.
+        cfg.lr_decay_iters = base.max_iters
     validate(cfg)
     fixed = {name: state["model_config"][name] for name in SHAPE_SETTINGS}
     fixed.update({name: base_value for name in FIXED_AT_START if (base_value := getattr(base, name)) is not None})
@@ -217,6 +222,30 @@ def resolve_config(argv: list[str]) -> tuple[TrainConfig, dict[str, Any] | None]
         raise UserError(f"cannot resume {out_dir} with tokenizer {cfg.tokenizer!r}: it was trained with "
                         f"{state['config'].get('tokenizer')!r}")
     return cfg, state
+
+
+def schedule_note(cfg: TrainConfig) -> str | None:
+    """One line when the run will end before its learning-rate schedule does (lr_decay_iters past max_iters):
+    the last steps, where most of the loss drops, would then run near the peak rate instead of decaying."""
+    if not cfg.decay_lr or cfg.max_iters == 0 or cfg.lr_decay_iters <= cfg.max_iters:
+        return None
+    share = learning_rate_at(cfg.max_iters - 1, cfg) / cfg.learning_rate
+    unless = " (unless max_seconds ends it first)" if cfg.max_seconds else ""
+    return (f"note: lr_decay_iters={cfg.lr_decay_iters} is past max_iters={cfg.max_iters}: the run ends{unless} with "
+            f"the learning rate still at {share:.0%} of its peak, not min_lr; --lr_decay_iters=0 makes the schedule "
+            "follow max_iters")
+
+
+def resume_note(cfg: TrainConfig, resume_state: dict[str, Any]) -> str:
+    """The line a resumed run starts with: where it continues, and where its schedule ends if that is earlier."""
+    step = int(resume_state.get("step", 0))
+    line = f"resuming {cfg.out_dir} from step {step:,} of {cfg.max_iters:,}"
+    end = cfg.lr_decay_iters or cfg.max_iters
+    if cfg.decay_lr and end < cfg.max_iters:
+        line += (f"; the learning-rate schedule ends at step {end:,} (as the run started), so "
+                 f"{'the steps after it train' if step < end else 'every step trains'} at min_lr "
+                 f"(--lr_decay_iters={cfg.max_iters} decays over the whole run instead)")
+    return line
 
 
 DESCRIPTION = """Train a GPT on text (see configs/ for examples).
@@ -264,6 +293,9 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
                         "or optimizer = 'adamw'")
     show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     log = (lambda text: print(text, flush=True)) if dist.master else (lambda text: None)
+    for note in (resume_note(cfg, resume_state) if resume_state is not None else None, schedule_note(cfg)):
+        if note:
+            log(note)
 
     # The model and the data. Weights are initialised from the same seed on every process (DDP also
     # broadcasts rank 0's); rank 0 prepares the corpus, the others then find it in the cache.
@@ -311,16 +343,20 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
     if dist.enabled:
         train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    peak, peak_source = peak_flops(device, dtype, cfg.peak_flops) if dist.master else (None, "n/a")
+    peak, peak_source = peak_flops(device, dtype, cfg.peak_flops, say=log) if dist.master else (None, "n/a")
     run = Run(cfg, dist, device, model, data, optimizer, scaler, train_batches, start, show_bar,
-              flops_per_token=training_flops_per_token(model), peak_flops=peak)
-    log(f"model: {model.num_params() / 1e6:.2f}M parameters ({cfg.n_layer} layers, {cfg.n_head} heads, "
-        f"{cfg.n_embd} wide, block {cfg.block_size}, vocab {model.config.vocab_size}); device {device}, "
-        f"{str(dtype).replace('torch.', '')}, compile {'on' if use_compile else 'off'}, {dist.world_size} process(es)")
+              flops_per_token=training_flops_per_token(model), peak_flops=peak, compiled=use_compile)
+    log(f"model: {model.num_params() / 1e6:.2f}M parameters ({plural(cfg.n_layer, 'layer')}, "
+        f"{plural(cfg.n_head, 'head')}, {cfg.n_embd} wide, block {cfg.block_size}, vocab {model.config.vocab_size}); "
+        f"device {device}, {str(dtype).replace('torch.', '')}, compile {'on' if use_compile else 'off'}, "
+        f"{plural(dist.world_size, 'process', 'processes')}")
     log(f"data: {data.describe()}; {cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps:,} tokens per step; "
         + (f"peak {peak / 1e9:,.0f} GFLOP/s ({peak_source}) for MFU" if peak else "peak FLOP/s unknown (MFU n/a)"))
     if peak:
         log(MFU_EXPLAINED)
+    if use_compile:
+        log("torch.compile: the first evaluation and the first step compile the model (a minute or more), then steps "
+            "run faster")
     restore_rng(resume_state, cfg, device, dist)  # last, so that nothing above moves the random streams
     return fit(run, train_model, autocast_dtype=dtype)
 
@@ -342,7 +378,8 @@ def fit(run: Run, train_model: torch.nn.Module, autocast_dtype: torch.dtype) -> 
         run.record_eval(evaluate(eval_model, run.data, run.eval_batches, cfg, device, autocast_dtype, dist))
 
     if run.step == 0 and not cfg.resume:
-        evaluation()  # the "before" number: about ln(vocab_size) from scratch; the starting model's when fine-tuning
+        with run.paused(evaluation=True):  # (not in the first steps' tokens per second)
+            evaluation()  # the "before" number: about ln(vocab_size) from scratch; the starting model's when fine-tuning
     run.stop.install()
     train_model.train()
     try:
@@ -381,7 +418,7 @@ def fit(run: Run, train_model: torch.nn.Module, autocast_dtype: torch.dtype) -> 
             is_ckpt = is_last or stop_now or (run.step % cfg.checkpoint_interval == 0 if cfg.checkpoint_interval
                                               else is_eval)
             run.record_loss(step_loss, lr, check=is_log or is_eval or is_ckpt or dist.enabled, show=is_log)
-            with run.paused():  # evaluating and saving are not training throughput
+            with run.paused(evaluation=is_eval):  # evaluating and saving are not training throughput
                 if is_eval:
                     evaluation()
                 if is_ckpt:

@@ -354,8 +354,10 @@ def test_cli_summary_and_bad_input(tmp_path):
     src.write_text(make_text(0, 200), encoding="utf-8")
     ok = run_cli(str(src), "--tokenizer", "char", "--data_dir", str(tmp_path / "d"), "--progress=false", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
-    for word in ("documents", "characters", "tokens", "vocabulary", "train", "val", "cache", "built in"):
+    for word in ("characters", "tokens", "vocabulary", "train", "val", "cache", "built in"):
         assert word in ok.stdout
+    # One file is one document, in the right number (never "1 documents").
+    assert ": 1 document, " in ok.stdout.splitlines()[0] and "1 documents" not in ok.stdout
     bad = run_cli(str(tmp_path / "missing.txt"), "--tokenizer", "char", cwd=tmp_path)
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: data path") and bad.stderr.count("\n") == 1

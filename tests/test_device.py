@@ -46,10 +46,13 @@ def test_the_cpu_peak_is_measured_once_and_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     readings = iter([50e9, 60e9, 55e9, 40e9, 10e9, 10e9, 10e9, 10e9])
     monkeypatch.setattr(device_mod, "measure_matmul_flops", lambda *a, **kw: next(readings))
-    flops, source = peak_flops(torch.device("cpu"), torch.float32)
+    said = []
+    flops, source = peak_flops(torch.device("cpu"), torch.float32, say=said.append)
     assert flops == 60e9 and "measured now" in source  # the best of several timings
+    assert said == [f"measuring this machine's peak FLOP/s for MFU (about 2 s, once: cached in "
+                    f"{device_mod.peak_cache_path()})..."]  # said before the seconds it takes
     assert device_mod.peak_cache_path().is_file()
-    flops, source = peak_flops(torch.device("cpu"), torch.float32)
-    assert flops == 60e9 and "cached" in source  # no new timing (the iterator is not touched)
+    flops, source = peak_flops(torch.device("cpu"), torch.float32, say=said.append)
+    assert flops == 60e9 and "cached" in source and len(said) == 1  # no new timing, nothing to say
     # Recalibrating on a busy machine (10 GFLOP/s readings) never lowers the figure.
     assert device_mod.cpu_peak_flops(torch.float32, recalibrate=True)[0] == 60e9

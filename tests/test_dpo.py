@@ -208,6 +208,9 @@ def test_a_short_dpo_run_raises_held_out_preference_accuracy(tuned, capsys):
     capsys.readouterr()
     assert train([f"--data={tuned / 'pairs' / 'train.jsonl'}", f"--val_data={tuned / 'pairs' / 'val.jsonl'}",
                   f"--init_from={tuned / 'sft'}", "--dpo_beta=0.1", "--learning_rate=3e-3", "--warmup_iters=5",
+                  # Measured with a warmup, then the peak rate to the end (the schedule used to decay over a
+                  # default 2000 steps whatever max_iters was): said as such, now that the decay follows max_iters.
+                  "--lr_schedule=wsd", "--decay_fraction=0",
                   *_args(tuned, "dpo", "--max_iters=60", "--eval_interval=60")]) == 0
     out = capsys.readouterr().out
     assert "preference pairs (2 tasks); DPO loss, beta 0.1" in out and "reference model: a frozen copy" in out

@@ -451,7 +451,7 @@ def test_adapters_tune_on_conversations_from_a_text_base_and_over_an_instruction
     # From a base that continues text: the template's 4 markers are new tokens, and the adapter trains their rows.
     assert train_main(run_args(tmp_path, chats, "chat", f"--init_from={runs / 'base'}", "--lora_rank=4",
                                "--learning_rate=2e-2", "--max_iters=6", "--eval_interval=6")) == 0
-    assert "4 new token(s)" in capsys.readouterr().out
+    assert "4 new tokens" in capsys.readouterr().out
     state = ckpt_io.load_checkpoint(tmp_path / "chat" / "best.pt")
     assert state["adapter"]["new_rows_from"] == known and "chat_template" in state
     assert state["adapter"]["weights"]["transformer.wte.new_rows"].shape == (state["model_config"]["vocab_size"] - known, 16)

@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from gpt.generate import main, probability_table, show_token
+from gpt.generate import COMPLETION_END, main, probability_table, show_token
 from gpt.tokenizer import CharTokenizer
 from test_decoding import TINY_TEXT, ByteTokenizer, train_tiny_checkpoint
 
@@ -213,9 +213,14 @@ def test_interactive_mode_answers_each_line(ckpt, sample_text):
     lines = ["the cat ", "and then", "la la"]
     result = run_cli("--ckpt", ckpt, "--interactive", *GREEDY, stdin_text="\n".join(lines) + "\n")
     assert result.returncode == 0, result.stderr
-    completions = result.stdout.splitlines(keepends=True)
+    # Each completion (which may span lines) is followed by a line of '=': where one ends and the next begins.
+    completions = result.stdout.split(COMPLETION_END)
     expected = [sample_text("--prompt", line, *GREEDY)[len(line):] for line in lines]
-    assert "".join(completions) == "".join(expected)
+    assert completions == [*expected, ""]
+    spanning = run_cli("--ckpt", ckpt, "--interactive", "--temperature", "0", "--max_new_tokens", "120",
+                       stdin_text="the cat \nthe dog \n")
+    assert spanning.returncode == 0 and spanning.stdout.count(COMPLETION_END) == 2
+    assert all(c.count("\n") > 1 for c in spanning.stdout.split(COMPLETION_END)[:2])  # several lines each
 
 
 def test_forced_streaming_prints_the_same_text(ckpt, sample_text):
@@ -263,6 +268,7 @@ def test_help_documents_the_window_policy(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "block_size//2" in text and "--show_probs" in text and "--stop" in text
+    assert '--stop "\\n\\n"' in text  # the example as it is typed, not two real line breaks
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -104,7 +104,7 @@ def test_a_pretrained_model_grows_its_vocabulary_for_the_markers(tmp_path, capsy
     capsys.readouterr()
     assert train([f"--data={chats}", f"--init_from={tmp_path / 'base'}", f"--out_dir={tmp_path / 'chat'}",
                   "--learning_rate=1e-9", "--min_lr=1e-9", "--weight_decay=0", *common]) == 0
-    assert "4 new token(s)" in capsys.readouterr().out
+    assert "4 new tokens" in capsys.readouterr().out
     tuned = ckpt_io.load_model(tmp_path / "chat")
     old = base.tokenizer.vocab_size
     assert tuned.model.config.vocab_size == old + 4 and tuned.chat_template is not None
@@ -178,6 +178,17 @@ def test_every_readme_chat_example_answers_and_stops(runs, monkeypatch, capsys):
         out, err = capsys.readouterr()
         lines = out.splitlines()
         assert err == "" and "<|" not in out and len(lines) == (2 if "--interactive" in args else 1), (args, out)
+
+
+def test_sampling_a_chat_model_without_chat_says_how_to_ask_it(runs, capsys):
+    from gpt.generate import main as sample
+
+    capsys.readouterr()
+    assert sample([f"--ckpt={runs / 'tuned'}", "--prompt=length: abc", "--max_new_tokens=4", "--temperature=0"]) == 0
+    out, err = capsys.readouterr()
+    assert err == (f"note: {runs / 'tuned' / 'best.pt'} was tuned on conversations and continues plain text poorly: "
+                   "add --chat to send the prompt as a user message\n")
+    assert out.startswith("length: abc")  # the continuation itself is still written, as asked
 
 
 def test_sample_chat_refuses_a_model_without_a_template(tmp_path, capsys):

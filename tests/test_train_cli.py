@@ -90,6 +90,7 @@ def test_resume_continues_exactly(corpus, tmp_path):
     # The saved settings apply; flags given with --resume override them (here: extend the run).
     rest = run(f"--out_dir={split}", "--resume", "--max_iters=20")
     assert rest.returncode == 0, rest.stderr
+    assert rest.stdout.splitlines()[0] == f"resuming {split} from step 10 of 20"  # said first, before the data
     assert losses(split) == losses(straight)
     assert len(losses(split)) == 20
 

@@ -82,6 +82,17 @@ def test_training_flops_count_six_per_weight_and_the_attention():
     assert training_flops_per_token(model) == 6 * model.num_params() + 12 * 2 * 32 * 16
 
 
+def test_the_default_schedule_follows_max_iters_and_the_default_run_is_unchanged():
+    # lr_decay_iters = 0 (the default) ends the decay at max_iters, whatever max_iters is...
+    short = TrainConfig(max_iters=300)
+    assert learning_rate_at(299, short) < 0.15 * short.learning_rate  # not 98% of the peak, as with a fixed 2000
+    assert learning_rate_at(300, short) == pytest.approx(short.min_lr)
+    # ...and `python train.py`'s 2000 steps keep the schedule of its published result (lr_decay_iters = 2000).
+    published = TrainConfig(lr_decay_iters=2000)
+    assert [learning_rate_at(s, TrainConfig()) for s in range(0, 2001, 50)] == \
+        [learning_rate_at(s, published) for s in range(0, 2001, 50)]
+
+
 def test_weight_decay_applies_to_matrices_and_embeddings_only():
     model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8))
     decay, no_decay = param_groups(model, 0.1)
@@ -315,6 +326,27 @@ def test_resume_refuses_settings_fixed_at_the_start(tiny, tmp_path, capsys, flag
     assert (tmp_path / "out" / "ckpt.pt").read_bytes() == before
 
 
+def test_a_first_run_says_what_it_prepares_and_measures_before_the_wait(tiny, tmp_path, capsys, monkeypatch):
+    import gpt.device
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no peak FLOP/s cached yet
+    monkeypatch.setattr(gpt.device, "measure_matmul_flops", lambda *args, **kwargs: 1e12)  # (instead of 2 s)
+    args = [a for a in tiny("first", "--progress=none") if not a.startswith("--peak_flops")]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    preparing = [line for line in captured.err.splitlines() if line.startswith("preparing")]
+    size = (tmp_path / "corpus.txt").stat().st_size
+    assert preparing == [f"preparing corpus (char tokens; 1 document, {size:,} bytes): once, then cached in "
+                         f"{tmp_path / 'data' / 'corpus'}..."]
+    out = captured.out.splitlines()
+    measuring = [i for i, line in enumerate(out) if line.startswith("measuring this machine's peak FLOP/s for MFU")]
+    assert len(measuring) == 1 and measuring[0] < [i for i, line in enumerate(out) if line.startswith("model:")][0]
+    # The second run finds both in their caches: nothing to wait for, nothing said.
+    assert main([f"--out_dir={tmp_path / 'second'}" if a.startswith("--out_dir") else a for a in args]) == 0
+    captured = capsys.readouterr()
+    assert "preparing" not in captured.err and "measuring" not in captured.out
+
+
 def test_fine_tuning_logs_the_starting_models_val_loss(tiny, tmp_path, capsys):
     assert main(tiny("base")) == 0
     capsys.readouterr()
@@ -467,6 +499,43 @@ def test_max_seconds_ends_the_run_and_its_schedule(tiny, tmp_path, capsys):
     assert last["step"] == 1
     assert [r["step"] for r in records(tmp_path / "out", "eval")] == [0, 1]  # the end of a run is evaluated
     assert ckpt_io.load_checkpoint(tmp_path / "out" / "ckpt.pt")["step"] == 1
+
+
+def test_the_schedule_follows_max_iters_says_when_it_cannot_finish_and_survives_a_resume(tiny, tmp_path, capsys):
+    def lrs(run: str) -> dict[int, float]:
+        return {r["step"]: r["lr"] for r in records(tmp_path / run, "train")}
+
+    def without_decay_setting(args: list[str]) -> list[str]:
+        return [a for a in args if not a.startswith("--lr_decay_iters")]
+
+    # --max_iters alone: the decay ends with the run (the last step's rate is near min_lr), and nothing is said.
+    assert main(without_decay_setting(tiny("follow", "--max_iters=8"))) == 0
+    out = capsys.readouterr().out
+    follows = TrainConfig(learning_rate=2e-3, min_lr=2e-4, warmup_iters=2, max_iters=8)
+    assert lrs("follow")[8] == pytest.approx(learning_rate_at(7, follows)) and lrs("follow")[8] < 2e-3 * 0.2
+    assert "note: lr_decay_iters" not in out and load_toml(tmp_path / "follow" / "config.toml")["lr_decay_iters"] == 0
+
+    # An explicit lr_decay_iters past max_iters is honoured, and said in one line, with where the rate ends.
+    assert main(tiny("past", "--max_iters=4", "--lr_decay_iters=8")) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: lr_decay_iters")]
+    share = lrs("past")[4] / 2e-3
+    assert notes == [f"note: lr_decay_iters=8 is past max_iters=4: the run ends with the learning rate still at "
+                     f"{share:.0%} of its peak, not min_lr; --lr_decay_iters=0 makes the schedule follow max_iters"]
+
+    # A resumed run keeps the schedule it started with: extending a run that followed max_iters=4 to 8 steps
+    # leaves the decay ending at step 4 (no jump back up), and the first line says where it resumes.
+    assert main(without_decay_setting(tiny("extended", "--max_iters=4"))) == 0
+    capsys.readouterr()
+    assert main(["--out_dir=" + str(tmp_path / "extended"), "--resume", "--max_iters=8"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"resuming {tmp_path / 'extended'} from step 4 of 8; the learning-rate schedule ends at "
+                            "step 4") and "--lr_decay_iters=8" in first
+    assert [lrs("extended")[s] for s in (5, 6, 7, 8)] == pytest.approx([2e-4] * 4)
+    assert ckpt_io.load_checkpoint(tmp_path / "extended" / "ckpt.pt")["config"]["lr_decay_iters"] == 4
+    # --lr_decay_iters=0 given with --resume asks for the new max_iters instead.
+    assert main(without_decay_setting(tiny("stretched", "--max_iters=4"))) == 0
+    assert main(["--out_dir=" + str(tmp_path / "stretched"), "--resume", "--max_iters=8", "--lr_decay_iters=0"]) == 0
+    assert lrs("stretched")[8] == pytest.approx(learning_rate_at(7, follows))
 
 
 def test_muon_and_the_modern_architecture_resume_exactly(tiny, tmp_path):

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from gpt.config import parse_args, setting
-from gpt.errors import UserError, exit_on_user_error
+from gpt.errors import UserError, exit_on_user_error, plural
 from gpt.decoding import TextStream, generate_tokens
 from gpt.generate import unescape
 from gpt.lab import plots
@@ -163,8 +163,9 @@ def run_fewshot(cfg: FewshotConfig, say=print) -> dict[str, Any]:
     counts_by_task, stopped = shots_that_fit(questions, parts, tokenizer, cfg.max_shots, answer_budget, block_size)
     counts = sorted(set().union(*counts_by_task.values()))
 
-    say(f"fewshot: {sum(len(v) for v in questions.scored.values())} examples in {len(questions.tasks)} task(s), "
-        f"shots {counts}" + (f"; {len(stopped)} task(s) stop early (see 'stopped' in the report)" if stopped else ""))
+    early = f"; {plural(len(stopped), 'task')} stop{'s' if len(stopped) == 1 else ''} early (see 'stopped' in the report)"
+    say(f"fewshot: {plural(sum(len(v) for v in questions.scored.values()), 'example')} in "
+        f"{plural(len(questions.tasks), 'task')}, shots {counts}" + (early if stopped else ""))
     scores = Scores(results={task: [] for task in questions.tasks})
     for k in counts:
         score_shots(k, questions, counts_by_task, parts, model, tokenizer, answer_budget, device, scores)

@@ -44,7 +44,7 @@ from gpt.bpe import EOT
 from gpt.corpus import file_hash
 from gpt.data import BPE_SAMPLE_BYTES, dtype_for, trusted_meta, cache_key, cached_folder
 from gpt.datasets import TrainingData, held_out, jsonl_files
-from gpt.errors import UserError
+from gpt.errors import UserError, plural
 from gpt.post.chat import FORM_HELP, TEMPLATE, ChatTemplate, Conversation, read_records
 from gpt.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_dict
 from gpt.tokenizer_files import TokenizerChoice, from_json_data, to_json_data
@@ -356,7 +356,7 @@ class ChatData(TrainingData):
                 raise UserError(f"every conversation of the {split} split is longer than block_size + 1 = {window} "
                                 f"tokens (the shortest has {int(rendered.lengths.min())}): raise --block_size")
             if over:
-                notes.append(f"{over:,} {split} conversation(s) longer than block_size + 1 = {window} tokens left out "
+                notes.append(f"{plural(over, split + ' conversation')} longer than block_size + 1 = {window} tokens left out "
                              f"(the longest: {int(rendered.lengths.max())})")
         stream = self.batches("train", block_size, batch_size, seed=0)
         per_window = len(stream.usable) / len(stream.epoch_rows(0))

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 
 from gpt import checkpoint as ckpt_io
 from gpt.datasets import TrainingData, held_out, jsonl_files, jsonl_kind, read_jsonl
-from gpt.errors import UserError
+from gpt.errors import UserError, plural
 from gpt.post.adapter_files import fingerprint
 from gpt.post.adapters import adapters_disabled
 from gpt.post.chat import ChatTemplate, Message, check_messages, message_from_json
@@ -374,9 +374,9 @@ class PreferenceData(TrainingData):
                 raise UserError(f"every pair of the {split} split is longer than block_size + 1 = {window} tokens "
                                 f"(the shortest has {int(rendered.lengths.min())}): raise --block_size")
             if over:
-                notes.append(f"{over:,} {split} pair(s) longer than block_size + 1 = {window} tokens left out")
+                notes.append(f"{plural(over, split + ' pair')} longer than block_size + 1 = {window} tokens left out")
         longest = max(int(r.lengths[r.lengths <= window].max()) for r in self.splits.values())
-        notes.insert(0, f"batches of {batch_size} pairs = {2 * batch_size} sequences of at most {longest} tokens")
+        notes.insert(0, f"batches of {plural(batch_size, 'pair')} = {plural(2 * batch_size, 'sequence')} of at most {longest} tokens")
         self.fit_note = "; " + "; ".join(notes)
 
     def batches(self, split: str, block_size: int, batch_size: int, *, seed: int, device: torch.device | str = "cpu",

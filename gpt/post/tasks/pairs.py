@@ -76,7 +76,7 @@ def make_pairs(suite: dict[str, list[dict]], seed: int = 1234, pairs_per_task: i
     wanted = set(tasks) or {line["task"] for line in suite["train"]}
     unknown = sorted(wanted - set(TASKS))
     if unknown:
-        raise UserError(f"unknown task(s) {', '.join(unknown)}: choose from {', '.join(TASKS)}")
+        raise UserError(f"unknown task{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: choose from {', '.join(TASKS)}")
     pairs: dict[str, list[dict]] = {}
     for split, lines in suite.items():
         taken: dict[str, int] = {}

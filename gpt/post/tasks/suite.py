@@ -247,7 +247,7 @@ def make_suite(seed: int = 1234, train_per_task: int = 2000, val_per_task: int =
     names = list(tasks) or list(TASKS)
     unknown = [n for n in [*names, *held_out] if n not in TASKS]
     if unknown:
-        raise UserError(f"unknown task(s) {', '.join(unknown)}: choose from {', '.join(TASKS)}")
+        raise UserError(f"unknown task{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: choose from {', '.join(TASKS)}")
     trained = [n for n in names if n not in held_out]
     left_out = [n for n in names if n in held_out]
     if not trained:
