@@ -209,3 +209,15 @@ def set_hyperparameters(optimizer, cfg) -> None:
         else:  # Muon's
             group["momentum"] = cfg.muon_momentum
         group["weight_decay"] = cfg.weight_decay if all(p.dim() >= 2 for p in group["params"]) else 0.0
+
+
+def schedule_note(cfg: Any) -> str | None:
+    """One line when the run will end before its learning-rate schedule does (lr_decay_iters past max_iters):
+    the last steps, where most of the loss drops, would then run near the peak rate instead of decaying."""
+    if not cfg.decay_lr or cfg.max_iters == 0 or cfg.lr_decay_iters <= cfg.max_iters:
+        return None
+    share = learning_rate_at(cfg.max_iters - 1, cfg) / cfg.learning_rate
+    unless = " (unless max_seconds ends it first)" if cfg.max_seconds else ""
+    return (f"note: lr_decay_iters={cfg.lr_decay_iters} is past max_iters={cfg.max_iters}: the run ends{unless} with "
+            f"the learning rate still at {share:.0%} of its peak, not min_lr; --lr_decay_iters=0 makes the schedule "
+            "follow max_iters")

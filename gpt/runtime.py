@@ -361,6 +361,18 @@ def restore_sampler(batches: Any, resume_state: dict[str, Any], dist: Dist, log)
         batches.load_state_dict(states[0])
 
 
+def resume_note(cfg: Any, resume_state: dict[str, Any]) -> str:
+    """The line a resumed run starts with: where it continues, and where its schedule ends if that is earlier."""
+    step = int(resume_state.get("step", 0))
+    line = f"resuming {cfg.out_dir} from step {step:,} of {cfg.max_iters:,}"
+    end = cfg.lr_decay_iters or cfg.max_iters
+    if cfg.decay_lr and end < cfg.max_iters:
+        line += (f"; the learning-rate schedule ends at step {end:,} (as the run started), so "
+                 f"{'the steps after it train' if step < end else 'every step trains'} at min_lr "
+                 f"(--lr_decay_iters={cfg.max_iters} decays over the whole run instead)")
+    return line
+
+
 def restore_rng(resume_state: dict[str, Any] | None, cfg: Any, device: torch.device, dist: Dist) -> None:
     """The random streams (dropout) of a resumed run, or fresh ones: set last, so nothing before moves them."""
     saved = (resume_state or {}).get("rng", {}).get("ranks") or []

@@ -42,13 +42,13 @@ from gpt.errors import UserError, exit_on_user_error, plural
 from gpt import layers
 from gpt.model import GPT, GPTConfig
 from gpt.optim import (learning_rate_at, make_optimizer, param_groups,  # noqa: F401 (re-exported)
-                       set_hyperparameters, set_learning_rate)
+                       schedule_note, set_hyperparameters, set_learning_rate)
 from gpt.runlog import MFU_EXPLAINED
 from gpt.atomic import check_writable
 from gpt.reshape import grow_vocab
 from gpt.runtime import (ARCH_OPTIONS, Dist, OutDirLock, Run, dist_from_env, end_process_group,
-                         model_config, new_model, restore_rng, restore_sampler, seed_everything, setup_device, starting_model,
-                         training_flops_per_token)
+                         model_config, new_model, restore_rng, restore_sampler, resume_note, seed_everything,
+                         setup_device, starting_model, training_flops_per_token)
 
 # The settings fixed when a run starts: a resumed run must keep them. The shape of the weights; the rounding of
 # the vocabulary (also a shape); the seed (the random streams continue from the checkpoint); the starting model;
@@ -222,30 +222,6 @@ def resolve_config(argv: list[str]) -> tuple[TrainConfig, dict[str, Any] | None]
         raise UserError(f"cannot resume {out_dir} with tokenizer {cfg.tokenizer!r}: it was trained with "
                         f"{state['config'].get('tokenizer')!r}")
     return cfg, state
-
-
-def schedule_note(cfg: TrainConfig) -> str | None:
-    """One line when the run will end before its learning-rate schedule does (lr_decay_iters past max_iters):
-    the last steps, where most of the loss drops, would then run near the peak rate instead of decaying."""
-    if not cfg.decay_lr or cfg.max_iters == 0 or cfg.lr_decay_iters <= cfg.max_iters:
-        return None
-    share = learning_rate_at(cfg.max_iters - 1, cfg) / cfg.learning_rate
-    unless = " (unless max_seconds ends it first)" if cfg.max_seconds else ""
-    return (f"note: lr_decay_iters={cfg.lr_decay_iters} is past max_iters={cfg.max_iters}: the run ends{unless} with "
-            f"the learning rate still at {share:.0%} of its peak, not min_lr; --lr_decay_iters=0 makes the schedule "
-            "follow max_iters")
-
-
-def resume_note(cfg: TrainConfig, resume_state: dict[str, Any]) -> str:
-    """The line a resumed run starts with: where it continues, and where its schedule ends if that is earlier."""
-    step = int(resume_state.get("step", 0))
-    line = f"resuming {cfg.out_dir} from step {step:,} of {cfg.max_iters:,}"
-    end = cfg.lr_decay_iters or cfg.max_iters
-    if cfg.decay_lr and end < cfg.max_iters:
-        line += (f"; the learning-rate schedule ends at step {end:,} (as the run started), so "
-                 f"{'the steps after it train' if step < end else 'every step trains'} at min_lr "
-                 f"(--lr_decay_iters={cfg.max_iters} decays over the whole run instead)")
-    return line
 
 
 DESCRIPTION = """Train a GPT on text (see configs/ for examples).
