@@ -458,6 +458,16 @@ def test_max_seconds_ends_the_run_and_its_schedule(tiny, tmp_path, capsys):
     assert ckpt_io.load_checkpoint(tmp_path / "out" / "ckpt.pt")["step"] == 1
 
 
+def test_threads_is_applied_before_training(tiny):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(tiny("out", "--threads=1", "--max_iters=1")) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_muon_and_the_modern_architecture_resume_exactly(tiny, tmp_path):
     args = ("--arch=modern", "--optimizer=muon", "--lr_schedule=wsd", "--threads=1", "--eval_interval=100")
     assert main(tiny("straight", *args, "--max_iters=6")) == 0
