@@ -1,7 +1,18 @@
 """Devices and precision: the one place that knows about CUDA, MPS and CPU.
 
-Training, sampling and evaluation ask here which device to run on, which dtype to compute in,
-and how fast the device's matmuls can go (the denominator of MFU, model FLOPs utilisation).
+Training, sampling and evaluation ask here which device to run on, which dtype to compute in, how many CPU
+threads torch's math uses (every command's --threads, applied by `set_threads`), and how fast the device's
+matmuls can go (the denominator of MFU, model FLOPs utilisation).
+
+CPU threads on a busy machine: torch's math runs on OpenMP threads, one per core by default, and each parallel
+operation ends when the last of its threads is done. OpenMP's default (GNU OpenMP's, in torch's Linux builds) is
+for a thread that waits, for the others or for the next operation, to spin (300,000 times, some milliseconds)
+before it sleeps. On an idle CPU that costs little; beside another program, the spinning threads take the cores
+from the very threads they wait for, and the commands ran 12-19x slower, their CPU time growing with their wall
+time (profiled on a busy machine, `gpt.tasks eval` spent 70% of its samples in OpenMP's spin loop, in both of its
+threads). gpt/__init__.py therefore asks OpenMP, before torch loads, to let waiting threads sleep at once
+(OMP_WAIT_POLICY=PASSIVE); --threads (set_threads) says how many threads to use. BENCHMARKS.md, 'Threads on a
+busy CPU', has both measured, idle and busy.
 """
 
 from __future__ import annotations
@@ -43,6 +54,17 @@ GPU_BF16_PEAK = [
     ("V100", 125e12),  # fp16: V100 has no bf16
     ("T4", 65e12),  # fp16
 ]
+
+
+THREADS_HELP = "CPU threads for torch's math (0 = torch's default: one per core; fewer leave cores to other programs)"
+
+
+def set_threads(threads: int) -> None:
+    """Apply a command's --threads: the number of threads torch's CPU math runs on (0 leaves torch's default)."""
+    if threads < 0:
+        raise UserError(f"threads must be 0 (torch's default) or more, got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -202,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                         description="Show the device, dtype and peak FLOP/s that training would use (the denominator "
                                     "of MFU). On a CPU the peak is a matmul timed once and cached: run with "
                                     "--calibrate on a quiet machine to measure it again.")
+    set_threads(cfg.threads)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     if cfg.calibrate and device.type == "cpu":
@@ -217,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
 class DeviceConfig:
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = setting("auto", "auto, float32, bfloat16 or float16")
+    threads: int = setting(0, THREADS_HELP)
     calibrate: bool = setting(False, "on a CPU: time the matmul again (on a quiet machine) and replace the cached figure")
 
 

@@ -2,7 +2,7 @@
 
 Its place in the flow: after training, before decoding (sample.py, gpt.serve) or scoring (gpt.evaluate,
 gpt.tasks eval, gpt.lab). Every command that loads a model embeds `ModelSettings` (checkpoint, adapter, base,
-device, dtype, weights, compile: declared once, with one help text) and calls `open_model`, which loads it
+device, dtype, weights, compile, threads: declared once, with one help text) and calls `open_model`, which loads it
 (gpt/checkpoint.py's load_model: an out_dir, a .pt, a Hugging Face folder, an adapter over its base), folds an
 adapter into its base, and converts the weights below. A new command gets --adapter right by default.
 
@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from gpt.checkpoint import Loaded, load_model
 from gpt.config import setting
-from gpt.device import pick_device, pick_dtype
+from gpt.device import THREADS_HELP, pick_device, pick_dtype, set_threads
 from gpt.errors import UserError
 from gpt.layers import plain
 
@@ -108,6 +108,7 @@ class ModelSettings:
     dtype: str = setting("auto", "compute dtype: auto (bf16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16")
     weights: str = setting("float32", WEIGHTS_HELP)
     compile: bool = setting(False, COMPILE_HELP)
+    threads: int = setting(0, THREADS_HELP)
 
 
 @dataclass
@@ -123,9 +124,10 @@ class Opened:
 
 def open_model(settings: ModelSettings, *, what: str = "the model") -> Opened:
     """Load the model `settings` name (an adapter applied to its base), then prepare it for inference (which
-    merges an adapter into its base: `loaded.model` is then the plain model too)."""
+    merges an adapter into its base: `loaded.model` is then the plain model too). Sets the CPU threads first."""
     if not settings.ckpt:
         raise UserError(f"give {what}: --ckpt OUT_DIR, a .pt file, or a Hugging Face GPT-2 folder")
+    set_threads(settings.threads)
     device = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, device)
     loaded = load_model(settings.ckpt, device, adapter=settings.adapter, base=settings.base)

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from gpt import checkpoint as ckpt_io
 from gpt.config import from_dict, parse_args, setting
 from gpt.datasets import TrainingData, open_training_data
-from gpt.device import autocast, peak_flops, pick_dtype
+from gpt.device import THREADS_HELP, autocast, peak_flops, pick_dtype, set_threads
 from gpt.errors import UserError, exit_on_user_error, plural
 from gpt import layers
 from gpt.model import GPT, GPTConfig
@@ -80,7 +80,7 @@ class TrainConfig:
     dtype: str = setting("auto", "auto (bf16 on CUDA, else fp16 with a scaler; fp32 on CPU), float32, bfloat16, float16")
     compile: bool | None = setting(None, "torch.compile the model (none = on for CUDA; off on CPU, where it needs a C++ compiler and measured only ~3% faster)")
     seed: int = setting(1337, "seed for weights, dropout and batches")
-    threads: int = setting(0, "CPU threads for torch (0 = torch's default)")
+    threads: int = setting(0, THREADS_HELP)
     peak_flops: float = setting(0.0, "device peak FLOP/s, the denominator of MFU (0 = the GPU's datasheet figure, or on CPU a matmul measured once and cached)")
     plot: bool = setting(True, "write loss.png (needs matplotlib)")
     progress: bool | None = setting(None, "a progress bar (none = when standard error is a terminal; plain lines otherwise)")
@@ -260,8 +260,7 @@ def train(argv: list[str] | None = None) -> int:
 
 
 def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) -> int:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     device = setup_device(cfg.device, dist)
     dtype = pick_dtype(cfg.dtype, device)
     if dtype == torch.float16 and cfg.optimizer == "muon":

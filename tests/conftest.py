@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+import gpt  # noqa: F401  before torch: gpt sets OpenMP's wait policy as torch loads it (gpt/__init__.py)
 import torch
 
 REPO = Path(__file__).resolve().parents[1]

@@ -538,6 +538,16 @@ def test_the_schedule_follows_max_iters_says_when_it_cannot_finish_and_survives_
     assert lrs("stretched")[8] == pytest.approx(learning_rate_at(7, follows))
 
 
+def test_threads_is_applied_before_training(tiny):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(tiny("out", "--threads=1", "--max_iters=1")) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_muon_and_the_modern_architecture_resume_exactly(tiny, tmp_path):
     args = ("--arch=modern", "--optimizer=muon", "--lr_schedule=wsd", "--threads=1", "--eval_interval=100")
     assert main(tiny("straight", *args, "--max_iters=6")) == 0

@@ -29,7 +29,7 @@ import torch
 
 from gpt.checkpoint import clean_state_dict, save_checkpoint
 from gpt.config import parse_args, setting
-from gpt.device import pick_device
+from gpt.device import THREADS_HELP, pick_device, set_threads
 from gpt.errors import UserError, exit_on_user_error
 from gpt.lab import plots
 from gpt.lab.output import prepare_out_dir, table, write_json
@@ -77,7 +77,7 @@ class InductionConfig:
     eval_sequences: int = setting(256, "held-out sequences the measurements average over")
     ablation_threshold: float = setting(0.2, "heads with an induction score above this are switched off together")
     device: str = setting("cpu", "auto, cpu, cuda, cuda:N or mps (these models are small: the CPU is fine)")
-    threads: int = setting(1, "CPU threads for torch (0 = torch's default); one is faster for models this small on a busy CPU")
+    threads: int = setting(1, THREADS_HELP)  # 1: one is faster for models this small, on a busy CPU
     save_models: bool = setting(True, "save each trained model as out_dir/<model>/ckpt.pt for the other lab commands")
 
 
@@ -88,8 +88,6 @@ def check_settings(cfg: InductionConfig) -> None:
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if not 0.0 <= cfg.skip_prob <= 1.0:
         raise UserError(f"skip_prob is a probability: give a number from 0 to 1, got {cfg.skip_prob}")
-    if cfg.threads < 0:
-        raise UserError(f"threads must be 0 (torch's default) or more, got {cfg.threads}")
     if cfg.control_n_layer < 0:
         raise UserError(f"control_n_layer must be 0 (no control) or more, got {cfg.control_n_layer}")
     if cfg.vocab_size < 2:
@@ -283,10 +281,9 @@ def verdicts(report: dict[str, Any], cfg: InductionConfig) -> dict[str, bool]:
 
 def run(cfg: InductionConfig, say=print) -> dict[str, Any]:
     check_settings(cfg)
+    set_threads(cfg.threads)
     out = prepare_out_dir(cfg.out_dir, "report.json", cfg.overwrite)
     device = pick_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     held_out = repeat_batch(cfg.eval_sequences, cfg.block_size, cfg.vocab_size, cfg.min_segment, cfg.max_segment,
                             torch.Generator().manual_seed(cfg.seed + 1_000_003), make_skip_rule(cfg), cfg.skip_prob)
     held_out = RepeatBatch(held_out.ids.to(device), held_out.first_start.to(device), held_out.copy_start.to(device),

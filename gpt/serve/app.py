@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import anyio
-import torch
 import uvicorn
 import uvicorn.config
 from starlette.applications import Starlette
@@ -71,7 +70,6 @@ class ServeConfig(ModelSettings):
     max_prompt_tokens: int = setting(0, "longest prompt accepted, in tokens; longer ones get 400 (0 = the model's block_size; "
                                         "above it, a prompt is cut to its last block_size tokens as sample.py does)")
     max_tokens: int = setting(1024, "most tokens one request may ask to generate (max_tokens above it: 400)")
-    threads: int = setting(0, "CPU threads for torch (0 = torch's default); the web server runs in one more thread")
     shutdown_timeout: float = setting(30.0, "on SIGTERM or Ctrl-C: seconds requests in flight may take to finish before they are cancelled")
     log_level: str = setting("info", "uvicorn's log level: critical, error, warning, info (one line per request) or debug")
 
@@ -493,8 +491,6 @@ def loopback(address: str) -> bool:
 
 
 def check_config(cfg: ServeConfig) -> None:
-    if cfg.threads < 0:
-        raise UserError(f"threads must be 0 (torch's default) or more, got {cfg.threads}")
     for name in ("max_batch", "max_waiting", "max_tokens"):  # below 1, every request would be refused
         if getattr(cfg, name) < 1:
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
@@ -534,8 +530,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: listening on {cfg.host} without an API key: anyone who can reach port "
               f"{sock.getsockname()[1]} can use this server; set {API_KEY_ENV}=KEY (or --api_key) to require one",
               file=sys.stderr, flush=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     opened = open_model(cfg)
     model, loaded, device, dtype = opened.model, opened.loaded, opened.device, opened.dtype
     engine = Engine(model, loaded.tokenizer, max_batch=cfg.max_batch, max_waiting=cfg.max_waiting, dtype=dtype)
