@@ -181,7 +181,8 @@ class CausalSelfAttention(nn.Module):
         self.plain = False
         self.weights: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rope: Turn | None = None):
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rope: Turn | None = None,
+                mask: torch.Tensor | None = None):
         B, T, C = x.shape
         qkv = self.c_attn(x)  # [B, T, 3C]: queries, keys and values of all heads side by side
         # Split into q, k, v and the channels into heads: [B, T, 3, nh, hs] -> 3 x [B, nh, T, hs]
@@ -191,7 +192,7 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:  # the turns for these tokens' positions (GPT.forward)
             q, k = rotate(q, rope), rotate(k, rope)
 
-        mask = None  # causal: each of the T queries sees the keys up to its own position
+        # mask [B, 1, T, T]: True where a query may see a key (GPT.forward's); None: causal, the fast path
         if cache is not None:  # keep the new keys and values; attend over all L held so far
             k, v, mask = cache.update(layer, k, v)  # [B, nh, L, hs] twice; mask [T, L], [B, 1, T, L] or None
 
@@ -247,10 +248,11 @@ class Block(nn.Module):
         self.ln_2 = None if config.attention_only else make_norm(config, config.n_embd)
         self.mlp = None if config.attention_only else MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rope: Turn | None = None):
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rope: Turn | None = None,
+                mask: torch.Tensor | None = None):
         # Each sub-layer adds to the residual stream x rather than replacing it, which keeps deep
         # stacks trainable: gradients flow straight through the additions.
-        x = x + self.attn(self.ln_1(x), cache, layer, rope)
+        x = x + self.attn(self.ln_1(x), cache, layer, rope, mask)
         if self.mlp is not None:
             x = x + self.mlp(self.ln_2(x))
         return x
@@ -295,25 +297,30 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
-                all_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                all_logits: bool = False, pos: torch.Tensor | None = None, mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for the next token at each position of idx [B, T], and the loss when targets [B, T] are given.
 
         Targets equal to -1 are left out of the loss (e.g. prompt tokens when fine-tuning on answers).
         Without targets only the last position's logits are computed ([B, 1, V]), which is all sampling
         needs, unless all_logits is set. With a kv_cache, idx holds only the new tokens; they continue
-        the sequence stored in the cache.
+        the sequence stored in the cache (which gives their positions and mask). Else pos [B, T] and mask
+        [B, 1, T, T] (True where query i may see key j) may be given, for documents packed in a row, each from
+        position 0 and seeing only itself (gpt/post/chat_data.py); by default 0..T-1, causal.
         """
         B, T = idx.shape
         self._check_input(idx, 0 if kv_cache is None else kv_cache.length)
-        # [T], or [B, T] from a cache whose rows differ in length: new tokens continue the cached sequence
-        pos = torch.arange(T, device=idx.device) if kv_cache is None else kv_cache.positions(T)
+        if kv_cache is not None:  # pos [T], or [B, T] when rows differ in length: continuing the cached sequence
+            pos = kv_cache.positions(T)
+        elif pos is None:
+            pos = torch.arange(T, device=idx.device)  # [T]
         x = self.transformer.wte(idx)  # [B, T, C]
         rope = None if self.rotary is None else self.rotary(pos)  # cos, sin: how far every layer turns q and k
         if rope is None:
             x = x + self.transformer.wpe(pos)  # [B, T, C] + [T, C] or [B, T, C] -> [B, T, C]
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, kv_cache, layer, rope)  # [B, T, C]
+            x = block(x, kv_cache, layer, rope, mask)  # [B, T, C]
         x = self.transformer.ln_f(x)
 
         if targets is not None:

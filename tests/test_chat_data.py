@@ -14,10 +14,10 @@ import torch
 
 from gpt.post.chat import ChatTemplate
 from gpt.datasets import jsonl_files
-from gpt.post.chat_data import ChatData, pack
+from gpt.post.chat_data import ChatData, document_mask, pack
 from gpt.datasets import TextData, open_training_data
 from gpt.errors import UserError
-from gpt.model import GPT, GPTConfig
+from gpt.model import ARCHITECTURES, GPT, GPTConfig
 
 
 def conversations(n: int, seed: int = 0, long_every: int = 0) -> list[dict]:
@@ -63,7 +63,7 @@ def test_pack_places_every_conversation_once_whole_and_fills_windows_best_first(
 
 def test_batches_mark_answers_and_never_count_padding(chat):
     template = chat.template
-    x, y, answer = chat.batches("train", 40, 6, seed=1).next()
+    x, y, answer, pos = chat.batches("train", 40, 6, seed=1).next()
     assert x.shape == y.shape == answer.shape == (6, 40) and x.dtype == y.dtype == torch.int64
     assert torch.equal(x[:, 1:], torch.where(y[:, :-1] >= 0, y[:, :-1], x[:, 1:]))  # y is x shifted by one
     end, assistant = template.end_id, template.role_ids["assistant"]
@@ -102,7 +102,7 @@ def test_the_stream_is_deterministic_resumable_and_sliced_over_processes(chat):
     ranks = [chat.batches("train", 40, 2, seed=3, rank=r, world_size=2) for r in (0, 1)]
     for step in range(5):
         halves = [r.next() for r in ranks]
-        for part in range(3):
+        for part in range(4):
             assert torch.equal(torch.cat([h[part] for h in halves]), first[step][part])
     # An epoch uses every conversation that fits exactly once.
     rows = a.epoch_rows(0)
@@ -115,14 +115,49 @@ def test_the_loss_counts_answers_or_everything_and_validation_always_the_answers
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=chat.tokenizer.vocab_size, block_size=40, n_layer=1, n_head=2, n_embd=16))
     batch = chat.batches("val", 40, 4, seed=0).next()
-    x, y, answer = batch
-    masked = torch.nn.functional.cross_entropy(model(x, all_logits=True)[0].flatten(0, 1),
+    x, y, answer, pos = batch
+    masked = torch.nn.functional.cross_entropy(model(x, all_logits=True, pos=pos, mask=document_mask(pos))[0].flatten(0, 1),
                                                y.masked_fill(~answer, -1).flatten(), ignore_index=-1)
     assert torch.allclose(chat.loss(model, batch), masked)
     everything = ChatData(chat.folder, chat.meta, chat.tokenizer, loss_on="all")
     assert not torch.allclose(everything.loss(model, batch), masked)
     assert torch.allclose(everything.metrics(model, batch)["loss"], masked)  # comparable across loss_on
     assert chat.bits_per_byte("val", 1.0) is None and chat.checkpoint_extras() == {"chat_template": chat.template.to_dict()}
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])  # learned positions, and RoPE
+def test_a_packed_conversation_sees_only_itself_as_it_would_alone(chat, arch):
+    torch.manual_seed(0)
+    options = {**ARCHITECTURES[arch], "zero_init": False}  # zero_init's blocks start as the identity: no mixing
+    model = GPT(GPTConfig(vocab_size=chat.tokenizer.vocab_size, block_size=80, n_layer=2, n_head=2, n_embd=16,
+                          **options)).eval()
+    split, stream = chat.splits["val"], chat.batches("val", 80, 4, seed=0)
+    row = next(r for r, convs in enumerate(stream.epoch_rows(0)[:4]) if len(convs) >= 2)
+    first, second = stream.epoch_rows(0)[row][:2]
+    batch = [t[row: row + 1].clone() for t in stream.next()]  # this row alone: x, y, answer, ...
+    n0, n1 = (int(n) for n in split.lengths[[first, second]])
+    batch[1][:, :n0] = -1  # the loss of the second conversation only (its answer; the loss counts answers)
+    batch[1][:, n0 + n1 - 1:] = -1
+
+    packed = chat.loss(model, batch)
+    batch[0][0, 1:n0] = batch[0][0, 1:n0].flip(0)  # another neighbour: the first conversation's tokens reversed
+    assert torch.allclose(chat.loss(model, batch), packed, rtol=0, atol=1e-6)  # before the fix: 1e-4 to 3e-4 apart
+    start, end = int(split.offsets[second]), int(split.offsets[second + 1])
+    ids, learned = torch.tensor(split.ids[start:end], dtype=torch.long), torch.tensor(split.learned[start:end] == 1)
+    alone = model(ids[None, :-1], ids[None, 1:].masked_fill(~learned[None, 1:], -1))[1]
+    assert torch.allclose(packed, alone, rtol=0, atol=1e-6)
+
+    # The logits too, through the model's pos and mask, and the same in the written-out attention.
+    x, pos = batch[0], batch[3]
+    assert pos[0, :n0 + n1].tolist() == list(range(n0)) + list(range(n1))
+    mask = document_mask(pos)
+    assert mask.shape == (1, 1, 80, 80) and not mask[0, 0, n0, :n0].any() and mask[0, 0, n0 + 1, n0: n0 + 2].all()
+    want = model(ids[None, :-1], all_logits=True)[0][0]  # [n1 - 1, V]
+    for plain in (False, True):
+        for block in model.transformer.h:
+            block.attn.plain = plain
+        logits = model(x, all_logits=True, pos=pos, mask=mask)[0][0, n0: n0 + n1 - 1]
+        assert torch.allclose(logits, want, rtol=0, atol=1e-5)
 
 
 def test_validation_share_and_separate_file_and_the_cache(tmp_path):

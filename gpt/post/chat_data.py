@@ -4,8 +4,10 @@ Its place in the flow, beside plain text (gpt/data.py -> gpt/batches.py):
 
     train.jsonl ──gpt/post/chat.py: read, check, render with the template──▶ data/<name>.chat/<key>/
         {train,val}.bin (token ids), {train,val}.learned.bin (1 where the loss counts), {train,val}.offsets.bin
-    ──PackedBatches──▶ x, y, answer: [batch_size, block_size]   (y = x shifted by one; -1 at padding)
-    ──ChatData.loss──▶ cross-entropy on the assistant's tokens only (targets -1 elsewhere), or on every token
+    ──PackedBatches──▶ x, y, answer, pos: [batch_size, block_size]   (y = x shifted by one; -1 at padding;
+                       pos: each token's position in its own conversation)
+    ──ChatData.loss──▶ the model, each conversation attending to itself only (document_mask(pos)); cross-entropy
+                       on the assistant's tokens only (targets -1 elsewhere), or on every token
 
 Preparing renders every conversation once and caches the result the way text is cached (gpt/data.py's
 `cached_folder`: a hash of the files, the tokenizer and the split names the folder; built aside, renamed
@@ -19,6 +21,12 @@ stop mid-sentence, or to never write <|end|>), and the log says how many. Window
 (an "epoch") come in a seeded random order; the next epoch packs again with another shuffle. The stream's
 state is (epoch, position), so a resumed run continues exactly, and N processes take slices of one global
 batch as with text (gpt/batches.py).
+
+Packed, each conversation still gets its own attention: positions restart at 0 at each conversation (pos),
+and a block-diagonal causal mask (document_mask) lets a token see only the earlier tokens of its own
+conversation. The model then computes each one exactly as it would alone, which is what sampling and the
+server see. A plain causal mask would let every answer read the conversations packed before it (often the
+same task: unannounced few-shot examples), and validation would measure that packed context instead.
 
 Validation: a share of the conversations (val_fraction, picked by a hash of their content, so the pick is the
 same whatever the order or the seed), or the conversations of separate files (val_data). Its loss counts the
@@ -209,11 +217,22 @@ def pack(lengths: np.ndarray, window: int, order: np.ndarray) -> list[list[int]]
     return rows
 
 
+def document_mask(pos: torch.Tensor) -> torch.Tensor:
+    """The attention mask of documents packed in rows, from their positions pos [B, T], which restart at 0 at
+    each document: query i may see key j when both are in the same document and j <= i. Returns [B, 1, T, T]
+    (1: the same for every head), block-diagonal and causal."""
+    doc = (pos == 0).cumsum(-1)  # [B, T]: which document of its row each token is in
+    same = doc[:, :, None] == doc[:, None, :]  # [B, T, T]
+    return (same & torch.ones_like(same[0]).tril()).unsqueeze(1)
+
+
 class PackedBatches:
     """A resumable stream of batches of packed conversations: (x, y, answer), each [batch_size, block_size].
 
     y[b, t] is the token after x[b, t] (-1 where that is padding); answer[b, t] is True where y[b, t] is an
-    assistant's token or its <|end|>. Deterministic from `seed`: one epoch's windows depend on (seed, epoch).
+    assistant's token or its <|end|>; pos[b, t] is x[b, t]'s position in its conversation (the padding after
+    the last one counts as one more, from 0). Deterministic from `seed`: one epoch's windows depend on
+    (seed, epoch).
     """
 
     def __init__(self, split: RenderedSplit, block_size: int, batch_size: int, *, seed: int,
@@ -245,7 +264,7 @@ class PackedBatches:
         assert self._rows is not None
         return self._rows
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def next(self) -> tuple[torch.Tensor, ...]:
         wanted = self.batch_size * self.world_size  # one global batch; this process takes its slice
         rows: list[list[int]] = []
         while len(rows) < wanted:
@@ -264,10 +283,11 @@ class PackedBatches:
     def __iter__(self) -> "PackedBatches":
         return self
 
-    def _tensors(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _tensors(self, rows: list[list[int]]) -> tuple[torch.Tensor, ...]:
         B, W = len(rows), self.window
         ids = np.full((B, W), self.pad_id, dtype=np.int64)
         learned = np.zeros((B, W), dtype=bool)
+        positions = np.zeros((B, W), dtype=np.int64)
         filled = np.zeros(B, dtype=np.int64)
         offsets = self.split.offsets
         for b, row in enumerate(rows):
@@ -276,18 +296,19 @@ class PackedBatches:
                 start, end = int(offsets[i]), int(offsets[i + 1])
                 ids[b, at: at + end - start] = self.split.ids[start:end]
                 learned[b, at: at + end - start] = self.split.learned[start:end]
+                positions[b, at: at + end - start] = np.arange(end - start)  # each conversation from 0
                 at += end - start
+            positions[b, at:] = np.arange(W - at)  # the padding: a document of its own
             filled[b] = at
         targets = ids[:, 1:].copy()
         targets[np.arange(W - 1)[None, :] + 1 >= filled[:, None]] = -1  # padding: never a target
         x = torch.from_numpy(np.ascontiguousarray(ids[:, :-1]))
         y = torch.from_numpy(targets)
         answer = torch.from_numpy(np.ascontiguousarray(learned[:, 1:]))
+        pos = torch.from_numpy(np.ascontiguousarray(positions[:, :-1]))
         if self.device.type == "cuda":
-            return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in (x, y, answer))  # type: ignore[return-value]
-        if self.device.type != "cpu":
-            return x.to(self.device), y.to(self.device), answer.to(self.device)
-        return x, y, answer
+            return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in (x, y, answer, pos))
+        return tuple(t.to(self.device) for t in (x, y, answer, pos))
 
     def padding_share(self) -> float:
         """The share of the target positions of epoch 0 that are padding."""
@@ -369,14 +390,16 @@ class ChatData(TrainingData):
                              world_size=world_size, pad_id=self.template.end_id)
 
     def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        x, y, answer = batch
-        _, loss = model(x, y.masked_fill(~answer, -1) if self.loss_on == "assistant" else y)
+        x, y, answer, pos = batch
+        _, loss = model(x, y.masked_fill(~answer, -1) if self.loss_on == "assistant" else y, pos=pos,
+                        mask=document_mask(pos))
         return loss
 
     def metrics(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-        """The loss on the answers only, whatever the training loss counts: comparable across loss_on."""
-        x, y, answer = batch
-        _, loss = model(x, y.masked_fill(~answer, -1))
+        """The loss on the answers only, whatever the training loss counts: comparable across loss_on. Each
+        conversation sees only itself, as in training and sampling."""
+        x, y, answer, pos = batch
+        _, loss = model(x, y.masked_fill(~answer, -1), pos=pos, mask=document_mask(pos))
         return {"loss": loss}
 
 
