@@ -234,6 +234,24 @@ def jsonl_kind(files: list[Path]) -> str:
 # The validation split of a kind of data made of examples (conversations, pairs)
 
 
+def check_lengths(splits: dict[str, Any], block_size: int, what: str) -> list[str]:
+    """For data of whole records (conversations, pairs) that a window of block_size + 1 tokens must hold: a UserError
+    when a split has no record or none that fits; else a note for each split on the records left out as too long.
+    `splits` maps a split's name to its records, whose `lengths` (an array) are their lengths in tokens."""
+    window, notes = block_size + 1, []
+    for split, records in splits.items():
+        if len(records) == 0:
+            raise UserError(f"the {split} split holds no {what}s: give more data, or a --val_data file")
+        over = int((records.lengths > window).sum())
+        if over == len(records):
+            raise UserError(f"every {what} of the {split} split is longer than block_size + 1 = {window} tokens "
+                            f"(the shortest has {int(records.lengths.min())}): raise --block_size")
+        if over:
+            notes.append(f"{plural(over, split + ' ' + what)} longer than block_size + 1 = {window} tokens left out "
+                         f"(the longest: {int(records.lengths.max())})")
+    return notes
+
+
 def held_out(count: int, val_fraction: float, content: Callable[[int], str], *, what: str, where: str) -> set[int]:
     """The indices of the examples held out for validation: the val_fraction share (at least 1, and at least one
     left to train on) whose content hashes lowest, so the pick is the same whatever the order of the lines or

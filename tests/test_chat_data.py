@@ -219,3 +219,24 @@ def test_text_jsonl_is_plain_text_and_other_data_is_not_jsonl(tmp_path):
     write_jsonl(folder / "b.jsonl", [{"text": "x"}])
     with pytest.raises(UserError, match="one kind at a time"):
         open_training_data(config(tmp_path, folder, include="*.jsonl"), "char", progress=False)
+
+
+def test_records_that_cannot_fit_a_window_are_refused_or_left_out_with_a_note():
+    import numpy as np
+
+    from gpt.datasets import check_lengths
+
+    class _Records:  # what a split of rendered records offers: its length and each record's tokens
+        def __init__(self, lengths):
+            self.lengths = np.array(lengths)
+
+        def __len__(self):
+            return len(self.lengths)
+
+    assert check_lengths({"train": _Records([5, 9]), "val": _Records([3])}, 8, "pair") == []
+    assert check_lengths({"train": _Records([5, 12, 30])}, 8, "conversation") == [
+        "2 train conversations longer than block_size + 1 = 9 tokens left out (the longest: 30)"]
+    with pytest.raises(UserError, match="the val split holds no pairs"):
+        check_lengths({"train": _Records([5]), "val": _Records([])}, 8, "pair")
+    with pytest.raises(UserError, match="every conversation of the train split .* shortest has 10"):
+        check_lengths({"train": _Records([10, 11])}, 8, "conversation")

@@ -51,8 +51,8 @@ from gpt.atomic import write_text
 from gpt.bpe import EOT
 from gpt.corpus import file_hash
 from gpt.data import BPE_SAMPLE_BYTES, dtype_for, trusted_meta, cache_key, cached_folder
-from gpt.datasets import TrainingData, held_out, jsonl_files
-from gpt.errors import UserError, plural
+from gpt.datasets import TrainingData, check_lengths, held_out, jsonl_files
+from gpt.errors import UserError
 from gpt.post.chat import FORM_HELP, TEMPLATE, ChatTemplate, Conversation, read_records
 from gpt.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_dict
 from gpt.tokenizer_files import TokenizerChoice, from_json_data, to_json_data
@@ -367,18 +367,7 @@ class ChatData(TrainingData):
                 + ("the answers only" if self.loss_on == "assistant" else "every token") + self.fit_note)
 
     def check_fits(self, block_size: int, batch_size: int, world_size: int) -> None:
-        window = block_size + 1
-        notes = []
-        for split, rendered in self.splits.items():
-            if len(rendered) == 0:
-                raise UserError(f"the {split} split holds no conversations: give more data, or a --val_data file")
-            over = int((rendered.lengths > window).sum())
-            if over == len(rendered):
-                raise UserError(f"every conversation of the {split} split is longer than block_size + 1 = {window} "
-                                f"tokens (the shortest has {int(rendered.lengths.min())}): raise --block_size")
-            if over:
-                notes.append(f"{plural(over, split + ' conversation')} longer than block_size + 1 = {window} tokens left out "
-                             f"(the longest: {int(rendered.lengths.max())})")
+        notes = check_lengths(self.splits, block_size, "conversation")
         stream = self.batches("train", block_size, batch_size, seed=0)
         per_window = len(stream.usable) / len(stream.epoch_rows(0))
         notes.insert(0, f"{per_window:.1f} conversations per window, {stream.padding_share():.1%} padding")

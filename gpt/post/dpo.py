@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt import checkpoint as ckpt_io
-from gpt.datasets import TrainingData, held_out, jsonl_files, jsonl_kind, read_jsonl
+from gpt.datasets import TrainingData, check_lengths, held_out, jsonl_files, jsonl_kind, read_jsonl
 from gpt.errors import UserError, plural
 from gpt.post.adapter_files import fingerprint
 from gpt.post.adapters import adapters_disabled
@@ -364,17 +364,7 @@ class PreferenceData(TrainingData):
                 + (f", plus {self.nll_weight:g} x the chosen answers' NLL" if self.nll_weight else "") + self.fit_note)
 
     def check_fits(self, block_size: int, batch_size: int, world_size: int) -> None:
-        window = block_size + 1
-        notes = []
-        for split, rendered in self.splits.items():
-            if len(rendered) == 0:
-                raise UserError(f"the {split} split holds no pairs: give more pairs, or a --val_data file")
-            over = int((rendered.lengths > window).sum())
-            if over == len(rendered):
-                raise UserError(f"every pair of the {split} split is longer than block_size + 1 = {window} tokens "
-                                f"(the shortest has {int(rendered.lengths.min())}): raise --block_size")
-            if over:
-                notes.append(f"{plural(over, split + ' pair')} longer than block_size + 1 = {window} tokens left out")
+        notes, window = check_lengths(self.splits, block_size, "pair"), block_size + 1
         longest = max(int(r.lengths[r.lengths <= window].max()) for r in self.splits.values())
         notes.insert(0, f"batches of {plural(batch_size, 'pair')} = {plural(2 * batch_size, 'sequence')} of at most {longest} tokens")
         self.fit_note = "; " + "; ".join(notes)
