@@ -75,7 +75,7 @@ Examples (--ckpt defaults to out/default, what `python train.py` makes; out/sft_
 made in docs/assistant.md and docs/adapters.md):
   python sample.py --prompt "def " --max_new_tokens 300
   python sample.py --prompt "class " --temperature 0 --stop "\\n\\n"
-  python sample.py --prompt "    def __init__(self, " --show_probs 10 --steps 3
+  python sample.py --prompt "for i in ran" --show_probs 10 --steps 3
   echo "import os" | python sample.py
   python sample.py --ckpt out/sft_tasks --chat --prompt "Reverse the word stone."
   python sample.py --ckpt out/sft_tasks --chat --interactive         # a conversation, one message per line
