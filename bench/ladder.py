@@ -25,7 +25,8 @@ Every run is seeded and train.py is deterministic on one machine with one thread
 the same figures. Another thread count or CPU rounds differently (the recipe's loss at step 50 differs in the
 seventh digit between one thread and two), which moves the scores a little: the figures say their thread count.
 Times depend on the machine and its load. On the shared 2-core CPU, --threads 1 --parallel 2 with the base reused
-took about two hours (sft_long, 2,500 steps, is the longest run: --skip sft_long ends sooner).
+took 50 minutes at load 3 to 8 (bench/results/assistant.json, wall_seconds and load_average); sft_long, 2,500 steps,
+is the longest run (--skip sft_long ends sooner). Training the base first adds 4 minutes on a quiet machine.
 """
 
 from __future__ import annotations
