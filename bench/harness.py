@@ -42,6 +42,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python " + " ".join(sys.argv),
+        "load_average": [round(x, 2) for x in os.getloadavg()],  # 1, 5 and 15 minutes, when the file was written
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()

@@ -25,7 +25,7 @@ start of the text). A smaller stride means more context per token and more forwa
 Documents (files) are joined with <|endoftext|> between them where the tokenizer has it, as in the training
 data, and an <|endoftext|> is put in front of the first, so that the text's first token is scored too.
 
-Command line: `python -m gpt.evaluate --ckpt out/ --data shakespeare [--json]`.
+Command line: `python -m gpt.evaluate --ckpt out/default --data stdlib --split val [--json]`.
 """
 
 from __future__ import annotations

@@ -72,17 +72,16 @@ class SampleConfig(ModelSettings):
 
 DESCRIPTION = """Generate text from a trained model.
 
-Examples (out/default is what `python train.py` makes; out/shakespeare_char_cpu is what
-`python train.py configs/shakespeare_char_cpu.toml` makes, in about two minutes on a CPU):
+Examples (--ckpt defaults to out/default, what `python train.py` makes; out/sft_tasks and out/lora_tasks are
+made in docs/assistant.md and docs/adapters.md):
   python sample.py --prompt "def " --max_new_tokens 300
-  python sample.py --ckpt out/shakespeare_char_cpu --prompt "ROMEO:" --max_new_tokens 300
-  python sample.py --ckpt out/shakespeare_char_cpu --prompt "ROMEO:" --temperature 0 --stop "\\n\\n"
-  python sample.py --ckpt out/shakespeare_char_cpu --prompt "Listen to your" --show_probs 10 --steps 3
-  echo "First Citizen:" | python sample.py --ckpt out/shakespeare_char_cpu
+  python sample.py --prompt "class " --temperature 0 --stop "\\n\\n"
+  python sample.py --prompt "for i in ran" --show_probs 10 --steps 3
+  echo "import os" | python sample.py
   python sample.py --ckpt out/sft_tasks --chat --prompt "Reverse the word stone."
   python sample.py --ckpt out/sft_tasks --chat --interactive         # a conversation, one message per line
-  python sample.py --ckpt out/my_adapter --prompt "ROMEO:"     # a LoRA run: its base is found and checked
-  python sample.py --ckpt out/shakespeare_char_cpu --adapter out/my_adapter --prompt "ROMEO:"   # the base named"""
+  python sample.py --ckpt out/lora_tasks --chat --prompt "Spell cat."   # a LoRA run: its base is found and checked
+  python sample.py --ckpt out/default --adapter out/lora_tasks --chat --prompt "Spell cat."   # the base named"""
 
 
 # After each completion of --interactive (not --chat): where one ends and the next prompt's begins. Samples of one

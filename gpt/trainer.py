@@ -228,10 +228,11 @@ DESCRIPTION = """Train a GPT on text (see configs/ for examples).
 
 Examples:
   python train.py                                              # the default: stdlib, char tokens, ~5 min on a CPU
-  python train.py configs/shakespeare_char_cpu.toml            # Tiny Shakespeare on a CPU in ~2 minutes
   python train.py --data=my_novel.txt --out_dir=out/novel      # your text (a file, a folder, or several)
   python train.py --out_dir=out/novel --resume --max_iters=4000   # continue a run, and extend it
-  python train.py configs/finetune_shakespeare.toml            # fine-tune out/default on Shakespeare"""
+  python train.py configs/sft_tasks_cpu.toml                   # tune out/default to answer (after python -m gpt.tasks make)
+  python train.py configs/shakespeare_char_cpu.toml            # Tiny Shakespeare (a 1 MB download, once), ~2 min
+  python train.py configs/finetune_shakespeare.toml            # fine-tune out/default on it"""
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -159,7 +159,7 @@ def test_every_relative_link_and_anchor_exists():
 # ---------------------------------------------------------------------------------------------------
 # Every sampling example in the documentation does what it says, on a model trained here (its --ckpt replaced).
 
-EXAMPLE_TEXT = ("def add(a, b):\n    return a + b\n\nimport os\nROMEO: To be, or not to be, that is the question.\n"
+EXAMPLE_TEXT = ("def add(a, b):\n    return a + b\n\nimport os\nclass Point:\n    pass\nROMEO: To be, or not to be, that is the question.\n"
                 "JULIET: The meaning of life is a rose by any other name.\n") * 30
 
 

@@ -120,7 +120,8 @@ def test_default_config_file_matches_the_built_in_defaults():
 
 
 @pytest.mark.parametrize("name", ["default", "shakespeare_char", "shakespeare_char_cpu", "gpt2_124m",
-                                  "finetune_shakespeare", "lora_shakespeare"])
+                                  "finetune_shakespeare", "lora_shakespeare", "lora_tasks", "sft_tasks_cpu",
+                                  "dpo_tasks_cpu"])
 def test_every_config_file_is_valid(name):
     from gpt.config import from_dict
     from gpt.trainer import validate

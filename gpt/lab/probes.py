@@ -307,7 +307,7 @@ def attention_main(argv: list[str] | None = None) -> int:
 def icl_main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_args(IclConfig, argv, prog="python -m gpt.lab icl", description=(
         "The mean loss at each position of the context on a text, and the in-context learning score.\n"
-        "Example:\n  python -m gpt.lab icl --ckpt out/shakespeare_char_cpu --data shakespeare"))
+        "Example:\n  python -m gpt.lab icl --ckpt out/default --data stdlib"))
     run_icl(cfg)
     return 0
 

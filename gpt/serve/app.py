@@ -78,10 +78,11 @@ DESCRIPTION = f"""Serve a checkpoint over the OpenAI API (completions, chat comp
 in flight decoded together in one batch, and a web page at / to talk to the model and see its predictions.
 
 Examples:
-  python -m gpt.serve --ckpt out/shakespeare_char_cpu
-  {API_KEY_ENV}=secret python -m gpt.serve --ckpt out/shakespeare_char_cpu --host 0.0.0.0 --port 8000
+  python -m gpt.serve --ckpt out/default                   # what `python train.py` makes
+  {API_KEY_ENV}=secret python -m gpt.serve --ckpt out/default --host 0.0.0.0 --port 8000
   curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
-       -d '{{"model": "shakespeare_char_cpu", "prompt": "ROMEO:", "max_tokens": 50}}'"""
+       -d '{{"model": "default", "prompt": "def ", "max_tokens": 50}}'
+  python -m gpt.serve --ckpt out/sft_tasks                 # a chat model (docs/assistant.md): /v1/chat/completions"""
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,278 @@
+"""The documentation's measured figures, checked against (and rewritten from) the JSON results that measured them.
+
+    python bench/figures.py            list every figure of the documentation that differs from its results file
+                                       (exit status 1 if any); tests/test_figures.py runs the same check
+    python bench/figures.py --write    rewrite those figures from the results files
+
+A figure in README.md, docs/*.md or BENCHMARKS.md is marked where it stands, in one of two ways (the markers are
+HTML comments: a rendered page shows only the figure):
+
+- one value in the text: `<!-- fig FILE:PATH FORMAT -->61.4%<!-- /fig -->`. FILE is bench/results/FILE.json,
+  PATH a dotted path into it (keys, or list indices), FORMAT a Python format spec (`.1%`, `.3f`, `,.0f`; none for
+  text). The value between the markers may be in bold (`**61.4%**`).
+- a block (a table, a code block of sample output), rendered whole from its results file by a function of this
+  file: `<!-- figures NAME -->` ... `<!-- /figures -->`, NAME a key of BLOCKS.
+
+A results file is written by the command that measures it, through bench/harness.py's write(): one JSON object
+whose "machine" says what ran it (the command, the date, the commit, the CPU, the load), beside the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+
+INLINE = re.compile(r"(?<!`)<!-- fig (?P<file>[\w.-]+):(?P<path>[\w.-]+)(?: (?P<format>\S+))? -->(?P<value>.*?)<!-- /fig -->")
+BLOCK = re.compile(r"(?P<open><!-- figures (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(?P<close><!-- /figures -->)", re.S)
+
+
+def documentation() -> list[Path]:
+    """Every page whose figures are checked: the front page, the chapters and BENCHMARKS.md."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "BENCHMARKS.md"]
+
+
+def load(name: str, cache: dict[str, Any]) -> Any:
+    if name not in cache:
+        path = RESULTS / f"{name}.json"
+        if not path.is_file():
+            raise KeyError(f"bench/results/{name}.json does not exist")
+        cache[name] = json.loads(path.read_text(encoding="utf-8"))
+    return cache[name]
+
+
+def lookup(data: Any, path: str) -> Any:
+    for key in path.split("."):
+        try:
+            data = data[int(key)] if isinstance(data, list) else data[key]
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise KeyError(f"no {key!r} in {path}") from None
+    return data
+
+
+def render_inline(file: str, path: str, spec: str | None, cache: dict[str, Any]) -> str:
+    return format(lookup(load(file, cache), path), spec or "")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Blocks: each renders a whole table or code block from its results file.
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1%}"
+
+
+def _groups(report: dict) -> list[str]:
+    g = report["groups"]
+    return [_pct(g[name]["exact_match"]) for name in ("new_inputs", "new_phrasings", "held_out_tasks")]
+
+
+def sft_table(r: dict) -> str:
+    m = r["models"]
+    rows = [("`out/default`, untuned", "base"), ("tuned: the recipe (loss on the answers)", "sft"),
+            ("tuned, loss on every token (`--loss_on=all`)", "sft_all"),
+            ("tuned from scratch instead of `out/default` (`--init_from=scratch`)", "sft_scratch"),
+            ("the recipe for 2,500 steps (`--max_iters=2500 --lr_decay_iters=2500`)", "sft_long")]
+    lines = ["| model | new inputs | new phrasings | held-out tasks | answers ended with `<|end|>` |",
+             "| --- | --- | --- | --- | --- |"]
+    for label, key in rows:
+        if key in m:
+            test = m[key]["test"]
+            newline = " (a newline)" if test.get("prompting", "").startswith("plain text") else ""
+            lines.append(f"| {label} | " + " | ".join(_groups(test)) + f" | {_pct(test['ended'])}{newline} |")
+    return "\n".join(lines) + "\n"
+
+
+def dpo_table(r: dict) -> str:
+    m = r["models"]
+    rows = [("`out/sft_tasks`, before (its own reference: 50% by definition)", "sft"), ("plain DPO (`--dpo_nll=0 --learning_rate=1e-4 --min_lr=1e-5`)",
+                                                 "dpo_plain"), ("the recipe (`--dpo_nll=1`, lr 3e-4)", "dpo")]
+    lines = ["| model | preference accuracy (held-out) | model prefers chosen | chosen log p | new inputs | new "
+             "phrasings | held-out tasks |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for label, key in rows:
+        pairs, test = m[key]["pairs"], m[key]["test"]
+        lines.append(f"| {label} | {_pct(pairs['accuracy'])} | {_pct(pairs['prefers_chosen'])} | "
+                     f"{pairs['chosen_logp']:.2f} | " + " | ".join(_groups(test)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _code(text: str) -> str:
+    """A code block of what a command printed (spaces at the ends of lines dropped, as editors drop them)."""
+    return "```\n" + "\n".join(line.rstrip() for line in text.rstrip("\n").splitlines()) + "\n```\n"
+
+
+def base_sample(r: dict) -> str:
+    return _code(r["samples"]["base_stone"])
+
+
+def sft_answers(r: dict) -> str:
+    answers = r["answers"]
+    width = max(len(p) for p in answers["prompts"]) + 2
+    held_out = set(answers.get("held_out_prompts", []))
+    lines = [f"{p:<{width}}-> {_short(a, 40)}" + ("   (a task it was never trained on)" if p in held_out else "")
+             for p, a in zip(answers["prompts"], answers["sft"])]
+    return _code("\n".join(lines))
+
+
+def dpo_answers(r: dict) -> str:
+    answers = r["answers"]
+    columns = [("prompt", answers["prompts"]), ("before (out/sft_tasks)", answers["sft"]),
+               ("plain DPO", answers["dpo_plain"]), ("the recipe", answers["dpo"])]
+    cells = [list(columns[0][1])] + [[_short(c) for c in column] for _, column in columns[1:]]
+    widths = [max(len(h), *(len(c) for c in col)) + 2 for (h, _), col in zip(columns, cells)]
+    lines = ["".join(h.ljust(w) for (h, _), w in zip(columns, widths)).rstrip()]
+    for i in range(len(answers["prompts"])):
+        lines.append("".join(col[i].ljust(w) for col, w in zip(cells, widths)).rstrip())
+    return _code("\n".join(lines))
+
+
+def _short(answer: str, limit: int = 24) -> str:
+    """An answer on one line of a table: newlines shown as \\n, long ones cut with '...'."""
+    answer = answer.replace("\n", "\\n")
+    return answer if len(answer) <= limit else answer[: limit - 3] + "..."
+
+
+def ladder_table(r: dict) -> str:
+    """BENCHMARKS.md: every model of the ladder, its run and its scores in one table."""
+    lines = ["| model | command (as documented) | steps | train s | val loss | new inputs | "
+             "new phrasings | held-out tasks | ended | pairs: accuracy | pairs: prefers chosen |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for key, m in r["models"].items():
+        run, test, pairs = m.get("run", {}), m["test"], m.get("pairs")
+        command = f"`{m['command']}`" + (" ([the default run](#the-default-run))" if key == "base" else "")
+        lines.append(f"| {key} | {command} | {run.get('steps', '')} | "
+                     + (f"{run['train_seconds']:,.0f}" if "train_seconds" in run else "") + " | "
+                     + (f"{run['val_loss']:.3f}" if "val_loss" in run else "") + " | "
+                     + " | ".join(_groups(test)) + f" | {_pct(test['ended'])} | "
+                     + (f"{_pct(pairs['accuracy'])} | {_pct(pairs['prefers_chosen'])}" if pairs else " | ") + " |")
+    return "\n".join(lines) + "\n"
+
+
+def default_sample(r: dict) -> str:
+    return _code(r["samples"]["def"])
+
+
+def _session(r: dict, names: list[str]) -> str:
+    """Commands and what they printed, as in a terminal."""
+    return _code("\n\n".join(f"$ {r['sample_commands'][n]}\n{r['samples'][n].rstrip()}" for n in names))
+
+
+def show_probs(r: dict) -> str:
+    return _session(r, ["show_probs"])
+
+
+def show_probs_both(r: dict) -> str:
+    return _session(r, ["show_probs", "show_probs_t2"])
+
+
+def greedy_sample(r: dict) -> str:
+    return _code(r["samples"]["greedy"])
+
+
+# NAME: (results file, renderer)
+BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "assistant.sft_table": ("assistant", sft_table),
+    "default.stone": ("default", base_sample),
+    "assistant.sft_answers": ("assistant", sft_answers),
+    "assistant.dpo_table": ("assistant", dpo_table),
+    "assistant.dpo_answers": ("assistant", dpo_answers),
+    "assistant.ladder_table": ("assistant", ladder_table),
+    "default.sample": ("default", default_sample),
+    "default.show_probs": ("default", show_probs),
+    "default.show_probs_both": ("default", show_probs_both),
+    "default.greedy": ("default", greedy_sample),
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checking and rewriting
+
+
+def _value(text: str) -> str:
+    """The figure between an inline marker pair, without the bold around it."""
+    return text[2:-2] if text.startswith("**") and text.endswith("**") and len(text) > 4 else text
+
+
+def render_page(text: str, cache: dict[str, Any], used: set[str] | None = None) -> tuple[str, list[tuple[bool, str]]]:
+    """The page with every marked figure rendered from its results, and (stale, what) for each figure that
+    differed (stale) or could not be rendered (a results file, a path or a block that does not exist)."""
+    problems: list[tuple[bool, str]] = []
+
+    def line_of(pos: int) -> int:
+        return text.count("\n", 0, pos) + 1
+
+    def block(m: re.Match) -> str:
+        name = m["name"]
+        if used is not None:
+            used.add(name)
+        if name not in BLOCKS:
+            problems.append((False, f"line {line_of(m.start())}: no block named {name!r} in bench/figures.py"))
+            return m[0]
+        file, renderer = BLOCKS[name]
+        try:
+            body = renderer(load(file, cache))
+        except KeyError as e:
+            problems.append((False, f"line {line_of(m.start())}: block {name}: {e.args[0]}"))
+            return m[0]
+        if body != m["body"]:
+            problems.append((True, f"line {line_of(m.start())}: block {name} differs from bench/results/{file}.json"))
+        return m["open"] + body + m["close"]
+
+    def inline(m: re.Match) -> str:
+        try:
+            value = render_inline(m["file"], m["path"], m["format"], cache)
+        except (KeyError, ValueError, TypeError) as e:
+            problems.append((False, f"line {line_of(m.start())}: {m['file']}:{m['path']}: {e.args[0]}"))
+            return m[0]
+        shown = _value(m["value"])
+        if shown != value:
+            problems.append((True, f"line {line_of(m.start())}: {shown!r} where bench/results/{m['file']}.json "
+                                   f"{m['path']} gives {value!r}"))
+        bold = "**" if m["value"] != shown else ""
+        return m[0][: m.start("value") - m.start()] + bold + value + bold + "<!-- /fig -->"
+
+    text = BLOCK.sub(block, text)
+    text = INLINE.sub(inline, text)
+    return text, problems
+
+
+def check(write: bool = False, pages: list[Path] | None = None) -> list[str]:
+    """Every figure of the documentation that differs from its results file, as 'PAGE: line N: ...'; with write,
+    the pages are rewritten from the results first (and only missing results are reported)."""
+    cache: dict[str, Any] = {}
+    used: set[str] = set()
+    problems = []
+    for page in pages or documentation():
+        text = page.read_text(encoding="utf-8")
+        new, found = render_page(text, cache, used)
+        rel = page.relative_to(REPO).as_posix() if page.is_relative_to(REPO) else str(page)
+        if write and new != text:
+            page.write_text(new, encoding="utf-8")
+        problems += [f"{rel}: {what}" for stale, what in found if not (write and stale)]
+    if pages is None:
+        problems += [f"bench/figures.py: block {name} is shown on no page" for name in sorted(set(BLOCKS) - used)]
+    return problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write", action="store_true", help="rewrite the figures from bench/results/")
+    args = parser.parse_args()
+    problems = check(write=args.write)
+    for p in problems:
+        print(p)
+    if args.write:
+        print("rewrote the documentation's figures from bench/results/" + (" (see above)" if problems else ""))
+    elif not problems:
+        print("every marked figure matches bench/results/")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
