@@ -182,6 +182,9 @@ def finished_like_defaults(out: Path) -> bool:
     except (OSError, ValueError, KeyError):
         return False
     defaults = dataclasses.asdict(TrainConfig())
+    # lr_decay_iters = 0 follows max_iters: a run that named its end (2000) has the same schedule as one that follows.
+    for config in (saved, defaults):
+        config["lr_decay_iters"] = config.get("lr_decay_iters") or config.get("max_iters")
     same = all(saved.get(k) == v for k, v in defaults.items() if k not in IGNORED_SETTINGS)
     return same and (out / "ckpt.pt").exists() and steps and steps[-1] == defaults["max_iters"]
 
