@@ -176,7 +176,21 @@ def greedy_sample(r: dict) -> str:
 
 
 # NAME: (results file, renderer)
+def threads_table(r: dict) -> str:
+    """BENCHMARKS.md's table of bench/threads.py: each workload and way, idle and beside a competing job."""
+    rows = ["| work | way | idle wall / CPU s | busy wall / CPU s | speed-up over torch defaults, idle / busy | "
+            "voluntary context switches (idle) |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, cases in r["summary"].items():
+        for case, cell in cases.items():
+            idle, busy = cell["idle"], cell["busy"]
+            rows.append(f"| {name} | {case} | {idle['wall_s']:.1f} / {idle['cpu_s']:.1f} | {busy['wall_s']:.1f} / "
+                        f"{busy['cpu_s']:.1f} | {idle['speedup_over_torch_defaults']:.2f}x / "
+                        f"{busy['speedup_over_torch_defaults']:.2f}x | {idle['voluntary_switches']:,.0f} |")
+    return "\n".join(rows) + "\n"
+
+
 BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "threads.table": ("threads", threads_table),
     "assistant.sft_table": ("assistant", sft_table),
     "default.stone": ("default", base_sample),
     "assistant.sft_answers": ("assistant", sft_answers),

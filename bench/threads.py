@@ -170,6 +170,14 @@ def summarise(results: dict) -> tuple[dict, list[list]]:
     return summary, rows
 
 
+def headline(summary: dict) -> dict:
+    """The figures the documentation quotes, under names without spaces (bench/figures.py reads them by path)."""
+    short = {"torch defaults": "defaults", "passive": "passive", "passive, 1 thread": "one_thread"}
+    return {f"{name}_{load}_{short[case]}_{key}": summary[name][case][load][key]
+            for name in summary for case in CASES for load in ("idle", "busy")
+            for key in ("wall_s", "cpu_s", "speedup_over_torch_defaults", "voluntary_switches")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one round of each (a smoke run)")
@@ -205,7 +213,8 @@ def main() -> None:
         "workloads": {"eval": f"python -m gpt.tasks eval, {args.prompts} prompts, a 30-step chat model (4L/128)",
                       "train": f"train.py configs/sft_tasks_cpu.toml, {args.steps} LoRA steps (rank 4) over it"},
         "busy_load": f"a torch job of {args.load_threads} threads multiplying 512 x 512 matrices",
-        "repeats": repeats, "wait_settings": waits, "summary": summary, "results": results,
+        "repeats": repeats, "wait_settings": waits, "summary": summary, "headline": headline(summary),
+        "loadavg_1min": {load: results[load]["loadavg_1min"] for load in ("idle", "busy")}, "results": results,
         "bench_seconds": time.perf_counter() - started})
     print(f"\nmedians of {repeats} run(s), seconds; speed-up = torch defaults' wall time / this way's (same load); "
           "busy/idle = this way's slowdown beside the competing job")
