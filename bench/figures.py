@@ -134,6 +134,8 @@ def dpo_answers(r: dict) -> str:
 
 def _short(answer: str, limit: int = 24) -> str:
     """An answer on one line of a table: newlines shown as \\n, long ones cut with '...'."""
+    if not answer:
+        return "(nothing)"  # the model ended its turn at once
     answer = answer.replace("\n", "\\n")
     return answer if len(answer) <= limit else answer[: limit - 3] + "..."
 

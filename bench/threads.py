@@ -1,7 +1,7 @@
 """CPU threads on an idle and on a busy machine: torch's defaults against the project's, for inference and training.
 
-    python bench/threads.py            # about 10 minutes on a 2-core CPU (idle apart from the load it starts)
-    python bench/threads.py --quick    # one round of each, about 4 minutes: a smoke run
+    python bench/threads.py            # about 6 minutes on a 2-core CPU (idle apart from the load it starts)
+    python bench/threads.py --quick    # one round of each, about 2 minutes: a smoke run
 
 Two workloads, each a real command in a fresh process (wall time and CPU time of the whole command, start-up
 included, as a user meets them):
@@ -9,13 +9,14 @@ included, as a user meets them):
   eval   `python -m gpt.tasks eval` of a small chat model on 200 prompts of the task suite (greedy, batches of 64)
   train  `train.py`, a few LoRA steps over that model (rank 4, the sft_tasks_cpu recipe)
 
-Three ways to run each:
+Four ways to run each:
 
   torch defaults   torch imported before gpt, as any program that does so: the OpenMP runtime keeps its own wait
-                   policy (libgomp: spin about 3 ms before sleeping), one thread per core
-  passive          the command as typed: gpt sets OMP_WAIT_POLICY=PASSIVE before torch loads (waiting threads
-                   sleep at once), one thread per core; the project's default
-  passive, 1 thread  the same with --threads=1
+                   policy (libgomp: spin 300,000 times, about 3 ms, before sleeping), one thread per core
+  short spin       the command as typed: gpt sets GOMP_SPINCOUNT=1000 before torch loads (a waiting thread spins
+                   some microseconds, then sleeps), one thread per core; the project's default
+  passive          OMP_WAIT_POLICY=PASSIVE in the environment (waiting threads sleep at once), one thread per core
+  short spin, 1 thread  the default with --threads=1
 
 Two loads: idle (nothing started here; the load average is recorded, to show how idle it was) and busy, with a
 competing program started here: a torch job of --load_threads threads (default 2, with torch's default wait
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import os
 
-# Captured before anything imports gpt (which sets OMP_WAIT_POLICY in this process): the commands timed here get the
+# Captured before anything imports gpt (which sets GOMP_SPINCOUNT in this process): the commands timed here get the
 # environment the user started with, less the OpenMP and MKL settings that would decide the comparison.
 ENV = {k: v for k, v in os.environ.items()
        if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -46,7 +47,7 @@ from pathlib import Path  # noqa: E402
 import harness  # noqa: E402
 
 REPO = harness.REPO
-CASES = ("torch defaults", "passive", "passive, 1 thread")
+CASES = ("torch defaults", "short spin", "passive", "short spin, 1 thread")
 
 # A competing program: another torch job, as a user would run it (no gpt, so torch's default wait policy).
 LOAD = """
@@ -72,7 +73,8 @@ def command(case: str, argv: list[str]) -> list[str]:
             args = argv[1:]
         code = f"import sys, runpy, torch; sys.argv = {[argv[1] if argv[0] == '-m' else argv[0], *args]!r}; {run}"
         return [sys.executable, "-c", code]
-    return [sys.executable, *argv, *(["--threads=1"] if case == "passive, 1 thread" else [])]
+    policy = ["env", "OMP_WAIT_POLICY=PASSIVE"] if case == "passive" else []  # env execs python: one process
+    return [*policy, sys.executable, *argv, *(["--threads=1"] if case == "short spin, 1 thread" else [])]
 
 
 def timed(cmd: list[str]) -> dict:
@@ -172,7 +174,8 @@ def summarise(results: dict) -> tuple[dict, list[list]]:
 
 def headline(summary: dict) -> dict:
     """The figures the documentation quotes, under names without spaces (bench/figures.py reads them by path)."""
-    short = {"torch defaults": "defaults", "passive": "passive", "passive, 1 thread": "one_thread"}
+    short = {"torch defaults": "defaults", "short spin": "short_spin", "passive": "passive",
+             "short spin, 1 thread": "one_thread"}
     return {f"{name}_{load}_{short[case]}_{key}": summary[name][case][load][key]
             for name in summary for case in CASES for load in ("idle", "busy")
             for key in ("wall_s", "cpu_s", "speedup_over_torch_defaults", "voluntary_switches")}

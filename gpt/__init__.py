@@ -2,12 +2,15 @@
 
 import os as _os
 
-# Before torch loads (this file runs before any gpt module, and so before their `import torch`): the OpenMP
-# threads of torch's math sleep when they run out of work instead of spinning for milliseconds first. Spinning
-# costs nothing on an idle CPU, but on a busy one the spinning threads take the cores the work needs, and every
-# command ran 12-19x slower (gpt/device.py, set_threads; BENCHMARKS.md, 'Threads on a busy CPU'). The OpenMP
-# runtime reads this once, as torch loads it: a program that imports torch before gpt keeps the runtime's
-# default. An OMP_WAIT_POLICY already set is left as it is.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before torch loads (this file runs before any gpt module, and so before their `import torch`): a thread of
+# torch's math that runs out of work spins 1,000 times (some microseconds) before it sleeps, not GNU OpenMP's
+# default 300,000 (milliseconds). On a busy CPU the spinning threads take the cores the work needs (the commands
+# ran several times slower); sleeping at once (OMP_WAIT_POLICY=PASSIVE) fixes that but makes an idle CPU wake a
+# thread for every small operation (decoding 1.7x slower). The short spin keeps both: measured in BENCHMARKS.md,
+# 'Threads on a busy CPU' (gpt/device.py, set_threads). GNU OpenMP (torch's Linux builds) reads it once, as torch
+# loads it: a program that imports torch before gpt keeps the default, and a wait policy or spin count the user
+# set is left as it is.
+if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
+    _os.environ["GOMP_SPINCOUNT"] = "1000"
 
 __version__ = "0.1.0"

@@ -10,8 +10,8 @@ for a thread that waits, for the others or for the next operation, to spin (300,
 before it sleeps. On an idle CPU that costs little; beside another program, the spinning threads take the cores
 from the very threads they wait for, and the commands ran 12-19x slower, their CPU time growing with their wall
 time (profiled on a busy machine, `gpt.tasks eval` spent 70% of its samples in OpenMP's spin loop, in both of its
-threads). gpt/__init__.py therefore asks OpenMP, before torch loads, to let waiting threads sleep at once
-(OMP_WAIT_POLICY=PASSIVE); --threads (set_threads) says how many threads to use. BENCHMARKS.md, 'Threads on a
+threads). gpt/__init__.py therefore asks OpenMP, before torch loads, to spin only briefly before a waiting thread
+sleeps (GOMP_SPINCOUNT=1000); --threads (set_threads) says how many threads to use. BENCHMARKS.md, 'Threads on a
 busy CPU', has both measured, idle and busy.
 """
 
