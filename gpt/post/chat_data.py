@@ -227,7 +227,7 @@ def document_mask(pos: torch.Tensor) -> torch.Tensor:
 
 
 class PackedBatches:
-    """A resumable stream of batches of packed conversations: (x, y, answer), each [batch_size, block_size].
+    """A resumable stream of batches of packed conversations: (x, y, answer, pos), each [batch_size, block_size].
 
     y[b, t] is the token after x[b, t] (-1 where that is padding); answer[b, t] is True where y[b, t] is an
     assistant's token or its <|end|>; pos[b, t] is x[b, t]'s position in its conversation (the padding after
