@@ -25,59 +25,108 @@ from typing import Sequence
 
 import torch
 
+Setting = float | int | Sequence[float] | torch.Tensor  # one value for every row, or one per row
 
-def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+def next_token_probs(logits: torch.Tensor, temperature: Setting = 1.0, top_k: Setting = 0,
+                     top_p: Setting = 1.0) -> torch.Tensor:
     """The distribution the next token is drawn from: logits [B, V] -> probabilities [B, V] (rows sum to 1).
 
+    Each setting is one value for every row, or a sequence of B, one per row (a server's rows belong to
+    different requests); a row's distribution is the same either way, and the same in any batch.
     temperature 0 gives the greedy distribution: all the probability on the most likely token.
     """
-    logits = logits.float()
-    if temperature == 0:
-        return torch.zeros_like(logits).scatter_(1, logits.argmax(dim=-1, keepdim=True), 1.0)
+    logits = raw = logits.float()
+    temperature = per_row(temperature, logits, torch.float32)  # [B, 1]
+    greedy = temperature == 0
     # Shifting the largest logit to 0 first changes no probability, and keeps the division safe for any
     # temperature: with a tiny one the others overflow to -inf (probability 0), never to inf - inf = nan.
-    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
-    if 0 < top_k < logits.shape[-1]:  # k >= the vocabulary keeps every token: nothing to filter
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / torch.where(greedy, 1.0, temperature)
+    top_k = per_row(top_k, logits, torch.long)
+    if ((0 < top_k) & (top_k < logits.shape[-1])).any():  # k >= the vocabulary keeps every token: no filter
         logits = top_k_filter(logits, top_k)
-    if top_p < 1.0:
+    top_p = per_row(top_p, logits, torch.float32)
+    if (top_p < 1.0).any():
         logits = top_p_filter(logits, top_p)
-    return torch.softmax(logits, dim=-1)
+    probs = torch.softmax(logits, dim=-1)
+    if greedy.any():
+        one_hot = torch.zeros_like(probs).scatter_(1, raw.argmax(dim=-1, keepdim=True), 1.0)
+        probs = torch.where(greedy, one_hot, probs)
+    return probs
 
 
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k largest logits of each row (exactly k, ties broken by position); the others become -inf."""
-    k = min(k, logits.shape[-1])
-    best = torch.topk(logits, k, dim=-1)
-    return torch.full_like(logits, float("-inf")).scatter_(-1, best.indices, best.values)
+def top_k_filter(logits: torch.Tensor, k: Setting) -> torch.Tensor:
+    """Keep the k largest logits of each row (exactly k, ties broken by position); the others become -inf.
+    k is one number or one per row ([B] or [B, 1]); a row whose k is 0 or covers the vocabulary keeps all."""
+    V = logits.shape[-1]
+    k = per_row(k, logits, torch.long)
+    off = (k <= 0) | (k >= V)
+    # One topk for the batch, as wide as the largest k asked for; each row keeps the first k of it.
+    best = torch.topk(logits, int(k.masked_fill(off, 1).max()), dim=-1)  # sorted, likeliest first
+    rank = torch.arange(best.values.shape[-1], device=logits.device)
+    values = best.values.masked_fill(rank >= k, float("-inf"))
+    filtered = torch.full_like(logits, float("-inf")).scatter_(-1, best.indices, values)
+    return torch.where(off, logits, filtered)
 
 
-def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose probabilities sum to at least p; the others -> -inf."""
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    probs = torch.softmax(sorted_logits, dim=-1)
-    mass_before = torch.cumsum(probs, dim=-1) - probs  # probability of the more likely tokens
-    # A token is needed while the tokens before it have not reached p yet; the first always is.
-    drop_sorted = mass_before >= p
-    drop_sorted[..., 0] = False
-    drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
+def top_p_filter(logits: torch.Tensor, p: Setting, first: int = 64) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probabilities sum to at least p; the others -> -inf.
+    p is one number or one per row ([B] or [B, 1]); a row whose p is 1 keeps all.
+
+    The set is found in the likeliest tokens in order, but without sorting the whole vocabulary: a trained
+    model's nucleus is usually a few dozen tokens, so only the `first` likeliest are sorted (topk), then 8x as
+    many while some row's nucleus has not ended among them, up to the whole row.
+    """
+    V = logits.shape[-1]
+    p = per_row(p, logits, torch.float32)
+    probs = torch.softmax(logits, dim=-1)
+    count = min(first, V)
+    while True:
+        top, order = torch.topk(probs, count, dim=-1)  # [B, count], likeliest first
+        mass_before = torch.cumsum(top, dim=-1) - top  # probability of the more likely tokens
+        # A token is needed while the tokens before it have not reached p yet; the first always is.
+        drop_sorted = mass_before >= p
+        drop_sorted[..., 0] = False
+        ended = drop_sorted[:, -1] | (p[:, 0] >= 1.0)  # a row's nucleus ended if its last candidate is dropped
+        if count == V or bool(ended.all()):
+            break
+        count = min(V, count * 8)
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, order, ~drop_sorted) | (p >= 1.0)
+    return logits.masked_fill(~keep, float("-inf"))
 
 
-def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+def sample(logits: torch.Tensor, temperature: Setting = 1.0, top_k: Setting = 0, top_p: Setting = 1.0,
            generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """Pick the next token of each row: logits [B, V] -> ids [B]. Greedy (argmax) at temperature 0.
 
-    `generator` is one random stream for the whole batch, or one per row (`sample_generators`): then each
-    row's draws depend only on its own stream, not on how many other rows are in the batch.
+    The settings are one value for every row or one per row (see next_token_probs). `generator` is one
+    random stream for the whole batch, or one per row (`sample_generators`): then each row's draws depend
+    only on its own stream, not on how many other rows are in the batch, so a server's batch of requests
+    draws exactly what each request would draw alone.
     """
-    if temperature == 0:
+    temperatures = per_row(temperature, logits, torch.float32)[:, 0]
+    if not bool(temperatures.any()):  # greedy everywhere: no distribution, no draws
         return logits.argmax(dim=-1)
     probs = next_token_probs(logits, temperature, top_k, top_p)
+    # torch.multinomial(probs, 1) draws one exponential E_i per token and picks the token maximising p_i / E_i
+    # (an exact way to draw from p). Written out here so that all rows are picked at once while each row's
+    # draws come from its own stream: a row gets exactly the token multinomial would give it alone.
+    noise = torch.ones_like(probs)  # greedy rows draw nothing: their probs are one-hot already
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
-    if len(generator) != probs.shape[0]:
-        raise ValueError(f"{len(generator)} generators for {probs.shape[0]} rows")
-    return torch.cat([torch.multinomial(probs[b : b + 1], 1, generator=g)[0] for b, g in enumerate(generator)])
+        noise.exponential_(generator=generator)
+    else:
+        if len(generator) != probs.shape[0]:
+            raise ValueError(f"{len(generator)} generators for {probs.shape[0]} rows")
+        for row, (g, t) in enumerate(zip(generator, temperatures.tolist())):
+            if t > 0:
+                noise[row].exponential_(generator=g)
+    return (probs / noise).argmax(dim=-1)
+
+
+def per_row(value: Setting, logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A setting as a column [B, 1] for the rows of logits [B, V]: one value repeated, or one per row."""
+    if isinstance(value, (int, float)):
+        return torch.full((logits.shape[0], 1), value, dtype=dtype, device=logits.device)
+    return torch.as_tensor(value, dtype=dtype, device=logits.device).reshape(-1, 1)
 
 
 def sample_seed(seed: int, index: int) -> int:

@@ -264,22 +264,16 @@ class Engine:
 
     def _step(self) -> None:
         logits = self.decoder.next_logits()  # [rows, V]
-        picked = torch.empty(len(self.rows), dtype=torch.long)
+        # Every row sampled in one call, each with its job's settings and its own stream: a row draws exactly
+        # what it would draw alone (gpt/sampling.py), and the step costs a few batched operations, not a few per row.
+        settings = [row.job.settings for row in self.rows]
+        picked = sample(logits, [s.temperature for s in settings], [s.top_k for s in settings],
+                        [s.top_p for s in settings], [row.generator for row in self.rows]).cpu()
         logprobs: list[TokenLogprob | None] = [None] * len(self.rows)
-        jobs: dict[Job, list[int]] = {}
-        for index, row in enumerate(self.rows):
-            jobs.setdefault(row.job, []).append(index)
-        for job, indices in jobs.items():
-            # A job's rows together, in sample order, as sample.py draws them: logits [n, V], one stream each.
-            indices.sort(key=lambda i: self.rows[i].index)
-            rows = torch.tensor(indices, device=logits.device)
-            job_logits = logits.index_select(0, rows)
-            s = job.settings
-            tokens = sample(job_logits, s.temperature, s.top_k, s.top_p, [self.rows[i].generator for i in indices])
-            picked[rows.cpu()] = tokens.cpu()
-            if s.logprobs is not None:
-                for i, entry in zip(indices, token_logprobs(job_logits, tokens, s)):
-                    logprobs[i] = entry
+        wanted = [index for index, s in enumerate(settings) if s.logprobs is not None]
+        for index in wanted:  # rare, and per job in the API: per row here
+            row = logits[index : index + 1]
+            logprobs[index] = token_logprobs(row, picked[index : index + 1], settings[index])[0]
         self.decoder.append(picked)
 
         eot = self.tokenizer.eot_id
