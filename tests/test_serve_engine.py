@@ -60,11 +60,12 @@ def run_jobs(engine: Engine, jobs_spec: list[tuple[str, Settings]], later: int =
     return results
 
 
-def alone(tiny, prompt: str, n_tokens: int, temperature: float = 0.0, seed: int = 0, n: int = 1) -> list[str]:
+def alone(tiny, prompt: str, n_tokens: int, temperature: float = 0.0, seed: int = 0, n: int = 1, top_k: int = 0,
+          top_p: float = 1.0) -> list[str]:
     """What sample.py's decoding gives for the prompt by itself: n samples, one random stream each."""
     model, tokenizer = tiny
     ids = torch.tensor([encode_prompt(tokenizer, prompt)] * n)
-    steps = list(generate_tokens(model, ids, n_tokens, temperature, generator=sample_generators(seed, n),
+    steps = list(generate_tokens(model, ids, n_tokens, temperature, top_k, top_p, generator=sample_generators(seed, n),
                                  vocab_size=tokenizer.vocab_size))
     return [tokenizer.decode([int(step[b]) for step in steps]) for b in range(n)]
 
@@ -91,6 +92,18 @@ def test_a_seeded_job_gives_sample_py_samples(tiny, engine):
         [result] = run_jobs(engine, [("the dog ", settings)])
     assert result["texts"] == alone(tiny, "the dog ", 25, temperature=1.0, seed=7, n=3)
     assert len(set(result["texts"])) > 1  # each sample its own random stream
+
+
+def test_jobs_with_different_settings_sample_in_one_call_as_each_alone(tiny, engine):
+    # One batched sampling call for rows of different temperatures, top-k, top-p and seeds (and a greedy row):
+    # each job's samples are the ones sample.py draws for it alone.
+    jobs = [("the dog ", dict(temperature=0.9, top_k=5, seed=3, n=2)), ("la", dict(temperature=1.3, top_p=0.7, seed=4)),
+            ("the cat ", dict(temperature=0.0)), ("and ", dict(temperature=1.0, top_k=8, top_p=0.9, seed=5, n=2))]
+    spec = [(prompt, Settings(max_tokens=20, **kw)) for prompt, kw in jobs]
+    with one_thread():
+        results = run_jobs(engine, spec, later=2)
+        for (prompt, kw), result in zip(jobs, results):
+            assert result["texts"] == alone(tiny, prompt, 20, **kw)
 
 
 def test_stop_strings_end_a_sample_and_are_not_returned(engine):
