@@ -72,24 +72,26 @@ def top_p_filter(logits: torch.Tensor, p: Setting, first: int = 64) -> torch.Ten
     """Keep the smallest set of most likely tokens whose probabilities sum to at least p; the others -> -inf.
     p is one number or one per row ([B] or [B, 1]); a row whose p is 1 keeps all.
 
-    The set is found in the likeliest tokens in order, but without sorting the whole vocabulary: a trained
-    model's nucleus is usually a few dozen tokens, so only the `first` likeliest are sorted (topk), then 8x as
-    many while some row's nucleus has not ended among them, up to the whole row.
+    The set is found in the likeliest tokens in order, without sorting the whole vocabulary where it can: a
+    trained model's nucleus is usually a few dozen tokens, so only the `first` likeliest are sorted (topk, a
+    partial sort); only if some row's nucleus has not ended among them (a flat distribution, such as random
+    weights give) is the whole vocabulary sorted.
     """
     V = logits.shape[-1]
     p = per_row(p, logits, torch.float32)
     probs = torch.softmax(logits, dim=-1)
-    count = min(first, V)
-    while True:
-        top, order = torch.topk(probs, count, dim=-1)  # [B, count], likeliest first
+    for count in (min(first, V), V):
+        if count < V:
+            top, order = torch.topk(probs, count, dim=-1)  # [B, count], likeliest first
+        else:
+            top, order = torch.sort(probs, dim=-1, descending=True)
         mass_before = torch.cumsum(top, dim=-1) - top  # probability of the more likely tokens
         # A token is needed while the tokens before it have not reached p yet; the first always is.
         drop_sorted = mass_before >= p
         drop_sorted[..., 0] = False
-        ended = drop_sorted[:, -1] | (p[:, 0] >= 1.0)  # a row's nucleus ended if its last candidate is dropped
-        if count == V or bool(ended.all()):
+        # A row's nucleus has ended among the candidates when its last one is dropped (or p keeps every token).
+        if bool((drop_sorted[:, -1] | (p[:, 0] >= 1.0)).all()):
             break
-        count = min(V, count * 8)
     keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, order, ~drop_sorted) | (p >= 1.0)
     return logits.masked_fill(~keep, float("-inf"))
 
