@@ -191,8 +191,37 @@ def threads_table(r: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
+PROFILE_SHARES = ("body matmuls", "head", "attention", "cache", "other ops", "sampling", "text", "python")
+
+
+def profile_table(r: dict) -> str:
+    """A bench/profile_decode.py run: each case's step time and the shares of it."""
+    rows = ["| case | step ms | tok/s | " + " | ".join(PROFILE_SHARES) + " |",
+            "| --- | ---: | ---: | " + " | ".join("---:" for _ in PROFILE_SHARES) + " |"]
+    for case, c in r["results"].items():
+        rows.append(f"| {case} | {c['step_ms']:.1f} | {c['tokens_per_s']:.1f} | "
+                    + " | ".join(f"{c['shares'][name]:.0%}" for name in PROFILE_SHARES) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def roofline_table(r: dict) -> str:
+    """bench/roofline.py: per weight format and batch, the bound, the measured rate and the share reached."""
+    rows = ["| weights | batch | MB read per token | GFLOP per token | bound tok/s (by) | measured tok/s median "
+            "(min-max) | share of the bound |", "| --- | ---: | ---: | ---: | --- | --- | ---: |"]
+    for case, c in r["results"].items():
+        weights, batch = case.rsplit("_batch", 1)
+        t = c["tok_per_s"]
+        rows.append(f"| {weights} | {batch} | {c['bytes_per_token'] / 1e6:.1f} | {c['flops_per_token'] / 1e9:.2f} | "
+                    f"{c['bound_tok_per_s']:.1f} ({c['bound_by']}) | {t['median']:.1f} ({t['min']:.1f}-{t['max']:.1f}) | "
+                    f"{c['share_of_bound']:.0%} |")
+    return "\n".join(rows) + "\n"
+
+
 BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "threads.table": ("threads", threads_table),
+    "profile_decode_before.table": ("profile_decode_before", profile_table),
+    "profile_decode.table": ("profile_decode", profile_table),
+    "roofline.table": ("roofline", roofline_table),
     "assistant.sft_table": ("assistant", sft_table),
     "default.stone": ("default", base_sample),
     "assistant.sft_answers": ("assistant", sft_answers),

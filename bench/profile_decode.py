@@ -1,11 +1,12 @@
 """Benchmark: where a batched decode step's time goes, at GPT-2 124M's shape on the CPU.
 
     .venv/bin/python bench/profile_decode.py --threads 1                    # batch 1 and 8, float32 and int8
-    .venv/bin/python bench/profile_decode.py --threads 1 --batches 8 --weights int8 --steps 8
+    .venv/bin/python bench/profile_decode.py --threads 1 --batches 8 --weights int8 --top_p 1.0 --steps 8
 
 A step is what the server's engine does for every token (gpt/serve/engine.py): the Decoder's forward pass over
-each row's newest token (gpt/decoding.py), sampling every row (temperature 0.8 as bench/serve.py asks, --top_p to add a nucleus; one seeded stream
-per row, as eight clients' requests ask), and turning each row's token into text (`TextStream`). The rows start
+each row's newest token (gpt/decoding.py), sampling every row (temperature 0.8 as bench/serve.py asks, and with
+a nucleus, top_p 0.95, at the largest batch; one seeded stream per row, as eight clients' requests have), and
+turning each row's token into text (`TextStream`). The rows start
 from prompts of different lengths, as requests that arrived at different times do.
 
 The step's wall time is split into shares (ratios hold on a loaded machine; absolute times do not):
@@ -134,7 +135,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8", help="rows per step, comma-separated")
     parser.add_argument("--weights", default="float32,int8", help="weight formats, comma-separated")
     parser.add_argument("--steps", type=int, default=16, help="profiled steps per case")
-    parser.add_argument("--top_p", type=float, default=1.0, help="1.0 (off) as bench/serve.py asks; 0.95 adds the nucleus")
+    parser.add_argument("--top_p", default="1.0,0.95", help="comma-separated: 1.0 (off) as bench/serve.py asks, "
+                                                          "0.95 adds a nucleus (at the largest batch only)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--name", default="profile_decode", help="results file: bench/results/NAME.json")
     parser.add_argument("--label", default="", help="what code was profiled (kept in the results file)")
@@ -143,19 +145,22 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     results, rows = {}, []
+    batches = [int(b) for b in args.batches.split(",")]
+    top_ps = [float(p) for p in args.top_p.split(",")]
     for weights in args.weights.split(","):
         model = build(weights)
-        for batch in (int(b) for b in args.batches.split(",")):
-            r = breakdown(model, batch, args.steps, args.top_p)
-            results[f"{weights} batch {batch}"] = r
-            rows.append([weights, batch, r["step_ms"], r["tokens_per_s"]]
-                        + [f"{r['shares'][name]:.0%}" for name in SHARES])
+        for top_p in top_ps:
+            for batch in batches if top_p == top_ps[0] else batches[-1:]:
+                r = breakdown(model, batch, args.steps, top_p)
+                results[f"{weights} batch {batch}" + (f" top_p {top_p}" if top_p < 1 else "")] = r
+                rows.append([weights, batch, top_p, r["step_ms"], r["tokens_per_s"]]
+                            + [f"{r['shares'][name]:.0%}" for name in SHARES])
     path = harness.write(args.name, {"label": args.label, "shape": "gpt2 124M (12 layers, 768 wide, vocab 50257)",
-                                            "steps": args.steps, "top_p": args.top_p, "results": results})
+                                            "steps": args.steps, "results": results})
     print(f"wrote {path}")
-    print(f"an engine step (forward, sampling at temperature 0.8 top_p {args.top_p}, text), "
-          f"{torch.get_num_threads()} thread(s); shares of the step's wall time")
-    print(harness.table(["weights", "batch", "step ms", "tok/s", *SHARES], rows))
+    print(f"an engine step (forward, sampling at temperature 0.8, text), {torch.get_num_threads()} thread(s); "
+          "shares of the step's wall time")
+    print(harness.table(["weights", "batch", "top_p", "step ms", "tok/s", *SHARES], rows))
 
 
 if __name__ == "__main__":

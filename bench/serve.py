@@ -44,6 +44,8 @@ def start(ckpt: str, args) -> tuple[subprocess.Popen, str, str]:
                "--max_batch", str(max(16, args.clients)), "--max_waiting", "256", "--weights", args.weights]
     if args.compile:
         command.append("--compile")
+    if args.threads:
+        command += ["--threads", str(args.threads)]
     process = subprocess.Popen(command, cwd=harness.REPO, stdout=subprocess.PIPE, text=True)
     line = process.stdout.readline()
     match = re.search(r"serving (\S+) .* at (http://\S+)/v1", line)
@@ -154,6 +156,7 @@ def main() -> None:
     parser.add_argument("--ckpt", default="", help="the model to serve (default: random GPT-2 124M-shaped weights)")
     parser.add_argument("--weights", default="float32")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="the server's torch threads (0: its default)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients of the scaling rounds")
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per request")
     parser.add_argument("--rounds", type=int, default=3)
@@ -201,7 +204,7 @@ def main() -> None:
             folder.cleanup()
 
     ratio = many["median"] / one["median"]
-    path = harness.write(args.name, {"model": model, "weights": args.weights, "compile": args.compile,
+    path = harness.write(args.name, {"model": model, "weights": args.weights, "compile": args.compile, "threads": args.threads,
                                    "tokens_per_request": args.tokens, "clients": args.clients, "one_client": one,
                                    "many_clients": many, "ratio": ratio, "exactness": exact,
                                    "first_token": first, "load_test": load, "exit_code": code})

@@ -116,6 +116,7 @@ class Row:
     ids: list[int]  # the prompt and everything generated so far
     start: int  # the first token the model sees (the window's start)
     cached: int = -1  # tokens of the window held in the KV cache row (-1: to be prefilled)
+    filling: bool = False  # still filling its cache in chunks: the last step's logits are not a next token's
 
 
 class Decoder:
@@ -129,10 +130,16 @@ class Decoder:
     (gpt/serve) decodes requests that arrive at different times in one batch. A step first fills the cache
     of rows that are new or whose window restarted ("prefill", with all their tokens but the last), then
     runs one batched forward pass over every row's newest token.
+
+    With `prefill_chunk` (the server's), a long prompt is filled at most that many tokens per step, so that
+    the rows already decoding are not stalled by one long forward pass; meanwhile the row takes part in each
+    step with its next prompt token, and is marked `filling`: its logits are not a next token's, and
+    `append` skips it. Without it (sample.py's), every row is ready after the first step's prefill.
     """
 
     def __init__(self, model, prompt_ids: torch.Tensor | None = None, use_kv_cache: bool = True,
-                 dtype: torch.dtype = torch.float32, vocab_size: int | None = None, max_rows: int | None = None):
+                 dtype: torch.dtype = torch.float32, vocab_size: int | None = None, max_rows: int | None = None,
+                 prefill_chunk: int = 0):
         self.model = model
         self.block_size = model.config.block_size
         self.keep = max(1, self.block_size // 2)  # tokens kept when the window restarts
@@ -140,6 +147,7 @@ class Decoder:
         self.dtype = dtype  # autocast dtype (float32: none)
         self.vocab_size = vocab_size or model.config.vocab_size  # ids beyond the tokenizer's are never picked
         self.rows: list[Row] = []
+        self.prefill_chunk = prefill_chunk or self.block_size  # most tokens a row's prefill adds in one step
         self.max_rows = max_rows or (1 if prompt_ids is None else prompt_ids.shape[0])
         # The cache stores keys/values in the dtype the attention computes in (bf16 under autocast).
         self.cache = RaggedKVCache.for_model(model, self.max_rows, None if dtype == torch.float32 else dtype) \
@@ -178,38 +186,46 @@ class Decoder:
                 logits = self._recompute()
             else:
                 self._prefill()
-                # Every row now has exactly one token the cache has not seen: its newest. One step for all.
-                newest = torch.tensor([[row.ids[-1]] for row in self.rows], device=self.device)  # [rows, 1]
+                # Every row now has exactly one token the cache has not seen, its newest, unless its prefill is
+                # still going on in chunks: then its next prompt token. One step for all.
+                for row in self.rows:
+                    row.filling = row.start + row.cached < len(row.ids) - 1
+                newest = torch.tensor([[row.ids[row.start + row.cached]] for row in self.rows], device=self.device)
                 full = len(self.rows) == self.max_rows
                 cache = self.cache if full else self.cache.rows_view(0, len(self.rows))
                 cache.length = max(row.cached for row in self.rows)  # the longest row, after any prefill
-                logits, _ = self.model(newest, kv_cache=cache)
+                logits, _ = self.model(newest, kv_cache=cache)  # [rows, 1, V]
                 for row in self.rows:
                     row.cached += 1
         return logits[:, -1, : self.vocab_size].float()
 
     def _prefill(self) -> None:
-        """Fill the cache rows that are new or restarted with their window's tokens but the last, running
-        neighbouring rows that have the same number of tokens together (the samples of one prompt)."""
+        """Fill the cache rows that are new, restarted or filling with their window's tokens but the last (at
+        most prefill_chunk tokens each), running neighbouring rows at the same point together (the samples of
+        one prompt)."""
         index = 0
         while index < len(self.rows):
             row = self.rows[index]
-            if row.cached >= 0:
+            if 0 <= row.cached == len(row.ids) - row.start - 1:  # ready: only its newest token is not cached
                 index += 1
                 continue
-            window = len(row.ids) - row.start - 1
+            point = (row.cached, len(row.ids) - row.start)
             end = index + 1
-            while end < len(self.rows) and self.rows[end].cached < 0 and \
-                    len(self.rows[end].ids) - self.rows[end].start - 1 == window:
+            while end < len(self.rows) and (self.rows[end].cached, len(self.rows[end].ids) - self.rows[end].start) == point:
                 end += 1
+            group = self.rows[index:end]
             cache = self.cache.rows_view(index, end)
-            cache.reset()
-            if window > 0:
-                tokens = torch.tensor([r.ids[r.start : r.start + window] for r in self.rows[index:end]],
-                                      device=self.device)  # [rows, window]
+            if row.cached < 0:  # new or restarted: the row starts over
+                cache.reset()
+                for r in group:
+                    r.cached = 0
+            take = min(self.prefill_chunk, len(row.ids) - row.start - 1 - row.cached)
+            if take > 0:
+                tokens = torch.tensor([r.ids[r.start + r.cached : r.start + r.cached + take] for r in group],
+                                      device=self.device)  # [rows, take]
                 self.model(tokens, kv_cache=cache)
-            for r in self.rows[index:end]:
-                r.cached = window
+                for r in group:
+                    r.cached += take
             index = end
 
     def _recompute(self) -> torch.Tensor:
@@ -220,12 +236,13 @@ class Decoder:
         return torch.cat([self.model(torch.tensor([w], device=self.device))[0] for w in windows])
 
     def append(self, next_ids: torch.Tensor | Sequence[int]) -> None:
-        """Add one token to each row: next_ids [rows]."""
+        """Add one token to each row: next_ids [rows] (a row still `filling` takes none: its entry is ignored)."""
         tokens = next_ids.view(-1).tolist() if isinstance(next_ids, torch.Tensor) else list(next_ids)
         if len(tokens) != len(self.rows):
             raise ValueError(f"{len(tokens)} tokens for {len(self.rows)} rows")
         for row, token in zip(self.rows, tokens):
-            row.ids.append(token)
+            if not row.filling:
+                row.ids.append(token)
 
 
 def generate_tokens(model, prompt_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

@@ -111,10 +111,11 @@ def test_cached_logits_match_recomputed_logits_step_by_step():
     assert cached.rows[0].start % 4 == 3 and cached.rows[0].start > 8
 
 
-@pytest.mark.parametrize("use_kv_cache", [True, False])
-def test_rows_joining_and_leaving_the_batch_decode_as_each_prompt_alone(tiny, use_kv_cache):
+@pytest.mark.parametrize("use_kv_cache, prefill_chunk", [(True, 0), (False, 0), (True, 3)])
+def test_rows_joining_and_leaving_the_batch_decode_as_each_prompt_alone(tiny, use_kv_cache, prefill_chunk):
     # What the server does: prompts of different lengths join the batch at different steps and leave it when
-    # done (the last row moving into the freed place). Each gets the greedy tokens it gets decoded alone,
+    # done (the last row moving into the freed place); with prefill_chunk, a prompt fills its cache 3 tokens a
+    # step while the other rows go on (and gives no token meanwhile). Each gets the greedy tokens it gets decoded alone,
     # across window restarts too (block_size is 32).
     model, tokenizer = tiny
     prompts = ["the dog ", "la", "and then, the bird sang: ", "t", "the cat sat on the mat. the dog ate "]
@@ -122,18 +123,20 @@ def test_rows_joining_and_leaving_the_batch_decode_as_each_prompt_alone(tiny, us
     joins = [0, 0, 3, 12, 12]
     with one_thread():
         alone = [greedy(model, tokenizer.encode(p), n, use_kv_cache) for p, n in zip(prompts, lengths)]
-        decoder = Decoder(model, None, use_kv_cache=use_kv_cache, max_rows=4)
+        decoder = Decoder(model, None, use_kv_cache=use_kv_cache, max_rows=4, prefill_chunk=prefill_chunk)
         active: list[tuple[int, list[int]]] = []  # (prompt, its tokens so far), in the decoder's row order
         got: dict[int, list[int]] = {}
-        step = 0
+        step, filled_in_chunks = 0, False
         while len(got) < len(prompts):
             for i in (i for i, when in enumerate(joins) if when == step):
                 decoder.add(tokenizer.encode(prompts[i]))
                 active.append((i, []))
             picks = decoder.next_logits().argmax(-1)
             decoder.append(picks)
-            for (i, tokens), token in zip(active, picks.tolist()):
-                tokens.append(token)
+            filling = sum(row.filling for row in decoder.rows)
+            for (i, tokens), token, row in zip(active, picks.tolist(), decoder.rows):
+                if not row.filling:
+                    tokens.append(token)
             for row in reversed(range(len(active))):
                 i, tokens = active[row]
                 if len(tokens) == lengths[i]:
@@ -142,7 +145,9 @@ def test_rows_joining_and_leaving_the_batch_decode_as_each_prompt_alone(tiny, us
                     active[row] = active[-1]
                     active.pop()
             step += 1
+            filled_in_chunks = filled_in_chunks or filling > 0
     assert [got[i] for i in range(len(prompts))] == alone
+    assert filled_in_chunks == (prefill_chunk > 0)
 
 
 def test_a_full_batch_refuses_another_row():

@@ -65,6 +65,8 @@ class ServeConfig(ModelSettings):
     api_key: str | None = setting(None, f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_ENV} if set; the variable keeps it out of `ps`)")
     model_name: str | None = setting(None, "the model id clients name in requests (default: the checkpoint's folder name)")
     max_batch: int = setting(16, "samples decoded together, one batched step for all (KV-cache rows held in memory)")
+    prefill_chunk: int = setting(64, "a new prompt enters the batch at most this many tokens per step, so the answers "
+                                     "already streaming are not stalled by a long prompt (0: the whole prompt in one step)")
     max_waiting: int = setting(64, "prompts that may wait for room in the batch (each prompt of a request counts; "
                                    "a request may list at most this many); beyond that, 429")
     max_prompt_tokens: int = setting(0, "longest prompt accepted, in tokens; longer ones get 400 (0 = the model's block_size; "
@@ -495,6 +497,8 @@ def check_config(cfg: ServeConfig) -> None:
     for name in ("max_batch", "max_waiting", "max_tokens"):  # below 1, every request would be refused
         if getattr(cfg, name) < 1:
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.prefill_chunk < 0:
+        raise UserError(f"prefill_chunk must be 0 (the whole prompt at once) or more, got {cfg.prefill_chunk}")
     if cfg.max_prompt_tokens < 0:
         raise UserError(f"max_prompt_tokens must be 0 (the model's block_size) or more, got {cfg.max_prompt_tokens}")
     if not 0 <= cfg.port <= 65535:
@@ -533,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
     opened = open_model(cfg)
     model, loaded, device, dtype = opened.model, opened.loaded, opened.device, opened.dtype
-    engine = Engine(model, loaded.tokenizer, max_batch=cfg.max_batch, max_waiting=cfg.max_waiting, dtype=dtype)
+    engine = Engine(model, loaded.tokenizer, max_batch=cfg.max_batch, max_waiting=cfg.max_waiting, dtype=dtype,
+                    prefill_chunk=cfg.prefill_chunk)
     if cfg.compile:
         print("compiling the model (once, before listening)...", file=sys.stderr, flush=True)
         seconds = warm_up(engine, encode_prompt(loaded.tokenizer, ""))

@@ -137,7 +137,7 @@ class Engine:
     """The decode loop in a thread of its own. submit() jobs from any thread; close() to stop it."""
 
     def __init__(self, model, tokenizer: Tokenizer, *, max_batch: int = 16, max_waiting: int = 64,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, prefill_chunk: int = 0):
         if max_batch < 1 or max_waiting < 1:  # an engine that could never take a job
             raise ValueError(f"max_batch and max_waiting must be at least 1, got {max_batch} and {max_waiting}")
         self.model = model
@@ -145,8 +145,10 @@ class Engine:
         self.max_batch = max_batch
         self.max_waiting = max_waiting
         self.device = next(model.parameters()).device
+        # A long prompt joins in chunks of prefill_chunk tokens, one per step, so the rows already decoding
+        # keep streaming meanwhile (0: in one forward pass).
         self.decoder = Decoder(model, None, use_kv_cache=True, dtype=dtype, vocab_size=tokenizer.vocab_size,
-                               max_rows=max_batch)
+                               max_rows=max_batch, prefill_chunk=prefill_chunk)
         # The sample each row of the decoder generates (same order). Only the engine thread reads or changes it
         # (other threads may take its len()): rows join and leave between steps, outside the lock.
         self.rows: list[_Sample] = []
@@ -264,20 +266,25 @@ class Engine:
 
     def _step(self) -> None:
         logits = self.decoder.next_logits()  # [rows, V]
-        # Every row sampled in one call, each with its job's settings and its own stream: a row draws exactly
-        # what it would draw alone (gpt/sampling.py), and the step costs a few batched operations, not a few per row.
-        settings = [row.job.settings for row in self.rows]
-        picked = sample(logits, [s.temperature for s in settings], [s.top_k for s in settings],
-                        [s.top_p for s in settings], [row.generator for row in self.rows]).cpu()
-        logprobs: list[TokenLogprob | None] = [None] * len(self.rows)
-        wanted = [index for index, s in enumerate(settings) if s.logprobs is not None]
-        for index in wanted:  # rare, and per job in the API: per row here
-            row = logits[index : index + 1]
-            logprobs[index] = token_logprobs(row, picked[index : index + 1], settings[index])[0]
-        self.decoder.append(picked)
+        # The rows with a next token this step: not those still filling their cache with a long prompt.
+        ready = [index for index, row in enumerate(self.decoder.rows) if not row.filling]
+        # Every ready row sampled in one call, each with its job's settings and its own stream: a row draws
+        # exactly what it would draw alone (gpt/sampling.py), and the step costs a few batched operations.
+        settings = [self.rows[i].job.settings for i in ready]
+        picked = torch.zeros(len(self.rows), dtype=torch.long)
+        if ready:
+            picked[ready] = sample(logits[ready], [s.temperature for s in settings], [s.top_k for s in settings],
+                                   [s.top_p for s in settings], [self.rows[i].generator for i in ready]).cpu()
+        logprobs: dict[int, TokenLogprob] = {}
+        for index in ready:
+            s = self.rows[index].job.settings
+            if s.logprobs is not None:  # rare, and per job in the API: per row here
+                logprobs[index] = token_logprobs(logits[index : index + 1], picked[index : index + 1], s)[0]
+        self.decoder.append(picked)  # rows still filling take no token
 
         eot = self.tokenizer.eot_id
-        for index, (row, token) in enumerate(zip(self.rows, picked.tolist())):
+        for index, token in zip(ready, picked[ready].tolist()):
+            row = self.rows[index]
             row.tokens += 1
             settings = row.job.settings
             ends = token == eot or token in settings.stop_ids
@@ -285,7 +292,7 @@ class Engine:
             reason = "stop" if ends or row.text.done else "length" if row.tokens >= settings.max_tokens else None
             if reason is not None and not ends:
                 text += row.text.finish()
-            row.job.listener(Piece(row.index, text, None if ends else logprobs[index]))
+            row.job.listener(Piece(row.index, text, None if ends else logprobs.get(index)))
             if reason is not None:
                 row.done = True
                 row.job.listener(Finished(row.index, reason, row.tokens))
@@ -293,7 +300,7 @@ class Engine:
                 if row.job.running == 0:
                     completion = sum(r.tokens for r in row.job.samples)
                     row.job.listener(Done(len(row.job.prompt_ids), completion))
-        self.generated += len(self.rows)
+        self.generated += len(ready)
         self.steps += 1
         for index in reversed(range(len(self.rows))):
             if self.rows[index].done:
