@@ -16,6 +16,10 @@ the sampling settings, and `sample` picks a token from it:
                least p (always at least one token; 1.0 = off). Applied after top_k.
 
 `sample.py --show_probs K` prints that distribution, so you can watch temperature sharpen or flatten it.
+
+A server's batch holds rows of different requests: each setting may be given per row, and each row may draw
+from a seeded stream of its own; one call then picks every row's token exactly as it would be picked alone,
+at the cost of a few batched operations rather than a few per row.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Sequence
 import torch
 
 Setting = float | int | Sequence[float] | torch.Tensor  # one value for every row, or one per row
+
 
 def next_token_probs(logits: torch.Tensor, temperature: Setting = 1.0, top_k: Setting = 0,
                      top_p: Setting = 1.0) -> torch.Tensor:
