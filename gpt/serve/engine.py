@@ -15,7 +15,9 @@ Each token becomes events for the job's listener (`Piece`, `Finished`, `Done`), 
 the HTTP layer (gpt/serve/app.py) hands them over to its event loop. Nothing here knows about HTTP.
 
 Sampling is sample.py's: `sample` and `next_token_probs` with the job's settings, one random stream per
-sample (`sample_generators`), and a `TextStream` per sample for stop strings and split UTF-8. For a chat
+sample (`sample_generators`), and a `TextStream` per sample for stop strings and split UTF-8. Every row of a
+step is sampled in one call (each with its own settings and stream), and a long prompt enters the batch
+`prefill_chunk` tokens a step, so the rows already streaming are not stalled while it is read. For a chat
 model a sample also ends at its template's end of turn (`Settings.stop_ids`), as in sample.py.
 A job decoded alone therefore gives exactly sample.py's text for the same seed and settings; batched with
 other jobs, the matmuls see more rows and may round differently in the last bit, which changes a sampled
