@@ -118,6 +118,10 @@ class Row:
     cached: int = -1  # tokens of the window held in the KV cache row (-1: to be prefilled)
     filling: bool = False  # still filling its cache in chunks: the last step's logits are not a next token's
 
+    def decoding(self) -> bool:
+        """Only its newest token is not in the cache yet: the next step gives its next token."""
+        return 0 <= self.cached == len(self.ids) - self.start - 1
+
 
 class Decoder:
     """Feeds a batch of growing sequences to the model and returns the next-token logits of each.
@@ -131,10 +135,11 @@ class Decoder:
     of rows that are new or whose window restarted ("prefill", with all their tokens but the last), then
     runs one batched forward pass over every row's newest token.
 
-    With `prefill_chunk` (the server's), a long prompt is filled at most that many tokens per step, so that
-    the rows already decoding are not stalled by one long forward pass; meanwhile the row takes part in each
-    step with its next prompt token, and is marked `filling`: its logits are not a next token's, and
-    `append` skips it. Without it (sample.py's), every row is ready after the first step's prefill.
+    With `prefill_chunk` (the server's), a long prompt is filled at most that many tokens per step while
+    other rows are decoding, so that they are not stalled by one long forward pass (with none decoding, it
+    is read whole); meanwhile the row takes part in each step with its next prompt token, and is marked
+    `filling`: its logits are not a next token's, and `append` skips it. Without it (sample.py's), every row
+    is ready after the first step's prefill.
     """
 
     def __init__(self, model, prompt_ids: torch.Tensor | None = None, use_kv_cache: bool = True,
@@ -189,7 +194,7 @@ class Decoder:
                 # Every row now has exactly one token the cache has not seen, its newest, unless its prefill is
                 # still going on in chunks: then its next prompt token. One step for all.
                 for row in self.rows:
-                    row.filling = row.start + row.cached < len(row.ids) - 1
+                    row.filling = not row.decoding()
                 newest = torch.tensor([[row.ids[row.start + row.cached]] for row in self.rows], device=self.device)
                 full = len(self.rows) == self.max_rows
                 cache = self.cache if full else self.cache.rows_view(0, len(self.rows))
@@ -202,11 +207,12 @@ class Decoder:
     def _prefill(self) -> None:
         """Fill the cache rows that are new, restarted or filling with their window's tokens but the last (at
         most prefill_chunk tokens each), running neighbouring rows at the same point together (the samples of
-        one prompt)."""
+        one prompt). Chunks are only for the sake of rows that are decoding: with none, a prompt is read whole."""
+        chunk = self.prefill_chunk if any(row.decoding() for row in self.rows) else self.block_size
         index = 0
         while index < len(self.rows):
             row = self.rows[index]
-            if 0 <= row.cached == len(row.ids) - row.start - 1:  # ready: only its newest token is not cached
+            if row.decoding():
                 index += 1
                 continue
             point = (row.cached, len(row.ids) - row.start)
@@ -219,7 +225,7 @@ class Decoder:
                 cache.reset()
                 for r in group:
                     r.cached = 0
-            take = min(self.prefill_chunk, len(row.ids) - row.start - 1 - row.cached)
+            take = min(chunk, len(row.ids) - row.start - 1 - row.cached)
             if take > 0:
                 tokens = torch.tensor([r.ids[r.start + r.cached : r.start + r.cached + take] for r in group],
                                       device=self.device)  # [rows, take]

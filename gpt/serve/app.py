@@ -65,8 +65,8 @@ class ServeConfig(ModelSettings):
     api_key: str | None = setting(None, f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_ENV} if set; the variable keeps it out of `ps`)")
     model_name: str | None = setting(None, "the model id clients name in requests (default: the checkpoint's folder name)")
     max_batch: int = setting(16, "samples decoded together, one batched step for all (KV-cache rows held in memory)")
-    prefill_chunk: int = setting(64, "a new prompt enters the batch at most this many tokens per step, so the answers "
-                                     "already streaming are not stalled by a long prompt (0: the whole prompt in one step)")
+    prefill_chunk: int = setting(64, "while answers are streaming, a new prompt enters the batch at most this many tokens "
+                                     "per step, so they are not stalled by a long prompt (0: the whole prompt in one step)")
     max_waiting: int = setting(64, "prompts that may wait for room in the batch (each prompt of a request counts; "
                                    "a request may list at most this many); beyond that, 429")
     max_prompt_tokens: int = setting(0, "longest prompt accepted, in tokens; longer ones get 400 (0 = the model's block_size; "
