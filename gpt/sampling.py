@@ -84,6 +84,8 @@ def top_p_filter(logits: torch.Tensor, p: Setting, first: int = 64) -> torch.Ten
     """
     V = logits.shape[-1]
     p = per_row(p, logits, torch.float32)
+    # The probabilities of the whole row in vocabulary order, then taken in order of likelihood: the same
+    # numbers whether a topk or a sort takes them, so the nucleus does not depend on how far we had to look.
     probs = torch.softmax(logits, dim=-1)
     for count in (min(first, V), V):
         if count < V:
