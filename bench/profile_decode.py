@@ -56,7 +56,8 @@ def category(event) -> str | None:
         return "sampling"
     if "text" in scopes:
         return "text"
-    if any(name.startswith(("aten::scaled_dot_product", "aten::_scaled_dot_product")) for name in scopes + [event.name]):
+    if any(name.startswith(("aten::scaled_dot_product", "aten::_scaled_dot_product"))
+           for name in scopes + [event.name]):
         return "attention"
     if event.name in MATMULS or any(s in MATMULS for s in scopes):
         wide = any(SHAPE.vocab_size in shape for shape in event.input_shapes if isinstance(shape, list))

@@ -204,7 +204,8 @@ def main() -> None:
             folder.cleanup()
 
     ratio = many["median"] / one["median"]
-    path = harness.write(args.name, {"model": model, "weights": args.weights, "compile": args.compile, "threads": args.threads,
+    path = harness.write(args.name, {"model": model, "weights": args.weights, "compile": args.compile,
+                                     "threads": args.threads,
                                    "tokens_per_request": args.tokens, "clients": args.clients, "one_client": one,
                                    "many_clients": many, "ratio": ratio, "exactness": exact,
                                    "first_token": first, "load_test": load, "exit_code": code})

@@ -209,15 +209,18 @@ class Decoder:
         most prefill_chunk tokens each), running neighbouring rows at the same point together (the samples of
         one prompt). Chunks are only for the sake of rows that are decoding: with none, a prompt is read whole."""
         chunk = self.prefill_chunk if any(row.decoding() for row in self.rows) else self.block_size
+
+        def point(r: Row) -> tuple[int, int]:  # how far its filling is, and of how long a window
+            return r.cached, len(r.ids) - r.start
+
         index = 0
         while index < len(self.rows):
             row = self.rows[index]
             if row.decoding():
                 index += 1
                 continue
-            point = (row.cached, len(row.ids) - row.start)
             end = index + 1
-            while end < len(self.rows) and (self.rows[end].cached, len(self.rows[end].ids) - self.rows[end].start) == point:
+            while end < len(self.rows) and point(self.rows[end]) == point(row):
                 end += 1
             group = self.rows[index:end]
             cache = self.cache.rows_view(index, end)
