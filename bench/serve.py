@@ -204,11 +204,10 @@ def main() -> None:
             folder.cleanup()
 
     ratio = many["median"] / one["median"]
-    path = harness.write(args.name, {"model": model, "weights": args.weights, "compile": args.compile,
-                                     "threads": args.threads,
-                                   "tokens_per_request": args.tokens, "clients": args.clients, "one_client": one,
-                                   "many_clients": many, "ratio": ratio, "exactness": exact,
-                                   "first_token": first, "load_test": load, "exit_code": code})
+    path = harness.write(args.name, {
+        "model": model, "weights": args.weights, "compile": args.compile, "threads": args.threads,
+        "tokens_per_request": args.tokens, "clients": args.clients, "one_client": one, "many_clients": many,
+        "ratio": ratio, "exactness": exact, "first_token": first, "load_test": load, "exit_code": code})
     print(f"wrote {path}")
     print(f"{model}, weights {args.weights}{', compiled' if args.compile else ''}, {args.tokens} tokens per request")
     print(harness.table(["clients", "aggregate tok/s median", "min", "max"],
