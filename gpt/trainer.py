@@ -296,6 +296,8 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
     if cfg.max_flops > 0:  # the budget, in steps of this model (a resumed run computes the same number)
         cfg = dataclasses.replace(cfg, max_iters=min(cfg.max_iters, scaling.steps_for_budget(
             cfg, training_flops_per_token(model))))
+        log(f"budget {cfg.max_flops:.3g} FLOPs: {cfg.max_iters:,} steps" + (f" (depth {cfg.depth}: gpt/scaling.py's "
+            f"rule set what was not given)" if cfg.depth else ""))
     else:  # the data may bring tokens the starting model never saw (a chat template's markers): rows for them
         known = (tokenizer.ready or data.tokenizer).vocab_size
         needed = data.tokenizer.vocab_size

@@ -86,11 +86,13 @@ def check_settings(cfg: ScalingConfig) -> None:
                         f"--copy_length to {cfg.block_size // 2}")
 
 
-def run_settings(cfg: ScalingConfig, depth: int, flops: float) -> TrainConfig:
-    """One run's settings: the depth rule of gpt/scaling.py (what `train.py --depth` uses) at this budget."""
-    given = {"data", "tokenizer", "data_dir", "block_size", "depth", "max_flops", "seed", "device"}
+def run_settings(cfg: ScalingConfig, depth: int, flops: float, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """One run's settings: the depth rule of gpt/scaling.py (what `train.py --depth` uses) at this budget, with
+    `overrides` given explicitly over it (bench/scaling.py's hand settings)."""
+    overrides = overrides or {}
+    given = {"data", "tokenizer", "data_dir", "block_size", "depth", "max_flops", "seed", "device", *overrides}
     base = TrainConfig(data=[cfg.data], tokenizer=cfg.tokenizer, data_dir=cfg.data_dir, block_size=cfg.block_size,
-                       depth=depth, max_flops=flops, seed=cfg.seed, device=cfg.device)
+                       depth=depth, max_flops=flops, seed=cfg.seed, device=cfg.device, **overrides)
     settings = scaling.apply_rule(base, given)
     validate(settings)
     return settings
@@ -139,8 +141,8 @@ def copy_accuracy(model: torch.nn.Module, strings: torch.Tensor, device: torch.d
 
 
 def train_one(cfg: ScalingConfig, data: TextData, depth: int, flops: float, device: torch.device,
-              strings: torch.Tensor | None) -> dict[str, Any]:
-    settings = run_settings(cfg, depth, flops)
+              strings: torch.Tensor | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    settings = run_settings(cfg, depth, flops, overrides)
     torch.manual_seed(settings.seed)
     model = new_model(settings, data.tokenizer.vocab_size).to(device)
     flops_per_token = training_flops_per_token(model)
