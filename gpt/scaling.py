@@ -131,12 +131,11 @@ def apply_rule(cfg: Any, given: set[str]) -> Any:
             # Train this size as long as the fitted law says it is the compute-optimal one for.
             derived["max_flops"] = float(f"{optimal_flops(depth_params(depth)):.3g}")
         out = dataclasses.replace(cfg, **{k: v for k, v in derived.items() if k not in given})
-    if out.max_flops > 0:
-        if "max_iters" not in given:
-            out = dataclasses.replace(out, max_iters=estimated_steps(out))  # a bound; steps_for_budget: exact
-        if "warmup_iters" not in given:
-            steps = min(out.max_iters, estimated_steps(out))
-            out = dataclasses.replace(out, warmup_iters=max(1, round(WARMUP_FRACTION * steps)))
+    if out.max_flops > 0 and "max_iters" not in given:
+        out = dataclasses.replace(out, max_iters=estimated_steps(out))  # a bound; steps_for_budget: exact
+    if (depth > 0 or out.max_flops > 0) and "warmup_iters" not in given:
+        steps = min(out.max_iters, estimated_steps(out)) if out.max_flops > 0 else out.max_iters
+        out = dataclasses.replace(out, warmup_iters=max(1, round(WARMUP_FRACTION * steps)))
     return out
 
 

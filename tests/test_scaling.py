@@ -49,6 +49,7 @@ def test_every_setting_given_explicitly_wins_over_the_rule():
     assert cfg.learning_rate == 1e-3 and cfg.min_lr == pytest.approx(1e-4) and cfg.batch_size == 8
     assert cfg.max_iters == 50 and cfg.warmup_iters == 7 and cfg.max_flops == 0  # a length given: no budget
     assert rule(depth=3, n_head=1).n_head == 1
+    assert rule(depth=3, max_iters=400).warmup_iters == 20  # the warmup follows a length given
     assert rule() == TrainConfig()  # no depth, no budget: nothing changes
 
 
