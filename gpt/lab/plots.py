@@ -322,6 +322,10 @@ def draw_laws(path: Path, report: dict[str, Any]) -> bool:
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
+    from matplotlib.ticker import FormatStrFormatter
+
+    for formatter in (left.yaxis.set_major_formatter, left.yaxis.set_minor_formatter):
+        formatter(FormatStrFormatter("%.2f"))  # a narrow log range: plain numbers, not powers of ten
     fig.tight_layout()
     _save(fig, path)
     return True
@@ -347,7 +351,7 @@ def draw_ability(path: Path, report: dict[str, Any]) -> bool:
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("non-embedding parameters N")
     ax.set_ylabel("letters of the repeat predicted exactly")
-    ax.set_title("An ability that appears with scale: copying an unseen string", fontsize=10)
+    ax.set_title("Does an ability appear with scale? Copying an unseen string", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
