@@ -303,7 +303,7 @@ def summary(report: dict[str, Any]) -> str:
 
 DESCRIPTION = """Train a miniseries (every depth at every compute budget), fit IsoFLOP curves and the scaling laws,
 predict a larger run's loss from them and run it, and measure in-context copying against size. Example:
-  python -m gpt.lab scaling --data shakespeare --out_dir out/lab/scaling       # ~15 min on 2 CPU cores
+  python -m gpt.lab scaling --data shakespeare --out_dir out/lab/scaling       # minutes on a CPU (BENCHMARKS.md)
   python -m gpt.lab scaling --budget 1000 --depths 6,8,10,12,14 --device cuda   # a GPU's miniseries"""
 
 
