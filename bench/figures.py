@@ -217,7 +217,40 @@ def roofline_table(r: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
+def scaling_optima(r: dict) -> str:
+    """The scaling lab's IsoFLOP minima (bench/scaling.py lab), one row per budget, and the laws beside the
+    published ones."""
+    report = r["report"]
+    rows = ["| budget C (FLOPs) | best depth run | N_opt (parabola) | D_opt (tokens) | tokens per parameter | val loss at N_opt |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for o in report["optima"]:
+        at = [x for x in report["runs"] if x["budget"] == o["budget"]]
+        best = min(at, key=lambda x: x["val_loss"])
+        edge = "" if o["bracketed"] else " (at the edge)"
+        rows.append(f"| {o['budget']:.2g} | {best['depth']} ({best['val_loss']:.4f}) | {o['params']:,.0f}{edge} | "
+                    f"{o['tokens']:,.0f} | {o['tokens_per_param']:.1f} | {o['loss']:.4f} |")
+    laws = report["laws"]
+    rows += ["", "| law | measured here | Kaplan et al. 2020 | Chinchilla 2022 |", "| --- | --- | --- | --- |",
+             f"| L_opt ~ C^a | a = {laws['loss']['exponent']:.3f} | -0.050 | - |",
+             f"| N_opt ~ C^b | b = {laws['n_opt']['exponent']:.2f} | 0.73 | 0.50 |",
+             f"| D_opt ~ C^c | c = {laws['d_opt']['exponent']:.2f} | 0.27 | 0.50 |",
+             f"| tokens per parameter at the optimum | {report['tokens_per_param']:.1f} | - | ~20 |"]
+    return "\n".join(rows) + "\n"
+
+
+def scaling_depth(r: dict) -> str:
+    """bench/scaling.py depth: --depth alone against the best of a small sweep of hand settings, same FLOPs."""
+    rows = ["| depth | budget (FLOPs) | `--depth` alone | best hand setting | its val loss | gap |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for d in r["depths"].values():
+        rows.append(f"| {d['depth']} | {d['budget']:.2g} | {d['rule_loss']:.4f} | {d['best']} | {d['best_loss']:.4f} | "
+                    f"{d['gap_pct']:+.2f}% |")
+    return "\n".join(rows) + "\n"
+
+
 BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "scaling_lab.optima": ("scaling_lab", scaling_optima),
+    "scaling_depth.table": ("scaling_depth", scaling_depth),
     "threads.table": ("threads", threads_table),
     "profile_decode_before.table": ("profile_decode_before", profile_table),
     "profile_decode.table": ("profile_decode", profile_table),

@@ -72,6 +72,8 @@ def _convert(name: str, tp: Any, value: Any, *, from_text: bool) -> Any:
     if typing.get_origin(inner) is list:
         item_type = typing.get_args(inner)[0]
         items = value if isinstance(value, list) else [value]
+        if from_text and item_type in (int, float):  # numbers may also come as one list: --depths 1,2,3
+            items = [part for item in items for part in str(item).split(",") if part.strip()]
         return [_convert(name, item_type, v, from_text=from_text) for v in items]
     if inner is bool:
         if isinstance(value, bool):
@@ -198,12 +200,15 @@ def _toml_string(s: str) -> str:
 
 
 def parse_args(
-    cls: type, argv: list[str] | None = None, *, prog: str = "", description: str = "", base: Any = None
+    cls: type, argv: list[str] | None = None, *, prog: str = "", description: str = "", base: Any = None,
+    explicit: set[str] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Parse a command line into a `cls`, starting from `base` (default: the dataclass defaults).
 
     Returns the config and the settings given explicitly on the command line (name -> typed value).
     A resumed training run passes its saved settings as `base`, so the TOML file and flags override them.
+    `explicit`, when given, receives the names set by the TOML file or the flags (those a rule that derives
+    settings from others, like gpt/scaling.py's, must leave as they are).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     types_ = _field_types(cls)
@@ -249,7 +254,10 @@ def parse_args(
 
     base = cls() if base is None else base
     if config_path is not None:
-        base = from_dict(cls, load_toml(config_path), where=f"in {config_path}", base=base)
+        from_file = load_toml(config_path)
+        base = from_dict(cls, from_file, where=f"in {config_path}", base=base)
+        if explicit is not None:
+            explicit.update(name.replace("-", "_") for name in from_file)
 
     overrides: dict[str, Any] = {}
     for key, value in flags:
@@ -265,6 +273,8 @@ def parse_args(
             typed = overrides[key] + typed  # repeated list flags accumulate
         overrides[key] = typed
     config = dataclasses.replace(base, **overrides)
+    if explicit is not None:
+        explicit.update(overrides)
     return config, overrides
 
 

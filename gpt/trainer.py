@@ -39,7 +39,7 @@ from gpt.config import from_dict, parse_args, setting
 from gpt.datasets import TrainingData, open_training_data
 from gpt.device import THREADS_HELP, autocast, peak_flops, pick_dtype, set_threads
 from gpt.errors import UserError, exit_on_user_error, plural
-from gpt import layers
+from gpt import layers, scaling
 from gpt.model import GPT, GPTConfig
 from gpt.optim import (learning_rate_at, make_optimizer, param_groups,  # noqa: F401 (re-exported)
                        schedule_note, set_hyperparameters, set_learning_rate)
@@ -85,6 +85,7 @@ class TrainConfig:
     plot: bool = setting(True, "write loss.png (needs matplotlib)")
     progress: bool | None = setting(None, "a progress bar (none = when standard error is a terminal; plain lines otherwise)")
     # model
+    depth: int = setting(0, "one dial for size: > 0 sets n_layer, n_embd, n_head, the learning rates, batch_size and the length (max_flops) by gpt/scaling.py's measured rule; settings given explicitly win (0 = off)")
     n_layer: int = setting(4, "Transformer layers")
     n_head: int = setting(4, "attention heads per layer")
     n_embd: int = setting(128, "width of the residual stream")
@@ -105,6 +106,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step, over all processes")
     max_iters: int = setting(2000, "optimizer steps to train for (in total, counting resumed ones)")
     max_seconds: float = setting(0.0, "also stop after this many seconds of run time, the schedule fitted to them (0 = off)")
+    max_flops: float = setting(0.0, "a compute budget: train for as many steps as this many training FLOPs pay for (or max_iters, if fewer); without depth or a shape, the depth the fitted law says is best for it (0 = off)")
     learning_rate: float = setting(2e-3, "peak learning rate (AdamW's; Muon's is muon_lr_scale times it)")
     min_lr: float = setting(2e-4, "learning rate at the end of the decay")
     warmup_iters: int = setting(100, "steps of linear warmup")
@@ -151,8 +153,10 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("learning_rate must be positive and min_lr not negative")
     if not (0.0 <= cfg.beta1 < 1.0 and 0.0 <= cfg.beta2 < 1.0):
         raise UserError(f"beta1 and beta2 must be in [0, 1), got {cfg.beta1} and {cfg.beta2}")
-    if cfg.weight_decay < 0 or cfg.grad_clip < 0 or cfg.peak_flops < 0 or cfg.max_seconds < 0:
-        raise UserError("weight_decay, grad_clip, peak_flops and max_seconds must not be negative")
+    if cfg.weight_decay < 0 or cfg.grad_clip < 0 or cfg.peak_flops < 0 or cfg.max_seconds < 0 or cfg.max_flops < 0:
+        raise UserError("weight_decay, grad_clip, peak_flops, max_seconds and max_flops must not be negative")
+    if cfg.depth < 0:
+        raise UserError(f"depth must be 0 (off) or a number of layers, got {cfg.depth}")
     for name, choices in (("lr_schedule", ("cosine", "wsd")), ("optimizer", ("adamw", "muon"))):
         if getattr(cfg, name) not in choices:
             raise UserError(f"{name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
@@ -174,9 +178,11 @@ def validate(cfg: TrainConfig) -> None:
 
 def resolve_config(argv: list[str]) -> tuple[TrainConfig, dict[str, Any] | None]:
     """The settings of this run, and the checkpoint to resume from (None for a fresh run)."""
-    cfg, _ = parse_args(TrainConfig, argv, prog="train.py", description=DESCRIPTION)
+    given: set[str] = set()
+    cfg, _ = parse_args(TrainConfig, argv, prog="train.py", description=DESCRIPTION, explicit=given)
     out_dir = Path(cfg.out_dir)
     if not cfg.resume:
+        cfg = scaling.apply_rule(cfg, given)  # --depth (or a budget alone) sets what was not given
         validate(cfg)
         for name in ("ckpt.pt", "best.pt"):
             if (out_dir / name).exists():
@@ -287,6 +293,11 @@ def _train(cfg: TrainConfig, resume_state: dict[str, Any] | None, dist: Dist) ->
     data.check_fits(cfg.block_size, cfg.batch_size, dist.world_size)
     if model is None:
         model = new_model(cfg, data.tokenizer.vocab_size)
+    if cfg.max_flops > 0:  # the budget, in steps of this model (a resumed run computes the same number)
+        cfg = dataclasses.replace(cfg, max_iters=min(cfg.max_iters, scaling.steps_for_budget(
+            cfg, training_flops_per_token(model))))
+        log(f"budget {cfg.max_flops:.3g} FLOPs: {cfg.max_iters:,} steps" + (f" (depth {cfg.depth}: gpt/scaling.py's "
+            f"rule set what was not given)" if cfg.depth else ""))
     else:  # the data may bring tokens the starting model never saw (a chat template's markers): rows for them
         known = (tokenizer.ready or data.tokenizer).vocab_size
         needed = data.tokenizer.vocab_size

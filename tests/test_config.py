@@ -103,3 +103,23 @@ def test_help_lists_every_setting_with_default_and_meaning(capsys):
                  "[integer or none; none]", "[list of strings; none]"]:
         assert line in out
     assert help_text(Example).count("\n  --") == 6
+
+
+def test_explicit_names_come_from_the_toml_file_and_the_flags(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("[model]\nn-layer = 8\n")
+    given: set[str] = set()
+    parse_args(Example, [str(path), "--learning_rate=2e-3"], explicit=given)
+    assert given == {"n_layer", "learning_rate"}
+
+
+def test_number_lists_may_be_written_with_commas():
+    @dataclass
+    class Lists:
+        depths: list[int] = setting([1], "sizes")
+        budgets: list[float] = setting([1.0], "budgets")
+
+    cfg, _ = parse_args(Lists, ["--depths", "2,3,4", "--budgets=1e9,3e9"])
+    assert cfg.depths == [2, 3, 4] and cfg.budgets == [1e9, 3e9]
+    with pytest.raises(UserError, match="depths"):
+        parse_args(Lists, ["--depths=2,x"])

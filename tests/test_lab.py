@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt.lab import fewshot, induction, probes
+from gpt.lab import fewshot, induction, probes, scaling
 from gpt.lab.__main__ import main as lab_main
 from gpt.lab.scores import (heads_off, icl_score, icl_windows, induction_scores, previous_token_scores,
                             recording_attention)
@@ -360,7 +360,7 @@ def test_readme_lab_commands_use_real_settings():
 
     readme = documentation_text()  # README.md and every chapter in docs/
     configs = {"induction": induction.InductionConfig, "attention": probes.AttentionConfig, "icl": probes.IclConfig,
-               "lens": probes.LensConfig, "fewshot": fewshot.FewshotConfig}
+               "lens": probes.LensConfig, "fewshot": fewshot.FewshotConfig, "scaling": scaling.ScalingConfig}
     seen = set()
     for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -428,3 +428,45 @@ def test_a_short_induction_run_learns_the_repeat_and_its_heads_carry_it(tmp_path
     assert code == 0
     heads = json.loads((tmp_path / "att" / "attention.json").read_text())["heads"]
     assert len(heads) == 4 and all(0 <= h["induction"] <= 1 for h in heads)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The scaling miniseries, shrunk to seconds (the default run and what it found: BENCHMARKS.md)
+
+
+def test_a_tiny_miniseries_writes_its_report_fits_and_pictures(tmp_path, capsys):
+    import random
+
+    rng = random.Random(0)
+    words = "the quick brown fox jumps over a lazy dog while cats sit on warm mats".split()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(" ".join(rng.choice(words) for _ in range(8000)) + "\n", encoding="utf-8")
+    out = tmp_path / "scaling"
+    code = lab_main(["scaling", "--data", str(corpus), "--data_dir", str(tmp_path / "data"), "--out_dir", str(out),
+                     "--depths", "1,2,3", "--budgets", "1e8,3e8", "--predict", "2", "--block_size", "32",
+                     "--eval_batches", "2", "--copy_sequences", "8", "--copy_length", "8", "--threads", "1"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["runs"]) == 6 and {r["budget"] for r in report["runs"]} == {1e8, 3e8}
+    for r in report["runs"]:  # each run spent its budget, within one step (at least one step, however small)
+        step = r["flops_per_token"] * r["tokens"] / r["steps"]
+        assert r["flops"] <= max(r["budget"], step) and r["budget"] < r["flops"] + step
+        assert 0 < r["val_loss"] < 5 and 0 <= r["copy_accuracy"] <= 1
+    assert len(report["optima"]) == 2 and set(report["laws"]) == {"loss", "n_opt", "d_opt"}
+    prediction = report["prediction"]
+    assert prediction["budget"] == 6e8 and prediction["run"]["budget"] == 6e8
+    assert prediction["error"] == pytest.approx((prediction["predicted_loss"] - prediction["actual_loss"])
+                                                / prediction["actual_loss"])
+    assert [a["params"] for a in report["ability"]["best_by_size"]] == sorted({r["params"] for r in report["runs"]})
+    pytest.importorskip("matplotlib")
+    assert all(is_png(out / name) for name in ("isoflop.png", "laws.png", "ability.png"))
+    assert "prediction at C 6e+08" in capsys.readouterr().out
+    code = lab_main(["scaling", "--data", str(corpus), "--data_dir", str(tmp_path / "data"), "--out_dir", str(out)])
+    assert code == 2 and "--overwrite" in capsys.readouterr().err  # an earlier report is kept
+
+
+def test_scaling_settings_that_cannot_work_are_one_line_errors(capsys, tmp_path):
+    for args, message in ((["--depths", "2,3"], "at least 3"), (["--budgets", "1e9"], "at least 2"),
+                          (["--copy_length", "40"], "do not fit")):
+        code, _, err = run_lab(capsys, "scaling", "--out_dir", str(tmp_path), *args)
+        assert code == 2 and message in err, err

@@ -10,6 +10,8 @@ inside them. Commands:
   icl         the mean loss by position in the context: does more context help? (in-context learning)
   lens        the logit lens: the top next tokens read out after each layer                  (probes.py)
   fewshot     exact match on tasks against the number of examples in the prompt                (fewshot.py)
+  scaling     a miniseries of sizes at several compute budgets: IsoFLOP curves, fitted scaling laws, a
+              prediction tested, copying against size                                        (scaling.py)
 
 Module by concern: synthetic.py (the sequences), scores.py (attention, head scores, loss by position,
 ablation), training.py (the small training loop), plots.py (the PNGs), output.py (JSON, tables).

@@ -246,3 +246,114 @@ def draw_fewshot(path: Path, shots: Sequence[int], curves: dict[str, Sequence[fl
     fig.tight_layout()
     _save(fig, path)
     return True
+
+
+# ---------------------------------------------------------------------------------------------------
+# The scaling miniseries
+
+
+def draw_isoflop(path: Path, report: dict[str, Any]) -> bool:
+    """Val loss against size, one curve per budget, each optimum marked; the predicted run beside its outcome."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = plt.cm.viridis(np.linspace(0.1, 0.85, len(report["optima"])))
+    for optimum, colour in zip(report["optima"], colours):
+        runs = sorted((r for r in report["runs"] if r["budget"] == optimum["budget"]), key=lambda r: r["params"])
+        ax.plot([r["params"] for r in runs], [r["val_loss"] for r in runs], "o-", color=colour, lw=1.2,
+                label=f"C = {optimum['budget']:.2g} FLOPs")
+        if optimum["curvature"] is not None:
+            ax.plot([optimum["params"]], [optimum["loss"]], "*", color=colour, ms=14, mec="black")
+    prediction = report.get("prediction")
+    if prediction:
+        n = prediction["run"]["params"]
+        ax.plot([n], [prediction["predicted_loss"]], "D", mfc="none", mec="tab:red", ms=10,
+                label=f"predicted for C = {prediction['budget']:.2g}")
+        ax.plot([n], [prediction["actual_loss"]], "x", color="tab:red", ms=10, mew=2, label="its outcome")
+    ax.set_xscale("log")
+    ax.set_xlabel("non-embedding parameters N")
+    ax.set_ylabel("val loss (nats/token)")
+    ax.set_title("IsoFLOP curves: at each compute budget, a best size (stars: parabola minima)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def draw_laws(path: Path, report: dict[str, Any]) -> bool:
+    """The fitted laws: the optimum's loss, and the optimal size, against compute (log-log)."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    import numpy as np
+
+    optima, laws = report["optima"], report["laws"]
+    cs = [o["budget"] for o in optima]
+    prediction = report.get("prediction")
+    top = max(cs + ([prediction["budget"]] if prediction else []))
+    grid = np.geomspace(min(cs), top, 50)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    left.plot(cs, [o["loss"] for o in optima], "o", color="tab:blue", label="IsoFLOP minima")
+    law = laws["loss"]
+    left.plot(grid, law["coef"] * grid ** law["exponent"], "-", color="tab:blue", lw=1,
+              label=f"L = {law['coef']:.3g} C^{law['exponent']:.3f}")
+    if prediction:
+        left.plot([prediction["budget"]], [prediction["predicted_loss"]], "D", mfc="none", mec="tab:red", ms=9,
+                  label="predicted (this depth)")
+        left.plot([prediction["budget"]], [prediction["actual_loss"]], "x", color="tab:red", ms=9, mew=2,
+                  label=f"measured ({100 * prediction['error']:+.1f}%)")
+    left.set_ylabel("val loss at the optimum")
+    right.plot(cs, [o["params"] for o in optima], "o", color="tab:green", label="N_opt (IsoFLOP minima)")
+    fit = laws["n_opt"]
+    right.plot(grid, fit["coef"] * grid ** fit["exponent"], "-", color="tab:green", lw=1,
+               label=f"N_opt = {fit['coef']:.3g} C^{fit['exponent']:.2f}")
+    # Chinchilla's slope (C^0.5) through the middle optimum, for comparison.
+    mid = optima[len(optima) // 2]
+    right.plot(grid, mid["params"] * (grid / mid["budget"]) ** 0.5, ":", color="gray", label="Chinchilla's slope C^0.5")
+    right.set_ylabel("compute-optimal N")
+    for ax, title in ((left, "Loss falls as a power of compute"), (right, "The optimal size grows with compute")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training compute C (FLOPs)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    from matplotlib.ticker import FormatStrFormatter
+
+    for formatter in (left.yaxis.set_major_formatter, left.yaxis.set_minor_formatter):
+        formatter(FormatStrFormatter("%.2f"))  # a narrow log range: plain numbers, not powers of ten
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def draw_ability(path: Path, report: dict[str, Any]) -> bool:
+    """In-context copying of an unseen string against size, one curve per budget."""
+    plt = pyplot()
+    if plt is None or not report.get("ability"):
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    budgets = sorted({r["budget"] for r in report["runs"]})
+    for budget in budgets:
+        runs = sorted((r for r in report["runs"] if r["budget"] == budget), key=lambda r: r["params"])
+        ax.plot([r["params"] for r in runs], [r["copy_accuracy"] for r in runs], "o-", lw=1.2,
+                label=f"C = {budget:.2g}")
+    prediction = report.get("prediction")
+    if prediction:
+        ax.plot([prediction["run"]["params"]], [prediction["run"]["copy_accuracy"]], "x", color="tab:red", ms=9,
+                mew=2, label=f"C = {prediction['budget']:.2g} (predicted run)")
+    ax.axhline(report["ability"]["chance"], color="gray", ls=":", label="chance")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("non-embedding parameters N")
+    ax.set_ylabel("letters of the repeat predicted exactly")
+    ax.set_title("Does an ability appear with scale? Copying an unseen string", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    return True

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from gpt.optim import learning_rate_at, make_optimizer
+from gpt.optim import learning_rate_at, make_optimizer, set_learning_rate
 
 
 def train(model: torch.nn.Module, cfg, next_batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
@@ -27,8 +27,7 @@ def train(model: torch.nn.Module, cfg, next_batch: Callable[[int], tuple[torch.T
             model.train()
         if step == cfg.max_iters:
             break
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(step, cfg)
+        set_learning_rate(optimizer, learning_rate_at(step, cfg))  # (Muon's groups step at their multiple of it)
         x, y = next_batch(step)
         _, loss = model(x, y)
         loss.backward()
