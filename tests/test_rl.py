@@ -215,3 +215,24 @@ def test_rl_refuses_a_reward_it_cannot_use_in_one_line(tuned, capsys, tmp_path):
     code = train(["--rl", f"--data={tuned / 'suite' / 'train.jsonl'}", *_args(tuned, "refused", "--max_iters=1")])
     err = capsys.readouterr().err
     assert code == 2 and "give --init_from" in err and err.count("\n") == 1
+
+
+def test_the_example_task_set_and_its_reward_run_end_to_end(tuned, capsys):
+    # examples/rl_vowels.py: a task set of the user's own (prompt/response JSONL) and its reward with partial credit.
+    import subprocess
+    import sys
+
+    folder = tuned / "vowels"
+    subprocess.run([sys.executable, str(REPO / "examples" / "rl_vowels.py"), f"--out={folder}", "--train=64",
+                    "--val=16"], check=True, capture_output=True, cwd=REPO)
+    first = json.loads((folder / "train.jsonl").read_text().splitlines()[0])
+    assert first["task"] == "count_vowels" and "vowels" in first["prompt"] and first["response"].isdigit()
+    spec = f"{REPO / 'examples' / 'rl_vowels.py'}:score"
+    reward = Reward(spec)
+    assert [reward("", answer, "2") for answer in ("2", " 3", "1", "4", "two")] == [1.0, 0.5, 0.5, 0.0, 0.0]
+    capsys.readouterr()
+    assert train(["--rl", f"--data={folder / 'train.jsonl'}", f"--val_data={folder / 'val.jsonl'}",
+                  f"--init_from={tuned / 'sft'}", f"--reward={spec}", "--rl_group=4", "--rl_max_tokens=4",
+                  *_args(tuned, "vowels_run", "--max_iters=2", "--eval_interval=2", "--eval_iters=1")]) == 0
+    assert "64 train / 16 val prompts (1 task)" in capsys.readouterr().out
+    assert {"val_reward", "val_pass1"} <= set(_records(tuned / "vowels_run", "eval")[-1])
