@@ -387,8 +387,8 @@ class RLData(TrainingData):
         return (f"{len(self.items['train']):,} train / {len(self.items['val']):,} val prompts"
                 + (f" ({plural(len(tasks), 'task')})" if tasks else "")
                 + f"; reinforcement learning: {s.group} answers per prompt at temperature {s.temperature:g}, at most "
-                f"{plural(s.max_tokens, 'token')}, reward {self.reward.spec}, advantage = reward - group mean"
-                + (" / group std" if s.std else "") + (f", KL weight {s.kl:g}" if s.kl else "") + self.fit_note)
+                f"{plural(s.max_tokens, 'token')}, reward {self.reward.spec}, advantage = "
+                + ("(reward - group mean) / group std" if s.std else "reward - group mean") + (f", KL weight {s.kl:g}" if s.kl else "") + self.fit_note)
 
     def check_fits(self, block_size: int, batch_size: int, world_size: int) -> None:
         """Prompts whose answer could run past the context (block_size - rl_max_tokens tokens) are left out."""
