@@ -10,8 +10,9 @@ Its place in the flow: between preparing the data (gpt/data.py: text -> token bi
 Plain text (files, folders, named corpora, {"text"} JSONL) is TextData, here: random windows, next-token
 cross-entropy. Other kinds live in the layers and register themselves (gpt/layers.py): conversations
 (gpt/post/chat_data.py: packed windows, the loss on the assistant's tokens) and preference pairs
-(gpt/post/dpo.py: the DPO loss against a frozen reference). `open_training_data` recognises the kind from the
-first line of the .jsonl files (`detect_kind`: one detector for every kind), and every kind that holds out a
+(gpt/post/dpo.py: the DPO loss against a frozen reference); and prompts to answer, chosen by a setting rather
+than by the lines (gpt/post/rl.py, rl = true: reinforcement learning). `open_training_data` recognises the kind
+from the first line of the .jsonl files (`detect_kind`: one detector for every kind), and every kind that holds out a
 share of its examples for validation picks it with `held_out` (one val split); the loop does not change.
 """
 
@@ -64,6 +65,11 @@ class TrainingData(ABC):
 
     def metrics(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         return {"loss": self.loss(model, batch)}
+
+    def training_metrics(self) -> dict[str, float]:
+        """What the training batches since the last call measured besides the loss, logged with it (RL: the sampled
+        answers' mean reward); this process's batches only. None for most kinds."""
+        return {}
 
     def bits_per_byte(self, split: str, loss: float) -> float | None:
         """The loss in bits per byte of text, where the data knows its bytes (None otherwise)."""
@@ -129,7 +135,10 @@ def open_training_data(cfg: Any, tokenizer: TokenizerChoice | str | Tokenizer, *
     JSONL included, is TextData."""
     tokenizer = TokenizerChoice.of(tokenizer)  # a spec becomes a choice once, here at the edge of the data path
     files = jsonl_files(cfg.data, cfg.include, cfg.data_dir)
-    kind = detect_kind(files) if files is not None else None
+    chosen = [kind for kind in layers.data_kinds() if kind.chosen_by(cfg)]  # a setting asks for it (rl = true)
+    if chosen and files is None:
+        raise UserError(f"{chosen[0].name} are read from .jsonl files of prompt/response lines: give --data=FILE.jsonl")
+    kind = chosen[0] if chosen else detect_kind(files) if files is not None else None
     if kind is not None:
         return kind.open(files, cfg, tokenizer)
     if getattr(cfg, "val_data", None):
@@ -194,7 +203,7 @@ def line_kind(line: Any, where: str) -> layers.DataKind | None:
                 return kind
         if "text" in line:
             return None
-    forms = ", ".join([kind.line_help for kind in kinds] + ['{"text"}'])
+    forms = ", ".join([kind.line_help for kind in kinds if kind.line_help] + ['{"text"}'])
     if not isinstance(line, dict):
         raise UserError(f"{where}: a line must be a JSON object, one of {forms}")
     hint = "" if kinds else (" (conversations and preference pairs come from the gpt/post layer, which is not registered: "

@@ -4,8 +4,9 @@ Its place in the house: the core (text → tokens → batches → model → loss
 never imports a layer (gpt/post: conversations, preference tuning, adapters, the task suite). A layer announces
 itself in pyproject.toml as an entry point of the group "gpt.layers", a function that registers what it adds:
 
-    add_data_kind(kind)       a kind of training data in JSONL files: recognises a line, opens the files as
-                              TrainingData (gpt/datasets.py asks every kind, then takes plain {"text"} itself)
+    add_data_kind(kind)       a kind of training data in JSONL files: recognises a line (or is chosen by a
+                              setting), opens the files as TrainingData (gpt/datasets.py asks every kind, then
+                              takes plain {"text"} itself)
     add_adaptation(a)         something trained over a frozen model instead of its weights (LoRA adapters): how
                               to start, save, open, merge and resume it (the `Adaptation` interface below)
     add_on_load(hook)         completes a model opened for use (gpt/checkpoint.py's Loaded: the chat template)
@@ -39,6 +40,10 @@ class DataKind(Protocol):
 
     def recognises(self, line: dict[str, Any]) -> bool:
         """Whether a file whose first line is `line` holds this kind."""
+
+    def chosen_by(self, cfg: Any) -> bool:
+        """Whether the run's settings ask for this kind whatever the lines look like (rl = true: prompt/response
+        lines read as prompts to answer, gpt/post/rl.py); False for a kind known by its lines alone."""
 
     def open(self, files: list[Path], cfg: Any, tokenizer: TokenizerChoice) -> Any:
         """The files as a TrainingData (gpt/datasets.py) for the run's settings `cfg`, tokenized as `tokenizer`

@@ -457,7 +457,8 @@ class Run:
         now = time.perf_counter()
         tok_per_s = self.window_tokens / max(now - self.window_start, 1e-9)
         mfu = self.flops_per_token * tok_per_s / (self.peak * self.dist.world_size) if self.peak else None
-        self.log.write({"kind": "train", "step": self.step, "loss": value, "lr": lr,
+        measured = {name: round(v, 6) for name, v in self.data.training_metrics().items()}  # RL: the reward
+        self.log.write({"kind": "train", "step": self.step, "loss": value, "lr": lr, **measured,
                         "tokens": self.step * self.tokens_per_step, "tok_per_s": round(tok_per_s, 1),
                         "mfu": None if mfu is None or mfu > 1 else round(mfu, 6), "elapsed": round(self.elapsed(), 3)})
         if mfu is not None and mfu > 1 and not self.mfu_capped_said:
@@ -465,7 +466,8 @@ class Run:
             self.progress.say(f"note: MFU came out above 100% ({100 * mfu:.0f}%), which cannot be: the peak FLOP/s was "
                               "measured on a busy machine. MFU is shown as n/a; pin the peak with --peak_flops, or "
                               "measure it again on a quiet machine: python -m gpt.device --calibrate")
-        fields = {"loss": f"{value:.4f}", "lr": f"{lr:.2e}", "tok/s": f"{tok_per_s:,.0f}",
+        fields = {"loss": f"{value:.4f}", **{name: f"{v:.4f}" for name, v in measured.items()}, "lr": f"{lr:.2e}",
+                  "tok/s": f"{tok_per_s:,.0f}",
                   "mfu": "n/a" if mfu is None or mfu > 1 else f"{100 * mfu:.1f}%"}
         self.progress.update(self.step, fields, self._budget_left())
         self.window_start, self.window_tokens = time.perf_counter(), 0

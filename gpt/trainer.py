@@ -62,12 +62,19 @@ LEGACY_SETTINGS = {"arch": "gpt2", "optimizer": "adamw", "lr_schedule": "cosine"
 @dataclass
 class TrainConfig:
     # data
-    data: list[str] = setting(["stdlib"], "the text: a file, a folder, or a named corpus (stdlib, shakespeare); .jsonl files of conversations train a chat model, of preference pairs tune one with DPO (needs init_from); several: repeat --data or join with ','")
+    data: list[str] = setting(["stdlib"], "the text: a file, a folder, or a named corpus (stdlib, shakespeare); .jsonl files of conversations train a chat model, of preference pairs tune one with DPO (needs init_from), with --rl its prompts tune one by reinforcement learning; several: repeat --data or join with ','")
     include: str | None = setting(None, "with a folder: only files matching this glob (e.g. '*.py')")
     val_fraction: float = setting(0.1, "share of the text (or of the conversations) held out for validation")
     val_data: str | None = setting(None, "conversations or preference pairs only: a .jsonl file (or folder) to validate on instead of a val_fraction share")
     dpo_beta: float = setting(0.1, "preference pairs only: DPO's beta, how far the model may move from the reference for a given preference (smaller: further; 0.1 is usual)")
     dpo_nll: float = setting(0.0, "preference pairs only: add this weight x the chosen answers' negative log-likelihood per token to the DPO loss, which keeps them likely (0 = plain DPO)")
+    rl: bool = setting(False, "reinforcement learning (needs init_from): the .jsonl prompts are answered by the model, rl_group answers each, and answers that score above their group's mean are reinforced (gpt/post/rl.py)")
+    reward: str = setting("exact", "rl only: exact (1 when the answer is the line's response, the task suite's check) or your own, module:function or file.py:function, called with (prompt, answer, reference) and returning a number")
+    rl_group: int = setting(8, "rl only: answers sampled per prompt; each is scored against its group's mean reward")
+    rl_temperature: float = setting(1.0, "rl only: the sampling temperature of the answers (1.0: the model as it is)")
+    rl_max_tokens: int = setting(32, "rl only: the longest answer sampled, in tokens (an answer not ended by then is scored as it stands)")
+    rl_kl: float = setting(0.0, "rl only: weight of the penalty on KL(model || the starting model) per answer token (0 = off; the KL is reported either way)")
+    rl_std: bool = setting(False, "rl only: divide each advantage by its group's reward std too (GRPO's form); off: reward - group mean (Dr. GRPO: no bias towards prompts nearly always or never solved)")
     loss_on: str = setting("assistant", "conversations only: assistant (the loss counts the answers and their end token) or all (every token)")
     data_dir: str = setting("data", "where prepared token bins are cached")
     on_invalid_utf8: str = setting("error", "a file that is not UTF-8: error (with file and byte offset) or replace (bad bytes become U+FFFD)")
@@ -237,6 +244,7 @@ Examples:
   python train.py --data=my_novel.txt --out_dir=out/novel      # your text (a file, a folder, or several)
   python train.py --out_dir=out/novel --resume --max_iters=4000   # continue a run, and extend it
   python train.py configs/sft_tasks_cpu.toml                   # tune out/default to answer (after python -m gpt.tasks make)
+  python train.py configs/rl_tasks_cpu.toml                    # then reinforce its right answers (RL, rl = true)
   python train.py configs/shakespeare_char_cpu.toml            # Tiny Shakespeare (a 1 MB download, once), ~2 min
   python train.py configs/finetune_shakespeare.toml            # fine-tune out/default on it"""
 

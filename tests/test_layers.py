@@ -159,7 +159,7 @@ def test_no_function_is_longer_than_a_page():
 def test_the_post_training_layer_is_announced_and_registers_its_seams():
     announced = {entry.value for entry in entry_points(group=layers.GROUP)}
     assert "gpt.post:register" in announced, "reinstall the project (pip install -e .): its metadata lacks the layer"
-    assert {kind.name for kind in layers.data_kinds()} == {"conversations", "pairs"}
+    assert {kind.name for kind in layers.data_kinds()} == {"conversations", "pairs", "prompts"}
     assert [a.key for a in layers.adaptations()] == ["adapter"]
     assert layers.on_load_hooks()
 

@@ -5,6 +5,7 @@ Its place in the house: a layer beside the core (gpt/), which it imports and whi
     chat.py            the chat template: conversations as token ids, and where an answer ends
     chat_data.py       conversations as training data (instruction tuning)
     dpo.py             preference pairs as training data, and the DPO loss against a frozen reference
+    rl.py              reinforcement learning from checkable answers (train.py --rl): sample, reward, reinforce
     lora.py            LoRA: the adapted layers' math;  adapters.py: attach/merge/switch off;
     adapter_files.py   adapters in checkpoints and finding their base;  export.py: python -m gpt.lora
     tasks/             the task suite: tasks, preference pairs on them, scoring, python -m gpt.tasks
@@ -20,7 +21,9 @@ def register() -> None:
     from gpt.post.chat import give_template
     from gpt.post.chat_data import CONVERSATIONS
     from gpt.post.dpo import PAIRS
+    from gpt.post.rl import PROMPTS
 
+    layers.add_data_kind(PROMPTS)  # chosen by rl = true, never by a line's keys
     layers.add_data_kind(PAIRS)  # first: a pair's line may also hold the keys of a conversation
     layers.add_data_kind(CONVERSATIONS)
     layers.add_adaptation(LORA)

@@ -417,6 +417,9 @@ class Conversations:
         return not ("chosen" in line or "rejected" in line) and any(k in line for k in ("messages", "prompt",
                                                                                        "instruction"))
 
+    def chosen_by(self, cfg: Any) -> bool:
+        return False  # known by its lines
+
     def open(self, files: list[Path], cfg: Any, tokenizer: TokenizerChoice) -> ChatData:
         return open_conversations(files, cfg, tokenizer)
 

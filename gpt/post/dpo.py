@@ -490,8 +490,8 @@ def starting_reference(cfg: Any, tokenizer: Tokenizer, model: torch.nn.Module,
     if recorded is not None and fingerprint(start) != recorded["fingerprint"]:
         source = cfg.init_from if ckpt_io.is_hf_folder(cfg.init_from) else ckpt_io.resolve_checkpoint_path(cfg.init_from)
         raise UserError(f"cannot resume {cfg.out_dir}: its starting model {source} changed since the run started from "
-                        "it (other weights: trained further, or replaced), and DPO's reference must stay that model: "
-                        "put it back, or start a new run (another --out_dir)")
+                        "it (other weights: trained further, or replaced), and the reference (DPO's, or RL's KL) must "
+                        "stay that model: put it back, or start a new run (another --out_dir)")
     return frozen_copy(start.to(next(model.parameters()).device))
 
 
@@ -528,6 +528,9 @@ class Pairs:
 
     def recognises(self, line: dict[str, Any]) -> bool:
         return "chosen" in line or "rejected" in line
+
+    def chosen_by(self, cfg: Any) -> bool:
+        return False  # known by its lines
 
     def open(self, files: list[Path], cfg: Any, tokenizer: TokenizerChoice) -> PreferenceData:
         return open_pairs(files, cfg, tokenizer)
