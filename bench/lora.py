@@ -1,6 +1,14 @@
 """LoRA adapters against full fine-tuning, from the same base model, side by side.
 
-Two parts:
+Three parts:
+
+  sweep   the task suite (python -m gpt.tasks make --out data/tasks): configs/lora_tasks.toml's recipe against
+          configs/sft_tasks_cpu.toml's full fine-tuning from one base, at equal steps, over a grid of LoRA ranks and
+          learning rates; each run scored by exact match on the test split's groups (new inputs of the trained
+          tasks, new phrasings, and held-out tasks: tasks neither the base nor the tuning saw). --equal_time adds
+          the LoRA recipe given the full run's seconds instead of its steps. Writes bench/results/lora.json
+          (BENCHMARKS.md, 'Adapters (LoRA)'). Exact match at equal steps does not depend on the machine's load;
+          the equal-time run does.
 
   runs    real `train.py` runs from one base (--base) on one text (--data): full fine-tuning and LoRA at each
           rank of --ranks. For each: the final val loss, trainable parameters (% of the model), the file sizes
@@ -19,6 +27,8 @@ Two parts:
     python bench/lora.py runs --base out/default --tasks data/tasks --config configs/sft_tasks_cpu.toml \
         --steps 600 --full_lr 2e-3 --lora_lr 1e-2 --parallel 4
     python bench/lora.py shape --rank 8 --repeats 6
+    python bench/lora.py sweep --ranks 2,8,32 --lrs 3e-3,1e-2,3e-2 --parallel 2 --keep out/lora_sweep
+    python bench/lora.py sweep --ranks 8 --lrs 1e-2 --equal_time --keep out/lora_sweep   # on a quiet machine
 """
 
 from __future__ import annotations
@@ -168,6 +178,91 @@ def runs(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# The task suite: LoRA's recipe against full fine-tuning's, at equal steps (a rank and rate grid) and at equal time
+
+
+def recipe(config: str) -> dict:
+    """A config file's settings, flattened (its [sections] are only for reading)."""
+    import tomllib
+
+    flat: dict = {}
+    for value in tomllib.loads((REPO / config).read_text()).values():
+        flat.update(value if isinstance(value, dict) else {})
+    return flat
+
+
+def scored(out: Path, tasks: Path, wall: dict) -> dict:
+    """A finished run's numbers: val loss, steps, run time, trained share, and exact match on the test split."""
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    report = exact_match(out, tasks / "test.jsonl")
+    groups = report.get("groups", {})
+    return {"val_loss": min(e["val_loss"] for e in evals), "steps": evals[-1]["step"],
+            "run_seconds": evals[-1]["elapsed"], "wall_s": wall.get("wall_s"),
+            **{k: v for k, v in checkpoint_numbers(out).items() if k in ("trained_params", "trained_pct", "best_pt_bytes")},
+            "exact_match": report["exact_match"],
+            "groups": {g: groups[g]["exact_match"] for g in TASK_GROUPS if g in groups}}
+
+
+def sweep(args: argparse.Namespace) -> None:
+    tasks = Path(args.tasks)
+    lora = recipe(args.lora_config)
+    common = [f"--data={tasks / 'train.jsonl'}", f"--val_data={tasks / 'val.jsonl'}", f"--threads={args.threads}",
+              f"--max_iters={args.steps}", "--lr_decay_iters=0", *(args.extra.split() if args.extra else [])]
+    runs: dict[str, tuple[str, list[str]]] = {"full": (args.full_config, [])}
+    for rank in [int(r) for r in args.ranks.split(",")]:
+        for lr in [float(x) for x in args.lrs.split(",")]:
+            runs[f"lora r{rank} lr {lr:g}"] = (args.lora_config, [f"--lora_rank={rank}", f"--learning_rate={lr}",
+                                                                  f"--min_lr={lr / 10:g}"])
+    default = f"lora r{lora['lora_rank']} lr {lora['learning_rate']:g}"  # the recipe as configs/lora_tasks.toml has it
+    runs.setdefault(default, (args.lora_config, []))
+    keep = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lora_sweep_"))
+    keep.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+
+    def run_all(batch: dict[str, tuple[str, list[str]]]) -> None:
+        names = list(batch)
+        for first in range(0, len(names), args.parallel):
+            group = names[first:first + args.parallel]
+            print(f"training {', '.join(group)} ...", flush=True)
+            started = {}
+            for name in group:
+                out = keep / name.replace(" ", "_")
+                if (out / "best.pt").is_file():  # kept from an earlier, interrupted sweep: scored as it is
+                    started[name] = None
+                    continue
+                config, flags = batch[name]
+                started[name] = start_training(out, args.base, str(tasks / "train.jsonl"), args.steps,
+                                               [*common, *flags], args.data_dir, config)
+            for name in group:
+                wall = finish_training(started[name]) if started[name] else {}
+                results[name] = scored(keep / name.replace(" ", "_"), tasks, wall)
+                r = results[name]
+                print(f"  {name}: val {r['val_loss']:.3f}, exact match {100 * r['exact_match']:.1f}% "
+                      f"({', '.join(f'{g} {100 * v:.1f}%' for g, v in r['groups'].items())})", flush=True)
+
+    run_all(runs)
+    if args.equal_time:  # the LoRA recipe given the full run's time instead of its steps: wall clock, so load matters
+        seconds = results["full"]["run_seconds"]
+        run_all({f"{default} equal time": (args.lora_config, [f"--max_seconds={seconds:.1f}", "--max_iters=1000000"])})
+    full = results["full"]
+    headline = {"full": full, "lora": results[default], "lora_name": default,
+                "gap_new_inputs": full["groups"]["new_inputs"] - results[default]["groups"]["new_inputs"],
+                "gap_held_out_tasks": full["groups"]["held_out_tasks"] - results[default]["groups"]["held_out_tasks"],
+                "gap_all": full["exact_match"] - results[default]["exact_match"]}
+    if args.equal_time:
+        headline["lora_equal_time"] = results[f"{default} equal time"]
+    path = harness.write("lora", {"base": args.base, "tasks": str(tasks), "steps": args.steps,
+                                  "full_config": args.full_config, "lora_config": args.lora_config,
+                                  "threads": args.threads, "headline": headline, "results": results})
+    print(f"wrote {path}")
+    rows = [[name, f"{r['trained_pct']:.2f}%", r["steps"], f"{r['run_seconds']:.0f}", f"{r['val_loss']:.3f}",
+             *[f"{100 * r['groups'].get(g, 0):.1f}%" for g in TASK_GROUPS], f"{100 * r['exact_match']:.1f}%"]
+            for name, r in results.items()]
+    print(harness.table(["run", "trained", "steps", "run s", "val loss", *TASK_GROUPS, "all"], rows))
+
+
+# ---------------------------------------------------------------------------------------------------
 # The GPT-2 124M shape: memory in a process of its own per variant; speed in one process, steps alternating
 
 
@@ -276,13 +371,30 @@ def main() -> None:
     p.add_argument("--parallel", type=int, default=1, help="quality runs at a time (each its own process)")
     p.add_argument("--reuse", default="", help="take the quality runs from a folder an earlier --keep wrote (no peak RSS then)")
     p.add_argument("--keep", default="", help="copy each quality run's out_dir into this folder")
+    w = sub.add_parser("sweep", help="the task suite: LoRA's recipe against full fine-tuning's, a rank x rate grid, "
+                                     "equal steps (and --equal_time); writes bench/results/lora.json")
+    w.add_argument("--base", default="out/default", help="the model every run starts from (init_from)")
+    w.add_argument("--tasks", default="data/tasks", help="the task suite (python -m gpt.tasks make --out DIR)")
+    w.add_argument("--full_config", default="configs/sft_tasks_cpu.toml", help="full fine-tuning's recipe")
+    w.add_argument("--lora_config", default="configs/lora_tasks.toml", help="LoRA's recipe (its rank and rate are the defaults)")
+    w.add_argument("--steps", type=int, default=500, help="optimizer steps of every run (equal steps)")
+    w.add_argument("--ranks", default="2,8,32", help="LoRA ranks of the grid")
+    w.add_argument("--lrs", default="3e-3,1e-2,3e-2", help="LoRA learning rates of the grid (min_lr a tenth of each)")
+    w.add_argument("--equal_time", action="store_true", help="also the LoRA recipe given the full run's seconds "
+                   "instead of its steps (a wall-clock figure: measure on a quiet machine)")
+    w.add_argument("--threads", type=int, default=1)
+    w.add_argument("--parallel", type=int, default=1, help="runs at a time (each its own process; exact match does "
+                   "not depend on it, the equal-time run does: keep 1 for it)")
+    w.add_argument("--keep", default="", help="keep each run's out_dir here; runs already there are scored, not retrained")
+    w.add_argument("--extra", default="", help="more train.py flags for every run")
+    w.add_argument("--data_dir", default=str(REPO / "data"))
     s = sub.add_parser("shape", help="one training step at GPT-2 124M's shape: full against LoRA")
     s.add_argument("--rank", type=int, default=8)
     s.add_argument("--batch", type=int, default=1)
     s.add_argument("--block", type=int, default=256)
     s.add_argument("--repeats", type=int, default=6, help="timed steps of each variant, alternating")
     args = parser.parse_args()
-    runs(args) if args.part == "runs" else shape(args)
+    {"runs": runs, "sweep": sweep, "shape": shape}[args.part](args)
 
 
 if __name__ == "__main__":

@@ -276,6 +276,63 @@ def test_default_adapters_learn_a_task_that_changes_what_the_model_outputs():
     assert default < 0.7 * blocks_only
 
 
+def test_the_tokens_target_trains_every_embedding_row_so_tokens_the_base_confuses_can_be_told_apart():
+    """Two tokens whose embedding rows the base made equal (it never needed to tell them apart) and a task that
+    maps them to different answers: adapters on every Linear layer and the head cannot separate them (the two give
+    the same numbers through the whole model), so their loss stays at ln 2 at best; trained rows learn it. How the
+    task suite's letters, Python source to the base, take new jobs (issue 28: full fine-tuning's embedding change
+    carried half of what it learned)."""
+
+    def loss_on_the_twins(targets: tuple[str, ...]) -> float:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=2, n_embd=16, position="rope",
+                              mlp="relu2", qk_norm=True, tie_embeddings=False))
+        with torch.no_grad():
+            model.transformer.wte.weight[1] = model.transformer.wte.weight[0]
+        adapters.attach(model, lora.LoRASettings(rank=4, targets=targets))
+        optimizer = make_optimizer(model, TrainConfig(optimizer="adamw", learning_rate=3e-2, weight_decay=0.0))
+        answer = torch.arange(16).roll(1)  # token t -> t - 1: tokens 0 and 1 -> 15 and 0
+        batches = torch.Generator().manual_seed(1)
+        for _ in range(40):
+            ids = torch.randint(16, (8, 8), generator=batches)
+            _, loss = model(ids, answer[ids])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        ids = torch.randint(2, (16, 8), generator=torch.Generator().manual_seed(3))  # only the twins
+        with torch.no_grad():
+            return model(ids, answer[ids])[1].item()
+
+    frozen_rows, trained_rows = loss_on_the_twins(("attn", "mlp", "head")), loss_on_the_twins(lora.DEFAULT_TARGETS)
+    assert frozen_rows > 0.65  # ln 2 = 0.693: a coin toss between the two answers
+    assert trained_rows < 0.2
+
+
+def test_trained_embedding_rows_switch_off_merge_and_come_back_from_the_adapter_file():
+    for tied in (True, False):
+        base = random_gpt(tie_embeddings=tied)
+        ids = tiny_ids(30)
+        base_logits = logits_of(base, ids)
+        settings = lora.LoRASettings(rank=2, targets=("attn", "tokens"))
+        model = adapters.attach(copy.deepcopy(base), settings)
+        rows = model.transformer.wte.new_rows
+        assert rows.shape == (30, 16) and rows.requires_grad
+        assert (getattr(model.lm_head, "new_rows", None) is rows) == tied  # a tied head is the embedding: its rows train with it
+        with torch.no_grad():
+            rows.add_(torch.randn_like(rows))
+        randomize_adapters(model)
+        adapted = logits_of(model, ids)
+        with adapters.adapters_disabled(model):
+            assert torch.equal(logits_of(model, ids), base_logits)
+        adapter = adapter_files.Adapter(settings, adapters.adapter_weights(model), {"fingerprint": adapter_files.fingerprint(base)},
+                                        dataclasses.asdict(model.config), None, {}, None)
+        assert torch.equal(logits_of(adapter_files.adapted_model(copy.deepcopy(base), adapter), ids), adapted)
+        adapters.merge_adapter(model)
+        torch.testing.assert_close(logits_of(model, ids), adapted, rtol=1e-4, atol=1e-4)
+        with pytest.raises(UserError, match="tokens"):
+            export.check_exportable(adapter)  # peft's LoRA adapters hold low-rank changes, not trained rows
+
+
 @pytest.mark.parametrize("targets, model_changes, needles", [
     (("attn.c_atn",), {}, ["'attn.c_atn'", "valid targets: attn, attn.c_attn, attn.c_proj, head, lm_head, mlp, mlp.c_fc"]),
     (("lm_head",), {}, ["tied", "wte"]),

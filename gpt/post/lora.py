@@ -73,7 +73,11 @@ from gpt.model import GPT
 # fine-tuning on the task suite moved the untied head by 73% of its norm against 20-40% for the blocks' matrices,
 # and 99% of that change lay in 8 directions (docs/adapters.md): a frozen head held every adapter back.
 HEAD = "head"
-DEFAULT_TARGETS = ["attn", "mlp", HEAD]
+# "tokens": every row of the token embedding trained in full (V x C numbers), not a low-rank change to it. A task
+# suite gives familiar characters new jobs (letters to copy, reverse, count): measured on it, full fine-tuning's
+# embedding change carried half of what it learned (docs/adapters.md), and a frozen embedding held the adapters back.
+TOKENS = "tokens"
+DEFAULT_TARGETS = ["attn", "mlp", HEAD, TOKENS]
 ADAPTER_KEYS = ("lora_A", "lora_B", "new_rows")  # the names of an adapter's parameters inside each adapted layer
 
 
@@ -264,7 +268,7 @@ def adaptable_layers(model: nn.Module) -> dict[str, str]:
 def valid_targets(model: nn.Module) -> list[str]:
     """The target names this model accepts: each layer's name, and each sub-layer that groups several."""
     names = set(adaptable_layers(model).values())
-    return sorted(names | {name.split(".")[0] for name in names if "." in name} | {HEAD})
+    return sorted(names | {name.split(".")[0] for name in names if "." in name} | {HEAD, TOKENS})
 
 
 def head_is_tied(model: GPT) -> bool:
@@ -278,6 +282,8 @@ def resolve_targets(model: GPT, targets: tuple[str, ...]) -> list[str]:
     for target in targets:
         if target == HEAD:  # the untied head; a tied one is the embedding, adapted only when wte is a target
             chosen |= set() if head_is_tied(model) else {"lm_head"}
+            continue
+        if target == TOKENS:  # trained rows, not a low-rank change: attach gives the embedding those (trains_rows)
             continue
         matches = {full for full, short in layers.items() if short == target or short.startswith(target + ".")}
         if not matches:
