@@ -66,7 +66,9 @@ def runs(tmp_path_factory):
     a_text = write_corpus(root / "a.txt", seed=1, words=WORDS[:6])
     b_text = write_corpus(root / "b.txt", seed=2, words=WORDS[6:])
     common = [f"--init_from={root / 'base'}", "--learning_rate=2e-2"]
-    assert train_main(run_args(root, a_text, "adapter_a", *common, "--lora_rank=4", "--lora_alpha=8")) == 0
+    # A: attn, mlp and head (nothing more for this tied head): without "tokens", so that peft can take it (export)
+    assert train_main(run_args(root, a_text, "adapter_a", *common, "--lora_rank=4", "--lora_alpha=8",
+                               "--lora_targets=attn,mlp,head")) == 0
     assert train_main(run_args(root, b_text, "adapter_b", *common, "--lora_rank=2",
                                "--lora_targets=attn.c_attn,wte", "--seed=7")) == 0
     return root
@@ -233,17 +235,19 @@ def test_rows_of_tokens_new_to_the_base_train_with_the_adapter_and_come_back_fro
         export.check_exportable(adapter)  # peft's adapters over the base have no rows for new tokens
 
 
-def test_the_default_adapter_adapts_an_untied_head_and_a_tied_one_through_nothing_else():
+def test_the_default_adapter_adapts_an_untied_head_and_trains_the_embedding_rows_a_tied_head_shares():
     untied = random_gpt(tie_embeddings=False)
     adapters.attach(untied, lora.LoRASettings(rank=2))
     trainable = {name for name, p in untied.named_parameters() if p.requires_grad}
-    assert {"lm_head.lora_A", "lm_head.lora_B"} <= trainable and len(trainable) == 2 * (2 * 4 + 1)
+    assert {"lm_head.lora_A", "lm_head.lora_B", "transformer.wte.new_rows"} <= trainable
+    assert len(trainable) == 2 * (2 * 4 + 1) + 1
     _, loss = untied(tiny_ids(30), tiny_ids(30, seed=1))
     loss.backward()
     assert untied.lm_head.lora_B.grad.abs().sum() > 0  # the head's change gets a gradient from the first step
-    tied = random_gpt()  # GPT-2's layout: the head is the embedding, adapted only by a "wte" target
+    tied = random_gpt()  # GPT-2's layout: the head is the embedding, whose rows (trained) are the head's too
     adapters.attach(tied, lora.LoRASettings(rank=2))
-    assert len([p for p in tied.parameters() if p.requires_grad]) == 2 * 2 * 4
+    assert len([p for p in tied.parameters() if p.requires_grad]) == 2 * 2 * 4 + 1
+    assert tied.lm_head.new_rows is tied.transformer.wte.new_rows
 
 
 def test_default_adapters_learn_a_task_that_changes_what_the_model_outputs():
@@ -549,9 +553,11 @@ def test_adapters_tune_on_conversations_from_a_text_base_and_over_an_instruction
     base = ckpt_io.load_model(runs / "base")
     known = base.tokenizer.vocab_size
     capsys.readouterr()
-    # From a base that continues text: the template's 4 markers are new tokens, and the adapter trains their rows.
+    # From a base that continues text: the template's 4 markers are new tokens, and the adapter trains their rows
+    # (only theirs without the "tokens" target, which would train every row).
     assert train_main(run_args(tmp_path, chats, "chat", f"--init_from={runs / 'base'}", "--lora_rank=4",
-                               "--learning_rate=2e-2", "--max_iters=6", "--eval_interval=6")) == 0
+                               "--lora_targets=attn,mlp,head", "--learning_rate=2e-2", "--max_iters=6",
+                               "--eval_interval=6")) == 0
     assert "4 new tokens" in capsys.readouterr().out
     state = ckpt_io.load_checkpoint(tmp_path / "chat" / "best.pt")
     assert state["adapter"]["new_rows_from"] == known and "chat_template" in state
