@@ -197,16 +197,25 @@ def recipe(config: str) -> dict:
 
 
 def scored(out: Path, tasks: Path, wall: dict, threads: int) -> dict:
-    """A finished run's numbers: val loss, steps, run time, trained share, and exact match on the test split."""
+    """A finished run's numbers: val loss, steps, run time, trained share, and exact match on the test split (kept in
+    the run's folder as scores.json, and reused while the run and the test split stay as they were)."""
+    cache = out / "scores.json"
+    stamp = [(out / "best.pt").stat().st_mtime, str(tasks.resolve()), (tasks / "test.jsonl").stat().st_mtime]
+    if cache.is_file() and not wall:
+        kept = json.loads(cache.read_text())
+        if kept.get("stamp") == stamp:
+            return kept["scores"]
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     evals = [r for r in records if r.get("kind") == "eval"]
     report = exact_match(out, tasks / "test.jsonl", threads)
     groups = report.get("groups", {})
-    return {"val_loss": min(e["val_loss"] for e in evals), "steps": evals[-1]["step"],
-            "run_seconds": evals[-1]["elapsed"], "wall_s": wall.get("wall_s"),
-            **{k: v for k, v in checkpoint_numbers(out).items() if k in ("trained_params", "trained_pct", "best_pt_bytes")},
-            "exact_match": report["exact_match"],
-            "groups": {g: groups[g]["exact_match"] for g in TASK_GROUPS if g in groups}}
+    scores = {"val_loss": min(e["val_loss"] for e in evals), "steps": evals[-1]["step"],
+              "run_seconds": evals[-1]["elapsed"], "wall_s": wall.get("wall_s"),
+              **{k: v for k, v in checkpoint_numbers(out).items() if k in ("trained_params", "trained_pct", "best_pt_bytes")},
+              "exact_match": report["exact_match"],
+              "groups": {g: groups[g]["exact_match"] for g in TASK_GROUPS if g in groups}}
+    cache.write_text(json.dumps({"stamp": stamp, "scores": scores}))
+    return scores
 
 
 def sweep(args: argparse.Namespace) -> None:
@@ -259,6 +268,7 @@ def sweep(args: argparse.Namespace) -> None:
                 "gap_new_inputs": full["groups"]["new_inputs"] - results[default]["groups"]["new_inputs"],
                 "gap_held_out_tasks": full["groups"]["held_out_tasks"] - results[default]["groups"]["held_out_tasks"],
                 "gap_all": full["exact_match"] - results[default]["exact_match"]}
+    headline["other_targets"] = [{"targets": t, **results[f"{default} {t}"]} for t in args.other_targets.split(";") if t]
     if args.equal_time:
         headline["lora_equal_time"] = results[f"{default} equal time"]
     path = harness.write("lora", {"base": args.base, "tasks": str(tasks), "steps": args.steps,

@@ -285,7 +285,7 @@ def test_the_tokens_target_trains_every_embedding_row_so_tokens_the_base_confuse
     maps them to different answers: adapters on every Linear layer and the head cannot separate them (the two give
     the same numbers through the whole model), so their loss stays at ln 2 at best; trained rows learn it. How the
     task suite's letters, Python source to the base, take new jobs (issue 28: full fine-tuning's embedding change
-    carried half of what it learned)."""
+    carried more than half of what it learned)."""
 
     def loss_on_the_twins(targets: tuple[str, ...]) -> float:
         torch.manual_seed(0)

@@ -30,9 +30,9 @@ full fine-tuning, for a cost that is still small (16 r C numbers per block of wi
 block itself). The head is adapted because a new task changes what the model says most of all: measured on
 the task suite, full fine-tuning moved an untied head by 73% of its norm (the blocks' matrices 20-40%),
 nearly all of it within rank 8. The embedding's rows train because a new task gives familiar tokens new
-jobs: on the task suite, full fine-tuning with its embedding change put back (every other weight kept)
-answered 30% of new inputs instead of 68% (docs/adapters.md), and no adapter behind the embedding can tell
-apart two tokens the base gave the same row. They cost V x C numbers, a few percent of a character-level
+jobs: on the task suite, full fine-tuning's model with its embedding change put back (every other weight
+kept) answered 24% of new inputs instead of 65% (BENCHMARKS.md), and no adapter behind the embedding can
+tell apart two tokens the base gave the same row. They cost V x C numbers, a few percent of a character-level
 model (222 x 128 here), but a third of GPT-2 124M (50,257 x 768): there, "attn,mlp,head" keeps the adapter
 small, and "wte" gives the embedding a low-rank change instead. In GPT-2's architecture the head is the
 token embedding (tied): "head" adds nothing there, and "tokens" or "wte" change both ends.
@@ -82,7 +82,8 @@ from gpt.model import GPT
 HEAD = "head"
 # "tokens": every row of the token embedding trained in full (V x C numbers), not a low-rank change to it. A task
 # suite gives familiar characters new jobs (letters to copy, reverse, count): measured on it, full fine-tuning's
-# embedding change carried half of what it learned (docs/adapters.md), and a frozen embedding held the adapters back.
+# embedding change carried more than half of what it learned (BENCHMARKS.md), and a frozen embedding held the
+# adapters back.
 TOKENS = "tokens"
 DEFAULT_TARGETS = ["attn", "mlp", HEAD, TOKENS]
 ADAPTER_KEYS = ("lora_A", "lora_B", "new_rows")  # the names of an adapter's parameters inside each adapted layer
