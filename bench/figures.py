@@ -248,9 +248,34 @@ def scaling_depth(r: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
+def lora_table(r: dict) -> str:
+    """BENCHMARKS.md's table of bench/lora.py sweep: full fine-tuning and each LoRA run, exact match per test group."""
+    rows = ["| run | trained | steps | val loss | new inputs | new phrasings | held-out tasks | all |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, run in r["results"].items():
+        groups = run["groups"]
+        rows.append(f"| {name} | {run['trained_pct']:.2f}% | {run['steps']} | {run['val_loss']:.3f} | "
+                    f"{_pct(groups['new_inputs'])} | {_pct(groups['new_phrasings'])} | "
+                    f"{_pct(groups['held_out_tasks'])} | {_pct(run['exact_match'])} |")
+    return "\n".join(rows) + "\n"
+
+
+def lora_parts_table(r: dict) -> str:
+    """BENCHMARKS.md's table of bench/lora.py parts: full fine-tuning's model with parts of its change taken back."""
+    rows = ["| full fine-tuning's model, with | new inputs | new phrasings | held-out tasks | all |",
+            "| --- | --- | --- | --- | --- |"]
+    for name, run in r["results"].items():
+        groups = run["groups"]
+        rows.append(f"| {name} | {_pct(groups['new_inputs'])} | {_pct(groups['new_phrasings'])} | "
+                    f"{_pct(groups['held_out_tasks'])} | {_pct(run['exact_match'])} |")
+    return "\n".join(rows) + "\n"
+
+
 BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "scaling_lab.optima": ("scaling_lab", scaling_optima),
     "scaling_depth.table": ("scaling_depth", scaling_depth),
+    "lora.table": ("lora", lora_table),
+    "lora_parts.table": ("lora_parts", lora_parts_table),
     "threads.table": ("threads", threads_table),
     "profile_decode_before.table": ("profile_decode_before", profile_table),
     "profile_decode.table": ("profile_decode", profile_table),

@@ -1,6 +1,17 @@
 """LoRA adapters against full fine-tuning, from the same base model, side by side.
 
-Two parts:
+Four parts:
+
+  sweep   the task suite (python -m gpt.tasks make --out data/tasks): configs/lora_tasks.toml's recipe against
+          configs/sft_tasks_cpu.toml's full fine-tuning from one base, at equal steps, and the LoRA recipe at other
+          ranks (at its rate) and other rates (at its rank); each run scored by exact match on the test split's groups (new inputs of the trained
+          tasks, new phrasings, and held-out tasks: tasks neither the base nor the tuning saw). --equal_time adds
+          the LoRA recipe given the full run's seconds instead of its steps. Writes bench/results/lora.json
+          (BENCHMARKS.md, 'Adapters (LoRA)'). Exact match at equal steps does not depend on the machine's load;
+          the equal-time run does.
+
+  parts   which parts of a full fine-tune's change carry what it learned: its model with the embedding's or the
+          norms' change taken back, or each matrix's change cut to rank r, scored by exact match.
 
   runs    real `train.py` runs from one base (--base) on one text (--data): full fine-tuning and LoRA at each
           rank of --ranks. For each: the final val loss, trainable parameters (% of the model), the file sizes
@@ -19,6 +30,9 @@ Two parts:
     python bench/lora.py runs --base out/default --tasks data/tasks --config configs/sft_tasks_cpu.toml \
         --steps 600 --full_lr 2e-3 --lora_lr 1e-2 --parallel 4
     python bench/lora.py shape --rank 8 --repeats 6
+    python bench/lora.py sweep --ranks 2,8,32 --lrs 3e-3,1e-2,3e-2 --parallel 2 --keep out/lora_sweep
+    python bench/lora.py sweep --ranks 8 --lrs 1e-2 --equal_time --keep out/lora_sweep   # on a quiet machine
+    python bench/lora.py parts --full out/lora_sweep/full   # what of full fine-tuning's change a LoRA must carry
 """
 
 from __future__ import annotations
@@ -44,7 +58,7 @@ def start_training(out: Path, base: str, data: str, steps: int, extra: list[str]
     cmd = [sys.executable, str(REPO / "train.py"), *([config] if config else []), f"--init_from={base}", f"--data={data}", f"--out_dir={out}",
            f"--data_dir={data_dir}", f"--max_iters={steps}", f"--lr_decay_iters={steps}", "--plot=false",
            "--progress=false", *extra]
-    log = open(out.with_suffix(".log"), "w")
+    log = open(out.parent / f"{out.name}.log", "w")  # (not with_suffix: a name like "lr_0.01" has a dot)
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     return proc, out, extra, time.perf_counter()
@@ -55,7 +69,7 @@ def finish_training(started) -> dict:
     proc, out, extra, start = started
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
-        raise SystemExit(f"train.py {' '.join(extra)} failed:\n{out.with_suffix('.log').read_text()[-3000:]}")
+        raise SystemExit(f"train.py {' '.join(extra)} failed:\n{(out.parent / f'{out.name}.log').read_text()[-3000:]}")
     return {**log_numbers(out), "peak_rss_mb": usage.ru_maxrss / 1024, "wall_s": time.perf_counter() - start}
 
 
@@ -95,8 +109,9 @@ def checkpoint_numbers(out: Path) -> dict:
 TASK_GROUPS = ("new_inputs", "new_phrasings", "held_out_tasks")  # the test split's groups (gpt/post/tasks/)
 
 
-def exact_match(out: Path, test_file: Path) -> dict | None:
-    cmd = [sys.executable, "-m", "gpt.tasks", "eval", f"--ckpt={out}", f"--data={test_file}", "--json"]
+def exact_match(out: Path, test_file: Path, threads: int = 0) -> dict | None:
+    cmd = [sys.executable, "-m", "gpt.tasks", "eval", f"--ckpt={out}", f"--data={test_file}", "--json",
+           f"--threads={threads}"]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"gpt.tasks eval failed:\n{result.stderr[-3000:]}")
@@ -165,6 +180,157 @@ def runs(args: argparse.Namespace) -> None:
                           "lora_lr": args.lora_lr, "extra": extra, "results": results})
     print(f"wrote {path}")
     print(harness.table(headers, rows))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The task suite: LoRA's recipe against full fine-tuning's, at equal steps (a rank and rate grid) and at equal time
+
+
+def recipe(config: str) -> dict:
+    """A config file's settings, flattened (its [sections] are only for reading)."""
+    import tomllib
+
+    flat: dict = {}
+    for value in tomllib.loads((REPO / config).read_text()).values():
+        flat.update(value if isinstance(value, dict) else {})
+    return flat
+
+
+def scored(out: Path, tasks: Path, wall: dict, threads: int) -> dict:
+    """A finished run's numbers: val loss, steps, run time, trained share, and exact match on the test split (kept in
+    the run's folder as scores.json, and reused while the run and the test split stay as they were)."""
+    cache = out / "scores.json"
+    stamp = [(out / "best.pt").stat().st_mtime, str(tasks.resolve()), (tasks / "test.jsonl").stat().st_mtime]
+    if cache.is_file() and not wall:
+        kept = json.loads(cache.read_text())
+        if kept.get("stamp") == stamp:
+            return kept["scores"]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    report = exact_match(out, tasks / "test.jsonl", threads)
+    groups = report.get("groups", {})
+    scores = {"val_loss": min(e["val_loss"] for e in evals), "steps": evals[-1]["step"],
+              "run_seconds": evals[-1]["elapsed"], "wall_s": wall.get("wall_s"),
+              **{k: v for k, v in checkpoint_numbers(out).items() if k in ("trained_params", "trained_pct", "best_pt_bytes")},
+              "exact_match": report["exact_match"],
+              "groups": {g: groups[g]["exact_match"] for g in TASK_GROUPS if g in groups}}
+    cache.write_text(json.dumps({"stamp": stamp, "scores": scores}))
+    return scores
+
+
+def sweep(args: argparse.Namespace) -> None:
+    tasks = Path(args.tasks)
+    lora = recipe(args.lora_config)
+    common = [f"--val_data={tasks / 'val.jsonl'}", f"--threads={args.threads}",  # (--data: start_training's)
+              f"--max_iters={args.steps}", "--lr_decay_iters=0", *(args.extra.split() if args.extra else [])]
+    runs: dict[str, tuple[str, list[str]]] = {"full": (args.full_config, [])}
+    # One factor at a time around the recipe (configs/lora_tasks.toml): its rate at each rank, its rank at each rate.
+    grid = [(int(r), lora["learning_rate"]) for r in args.ranks.split(",")] + \
+        [(lora["lora_rank"], float(x)) for x in args.lrs.split(",")]
+    default = f"lora r{lora['lora_rank']} lr {lora['learning_rate']:g}"
+    runs[default] = (args.lora_config, [])
+    for rank, lr in grid:
+        runs.setdefault(f"lora r{rank} lr {lr:g}", (args.lora_config, [f"--lora_rank={rank}", f"--learning_rate={lr}",
+                                                                        f"--min_lr={lr / 10:g}"]))
+    for targets in [t for t in args.other_targets.split(";") if t]:  # the recipe with other targets, to compare
+        runs[f"{default} {targets}"] = (args.lora_config, [f"--lora_targets={targets}"])
+    keep = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lora_sweep_"))
+    keep.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+
+    def run_all(batch: dict[str, tuple[str, list[str]]]) -> None:
+        names = list(batch)
+        for first in range(0, len(names), args.parallel):
+            group = names[first:first + args.parallel]
+            print(f"training {', '.join(group)} ...", flush=True)
+            started = {}
+            for name in group:
+                out = keep / name.replace(" ", "_")
+                if (out / "best.pt").is_file():  # kept from an earlier, interrupted sweep: scored as it is
+                    started[name] = None
+                    continue
+                config, flags = batch[name]
+                started[name] = start_training(out, args.base, str(tasks / "train.jsonl"), args.steps,
+                                               [*common, *flags], args.data_dir, config)
+            for name in group:
+                wall = finish_training(started[name]) if started[name] else {}
+                results[name] = scored(keep / name.replace(" ", "_"), tasks, wall, args.threads)
+                r = results[name]
+                print(f"  {name}: val {r['val_loss']:.3f}, exact match {100 * r['exact_match']:.1f}% "
+                      f"({', '.join(f'{g} {100 * v:.1f}%' for g, v in r['groups'].items())})", flush=True)
+
+    run_all(runs)
+    if args.equal_time:  # the LoRA recipe given the full run's time instead of its steps: wall clock, so load matters
+        seconds = results["full"]["run_seconds"]
+        run_all({f"{default} equal time": (args.lora_config, [f"--max_seconds={seconds:.1f}", "--max_iters=1000000"])})
+    full = results["full"]
+    headline = {"full": full, "lora": results[default], "lora_name": default,
+                "gap_new_inputs": full["groups"]["new_inputs"] - results[default]["groups"]["new_inputs"],
+                "gap_held_out_tasks": full["groups"]["held_out_tasks"] - results[default]["groups"]["held_out_tasks"],
+                "gap_all": full["exact_match"] - results[default]["exact_match"]}
+    headline["other_targets"] = [{"targets": t, **results[f"{default} {t}"]} for t in args.other_targets.split(";") if t]
+    if args.equal_time:
+        headline["lora_equal_time"] = results[f"{default} equal time"]
+    path = harness.write("lora", {"base": args.base, "tasks": str(tasks), "steps": args.steps,
+                                  "full_config": args.full_config, "lora_config": args.lora_config,
+                                  "threads": args.threads, "headline": headline, "results": results})
+    print(f"wrote {path}")
+    rows = [[name, f"{r['trained_pct']:.2f}%", r["steps"], f"{r['run_seconds']:.0f}", f"{r['val_loss']:.3f}",
+             *[f"{100 * r['groups'].get(g, 0):.1f}%" for g in TASK_GROUPS], f"{100 * r['exact_match']:.1f}%"]
+            for name, r in results.items()]
+    print(harness.table(["run", "trained", "steps", "run s", "val loss", *TASK_GROUPS, "all"], rows))
+
+
+def parts(args: argparse.Namespace) -> None:
+    """Which parts of full fine-tuning's change carry what it learned: its model with parts of the change taken
+    back to the base (the embedding, the norms) or cut to a rank (each matrix's change to its top singular
+    directions, as a rank-r adapter could hold it), each scored by exact match on --test."""
+    import torch
+
+    base = torch.load(Path(args.base) / "best.pt" if Path(args.base).is_dir() else args.base, map_location="cpu",
+                      weights_only=False)["model"]
+    full_path = Path(args.full) / "best.pt" if Path(args.full).is_dir() else Path(args.full)
+    full = torch.load(full_path, map_location="cpu", weights_only=False)
+
+    def cut(change: torch.Tensor, rank: int | None) -> torch.Tensor:
+        if rank is None:
+            return change
+        u, s, vh = torch.linalg.svd(change, full_matrices=False)
+        return (u[:, :rank] * s[:rank]) @ vh[:rank]
+
+    def variant(blocks: int | None, embedding: int | None | str, norms: bool) -> dict:
+        """blocks, embedding: the rank their change is cut to (None: whole; "base": none of it)."""
+        weights = {}
+        for name, tuned in full["model"].items():
+            start = base[name]
+            if tuned.dim() == 1:
+                weights[name] = tuned if norms else start
+                continue
+            rows = start.shape[0]  # rows past the base's are tokens new to it (the chat markers): kept as tuned
+            if name == "transformer.wte.weight":
+                kept = start if embedding == "base" else start + cut(tuned[:rows] - start, embedding)
+            elif name == "lm_head.weight":
+                kept = tuned[:rows]
+            else:
+                kept = start + cut(tuned - start, blocks)
+            weights[name] = torch.cat([kept, tuned[rows:]])
+        return weights
+
+    # One part changed at a time; the head's change is always kept whole (a rank-8 adapter holds 92% or more of it).
+    variants = {"full fine-tuning": (None, None, True), "norms back to the base": (None, None, False),
+                "embedding back to the base": (None, "base", True), "embedding cut to rank 8": (None, 8, True),
+                **{f"blocks cut to rank {r}": (r, None, True) for r in (8, 32)}}
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, spec in variants.items():
+            path = Path(tmp) / f"{name.replace(' ', '_')}.pt"
+            torch.save({**full, "model": variant(*spec)}, path)
+            report = exact_match(path, Path(args.test), args.threads)
+            results[name] = {"exact_match": report["exact_match"],
+                             "groups": {g: v["exact_match"] for g, v in report.get("groups", {}).items()}}
+            print(f"{name}: {100 * results[name]['groups'].get('new_inputs', 0):.1f}% of new inputs", flush=True)
+    path = harness.write("lora_parts", {"base": args.base, "full": args.full, "test": args.test, "results": results})
+    print(f"wrote {path}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -276,13 +442,38 @@ def main() -> None:
     p.add_argument("--parallel", type=int, default=1, help="quality runs at a time (each its own process)")
     p.add_argument("--reuse", default="", help="take the quality runs from a folder an earlier --keep wrote (no peak RSS then)")
     p.add_argument("--keep", default="", help="copy each quality run's out_dir into this folder")
+    w = sub.add_parser("sweep", help="the task suite: LoRA's recipe against full fine-tuning's, a rank and a rate sweep, "
+                                     "equal steps (and --equal_time); writes bench/results/lora.json")
+    w.add_argument("--base", default="out/default", help="the model every run starts from (init_from)")
+    w.add_argument("--tasks", default="data/tasks", help="the task suite (python -m gpt.tasks make --out DIR)")
+    w.add_argument("--full_config", default="configs/sft_tasks_cpu.toml", help="full fine-tuning's recipe")
+    w.add_argument("--lora_config", default="configs/lora_tasks.toml", help="LoRA's recipe (its rank and rate are the defaults)")
+    w.add_argument("--steps", type=int, default=500, help="optimizer steps of every run (equal steps)")
+    w.add_argument("--ranks", default="2,8,32", help="LoRA ranks to try, at the recipe's learning rate")
+    w.add_argument("--lrs", default="3e-3,1e-2,3e-2", help="LoRA learning rates to try, at the recipe's rank (min_lr a tenth of each)")
+    w.add_argument("--equal_time", action="store_true", help="also the LoRA recipe given the full run's seconds "
+                   "instead of its steps (a wall-clock figure: measure on a quiet machine)")
+    w.add_argument("--other_targets", default="attn,mlp,head", help="the LoRA recipe again with these lora_targets "
+                   "instead of its own (';' between several; '' for none): attn,mlp,head is the default without tokens")
+    w.add_argument("--threads", type=int, default=1)
+    w.add_argument("--parallel", type=int, default=1, help="runs at a time (each its own process; exact match does "
+                   "not depend on it, the equal-time run does: keep 1 for it)")
+    w.add_argument("--keep", default="", help="keep each run's out_dir here; runs already there are scored, not retrained")
+    w.add_argument("--extra", default="", help="more train.py flags for every run")
+    w.add_argument("--data_dir", default=str(REPO / "data"))
+    q = sub.add_parser("parts", help="which parts of a full fine-tune's change carry what it learned (exact match "
+                                     "with parts taken back or cut to a rank); writes bench/results/lora_parts.json")
+    q.add_argument("--base", default="out/default", help="the model the full fine-tune started from")
+    q.add_argument("--full", required=True, help="the full fine-tune (an out_dir or a .pt), e.g. the sweep's full run")
+    q.add_argument("--test", default="data/tasks/test.jsonl", help="the prompts to score")
+    q.add_argument("--threads", type=int, default=1)
     s = sub.add_parser("shape", help="one training step at GPT-2 124M's shape: full against LoRA")
     s.add_argument("--rank", type=int, default=8)
     s.add_argument("--batch", type=int, default=1)
     s.add_argument("--block", type=int, default=256)
     s.add_argument("--repeats", type=int, default=6, help="timed steps of each variant, alternating")
     args = parser.parse_args()
-    runs(args) if args.part == "runs" else shape(args)
+    {"runs": runs, "sweep": sweep, "parts": parts, "shape": shape}[args.part](args)
 
 
 if __name__ == "__main__":

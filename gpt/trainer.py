@@ -137,7 +137,7 @@ class TrainConfig:
     lora_rank: int = setting(0, "LoRA: the rank of the adapters trained over the frozen init_from model (8 is typical); 0 = off, train every weight")
     lora_alpha: float = setting(16.0, "LoRA: the adapters' change is scaled by lora_alpha / lora_rank (fixed while trying ranks, the learning rate carries over)")
     lora_dropout: float = setting(0.0, "LoRA: dropout on the adapters' input")
-    lora_targets: list[str] = setting(["attn", "mlp", "head"], "LoRA: the layers to adapt, by name: attn, mlp and head (every Linear layer of the blocks and an untied LM head, the default), or attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, lm_head, wte (the token embedding, and the head tied to it)")
+    lora_targets: list[str] = setting(["attn", "mlp", "head", "tokens"], "LoRA: what to adapt, by name: attn, mlp, head and tokens (every Linear layer of the blocks, an untied LM head, and every token's embedding row trained in full: the default), or attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, lm_head, wte (a low-rank change of the token embedding, and of the head tied to it)")
 
 
 def validate(cfg: TrainConfig) -> None:

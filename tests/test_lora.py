@@ -66,7 +66,9 @@ def runs(tmp_path_factory):
     a_text = write_corpus(root / "a.txt", seed=1, words=WORDS[:6])
     b_text = write_corpus(root / "b.txt", seed=2, words=WORDS[6:])
     common = [f"--init_from={root / 'base'}", "--learning_rate=2e-2"]
-    assert train_main(run_args(root, a_text, "adapter_a", *common, "--lora_rank=4", "--lora_alpha=8")) == 0
+    # A: attn, mlp and head (nothing more for this tied head): without "tokens", so that peft can take it (export)
+    assert train_main(run_args(root, a_text, "adapter_a", *common, "--lora_rank=4", "--lora_alpha=8",
+                               "--lora_targets=attn,mlp,head")) == 0
     assert train_main(run_args(root, b_text, "adapter_b", *common, "--lora_rank=2",
                                "--lora_targets=attn.c_attn,wte", "--seed=7")) == 0
     return root
@@ -233,17 +235,19 @@ def test_rows_of_tokens_new_to_the_base_train_with_the_adapter_and_come_back_fro
         export.check_exportable(adapter)  # peft's adapters over the base have no rows for new tokens
 
 
-def test_the_default_adapter_adapts_an_untied_head_and_a_tied_one_through_nothing_else():
+def test_the_default_adapter_adapts_an_untied_head_and_trains_the_embedding_rows_a_tied_head_shares():
     untied = random_gpt(tie_embeddings=False)
     adapters.attach(untied, lora.LoRASettings(rank=2))
     trainable = {name for name, p in untied.named_parameters() if p.requires_grad}
-    assert {"lm_head.lora_A", "lm_head.lora_B"} <= trainable and len(trainable) == 2 * (2 * 4 + 1)
+    assert {"lm_head.lora_A", "lm_head.lora_B", "transformer.wte.new_rows"} <= trainable
+    assert len(trainable) == 2 * (2 * 4 + 1) + 1
     _, loss = untied(tiny_ids(30), tiny_ids(30, seed=1))
     loss.backward()
     assert untied.lm_head.lora_B.grad.abs().sum() > 0  # the head's change gets a gradient from the first step
-    tied = random_gpt()  # GPT-2's layout: the head is the embedding, adapted only by a "wte" target
+    tied = random_gpt()  # GPT-2's layout: the head is the embedding, whose rows (trained) are the head's too
     adapters.attach(tied, lora.LoRASettings(rank=2))
-    assert len([p for p in tied.parameters() if p.requires_grad]) == 2 * 2 * 4
+    assert len([p for p in tied.parameters() if p.requires_grad]) == 2 * 2 * 4 + 1
+    assert tied.lm_head.new_rows is tied.transformer.wte.new_rows
 
 
 def test_default_adapters_learn_a_task_that_changes_what_the_model_outputs():
@@ -274,6 +278,63 @@ def test_default_adapters_learn_a_task_that_changes_what_the_model_outputs():
     blocks_only, default = loss_after_training(("attn", "mlp")), loss_after_training(None)
     assert blocks_only > 3.0  # ln 32 = 3.47 at the start: the frozen head holds it back
     assert default < 0.7 * blocks_only
+
+
+def test_the_tokens_target_trains_every_embedding_row_so_tokens_the_base_confuses_can_be_told_apart():
+    """Two tokens whose embedding rows the base made equal (it never needed to tell them apart) and a task that
+    maps them to different answers: adapters on every Linear layer and the head cannot separate them (the two give
+    the same numbers through the whole model), so their loss stays at ln 2 at best; trained rows learn it. How the
+    task suite's letters, Python source to the base, take new jobs (issue 28: full fine-tuning's embedding change
+    carried more than half of what it learned)."""
+
+    def loss_on_the_twins(targets: tuple[str, ...]) -> float:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=2, n_embd=16, position="rope",
+                              mlp="relu2", qk_norm=True, tie_embeddings=False))
+        with torch.no_grad():
+            model.transformer.wte.weight[1] = model.transformer.wte.weight[0]
+        adapters.attach(model, lora.LoRASettings(rank=4, targets=targets))
+        optimizer = make_optimizer(model, TrainConfig(optimizer="adamw", learning_rate=3e-2, weight_decay=0.0))
+        answer = torch.arange(16).roll(1)  # token t -> t - 1: tokens 0 and 1 -> 15 and 0
+        batches = torch.Generator().manual_seed(1)
+        for _ in range(40):
+            ids = torch.randint(16, (8, 8), generator=batches)
+            _, loss = model(ids, answer[ids])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        ids = torch.randint(2, (16, 8), generator=torch.Generator().manual_seed(3))  # only the twins
+        with torch.no_grad():
+            return model(ids, answer[ids])[1].item()
+
+    frozen_rows, trained_rows = loss_on_the_twins(("attn", "mlp", "head")), loss_on_the_twins(lora.DEFAULT_TARGETS)
+    assert frozen_rows > 0.65  # ln 2 = 0.693: a coin toss between the two answers
+    assert trained_rows < 0.2
+
+
+def test_trained_embedding_rows_switch_off_merge_and_come_back_from_the_adapter_file():
+    for tied in (True, False):
+        base = random_gpt(tie_embeddings=tied)
+        ids = tiny_ids(30)
+        base_logits = logits_of(base, ids)
+        settings = lora.LoRASettings(rank=2, targets=("attn", "tokens"))
+        model = adapters.attach(copy.deepcopy(base), settings)
+        rows = model.transformer.wte.new_rows
+        assert rows.shape == (30, 16) and rows.requires_grad
+        assert (getattr(model.lm_head, "new_rows", None) is rows) == tied  # a tied head is the embedding: its rows train with it
+        with torch.no_grad():
+            rows.add_(torch.randn_like(rows))
+        randomize_adapters(model)
+        adapted = logits_of(model, ids)
+        with adapters.adapters_disabled(model):
+            assert torch.equal(logits_of(model, ids), base_logits)
+        adapter = adapter_files.Adapter(settings, adapters.adapter_weights(model), {"fingerprint": adapter_files.fingerprint(base)},
+                                        dataclasses.asdict(model.config), None, {}, None)
+        assert torch.equal(logits_of(adapter_files.adapted_model(copy.deepcopy(base), adapter), ids), adapted)
+        adapters.merge_adapter(model)
+        torch.testing.assert_close(logits_of(model, ids), adapted, rtol=1e-4, atol=1e-4)
+        with pytest.raises(UserError, match="tokens"):
+            export.check_exportable(adapter)  # peft's LoRA adapters hold low-rank changes, not trained rows
 
 
 @pytest.mark.parametrize("targets, model_changes, needles", [
@@ -492,9 +553,11 @@ def test_adapters_tune_on_conversations_from_a_text_base_and_over_an_instruction
     base = ckpt_io.load_model(runs / "base")
     known = base.tokenizer.vocab_size
     capsys.readouterr()
-    # From a base that continues text: the template's 4 markers are new tokens, and the adapter trains their rows.
+    # From a base that continues text: the template's 4 markers are new tokens, and the adapter trains their rows
+    # (only theirs without the "tokens" target, which would train every row).
     assert train_main(run_args(tmp_path, chats, "chat", f"--init_from={runs / 'base'}", "--lora_rank=4",
-                               "--learning_rate=2e-2", "--max_iters=6", "--eval_interval=6")) == 0
+                               "--lora_targets=attn,mlp,head", "--learning_rate=2e-2", "--max_iters=6",
+                               "--eval_interval=6")) == 0
     assert "4 new tokens" in capsys.readouterr().out
     state = ckpt_io.load_checkpoint(tmp_path / "chat" / "best.pt")
     assert state["adapter"]["new_rows_from"] == known and "chat_template" in state

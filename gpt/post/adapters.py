@@ -18,7 +18,7 @@ import torch.nn as nn
 from gpt.checkpoint import clean_state_dict
 from gpt.errors import UserError
 from gpt.model import GPT
-from gpt.post.lora import (ADAPTER_KEYS, LoRAEmbedding, LoRALayer, LoRALinear, LoRASettings, LoRATiedHead,
+from gpt.post.lora import (ADAPTER_KEYS, TOKENS, LoRAEmbedding, LoRALayer, LoRALinear, LoRASettings, LoRATiedHead,
                            head_is_tied, resolve_targets)
 
 # ---------------------------------------------------------------------------------------------------
@@ -64,7 +64,8 @@ def attach(model: GPT, settings: LoRASettings, base: dict[str, Any] | None = Non
     New adapters start as a no-op (B = 0); `weights` (from adapter_weights) gives trained ones instead.
     `base` records where the model came from, for the checkpoints of a run (see base_reference).
     `new_rows_from`: the rows of the token embedding and the head from this token id on belong to tokens the base
-    never saw (a vocabulary grown for new special tokens): they train too, and are saved with the adapter.
+    never saw (a vocabulary grown for new special tokens): they train too, and are saved with the adapter. With the
+    "tokens" target every row of the embedding trains (and is saved) that way.
     `base_vocab`: the model's config and token layers before its vocabulary was grown for this adapter, put back
     when the adapter comes off (see Attachment).
     """
@@ -74,14 +75,19 @@ def attach(model: GPT, settings: LoRASettings, base: dict[str, Any] | None = Non
         raise ValueError(f"an adapter needs rank >= 1, got {settings.rank}")
     names = resolve_targets(model, settings.targets)
     tied = head_is_tied(model)
-    token_layers: list[str] = []
-    if new_rows_from is not None and new_rows_from < model.config.vocab_size:
-        token_layers = ["transformer.wte"] + ([] if tied else ["lm_head"])
-    record = Attachment(settings, base, new_rows_from=new_rows_from if token_layers else None,
+    # The layers that train some of their rows in full, from which row: the tokens new to the base in the embedding
+    # and an untied head; every token's row of the embedding with the "tokens" target.
+    first_row: dict[str, int] = {}
+    has_new_tokens = new_rows_from is not None and new_rows_from < model.config.vocab_size
+    if has_new_tokens:
+        first_row = {name: new_rows_from for name in ["transformer.wte"] + ([] if tied else ["lm_head"])}
+    if TOKENS in settings.targets:
+        first_row["transformer.wte"] = 0
+    record = Attachment(settings, base, new_rows_from=new_rows_from if has_new_tokens else None,
                         trainable={n: p.requires_grad for n, p in model.named_parameters()}, base_vocab=base_vocab)
     for p in model.parameters():
         p.requires_grad_(False)  # the base is frozen: only the adapters' parameters will train
-    for name in names + [n for n in token_layers if n not in names]:
+    for name in names + [n for n in first_row if n not in names]:
         layer = model.get_submodule(name)
         record.originals[name] = layer
         rank = settings.rank if name in names else 0  # a token layer outside the targets: its new rows only
@@ -89,8 +95,8 @@ def attach(model: GPT, settings: LoRASettings, base: dict[str, Any] | None = Non
             adapted: LoRALayer = LoRAEmbedding(layer, rank, settings.scaling)
         else:
             adapted = LoRALinear(layer, rank, settings.scaling, settings.dropout)
-        if name in token_layers:
-            adapted.add_new_rows(new_rows_from)
+        if name in first_row:
+            adapted.add_new_rows(first_row[name])
         _set_layer(model, name, adapted)
     if isinstance(model.transformer.wte, LoRAEmbedding) and tied:
         record.originals["lm_head"] = model.lm_head
@@ -205,6 +211,10 @@ def trainable_summary(model: nn.Module) -> str:
     s = record.settings
     rows = "" if record.new_rows_from is None else \
         f" and the rows of tokens {record.new_rows_from}..{model.config.vocab_size - 1} (new to the base)"
+    if TOKENS in s.targets:
+        rows = f" and every token's embedding row ({model.config.vocab_size} x {model.config.n_embd})" + \
+            ("" if record.new_rows_from is None or head_is_tied(model) else f", the head's rows of tokens "
+             f"{record.new_rows_from}..{model.config.vocab_size - 1} (new to the base)")
     return (f"LoRA rank {s.rank}, alpha {s.alpha:g}, on {','.join(s.targets)} ({layers} layers){rows}: {trained:,} "
             f"trainable parameters, {100 * trained / total:.2f}% of {total:,}; the base is frozen")
 

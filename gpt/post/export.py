@@ -20,7 +20,7 @@ from gpt.hf import check_gpt2_shape, save_hf_gpt2, write_safetensors
 from gpt.model import GPTConfig
 from gpt.post.adapter_files import Adapter, adapted_model, find_base, read_adapter
 from gpt.post.adapters import merge_adapter
-from gpt.post.lora import HEAD, short_name
+from gpt.post.lora import HEAD, TOKENS, short_name
 
 # ---------------------------------------------------------------------------------------------------
 # Merge and export (python -m gpt.lora ...)
@@ -135,6 +135,10 @@ def check_exportable(adapter: Adapter) -> None:
         raise UserError("this adapter trains the rows of tokens its base does not have (a grown vocabulary), which a "
                         "peft adapter over the base cannot hold: merge it instead (python -m gpt.lora merge) and export "
                         "the merged model (python -m gpt.hf)")
+    if TOKENS in adapter.settings.targets:
+        raise UserError("this adapter trains the token embedding's rows in full (lora target tokens), which a peft "
+                        "LoRA adapter cannot hold: merge it instead (python -m gpt.lora merge) and export the merged "
+                        "model (python -m gpt.hf), or train with --lora_targets=attn,mlp,head for an exportable one")
     outside = [t for t in adapter.settings.targets if t not in GPT2_BLOCK_TARGETS + ("attn", "mlp", HEAD)]  # head: none when tied
     if outside:
         raise UserError(f"this adapter also adapts {', '.join(outside)}, which peft's GPT-2 adapters cannot express the "

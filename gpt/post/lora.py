@@ -21,16 +21,21 @@ advice), so the learning rate need not be tuned again for each rank.
 
 Which matrices (`lora_targets`) are named as in the model, relative to a block: "attn.c_attn" (queries, keys,
 values), "attn.c_proj", "mlp.c_fc", "mlp.c_proj", a whole sub-layer ("attn", "mlp"), and outside the blocks
-"wte" (the token embedding) and "lm_head" (when it is not tied to wte), or "head": the LM head when it is
-untied, nothing when it is tied. The default is every Linear layer of the blocks and the untied head ("attn",
-"mlp", "head"): the LoRA paper adapted only attention, but later work (QLoRA, Dettmers et al. 2023) found that
-adapting all of a block's Linear layers is what brings LoRA close to full fine-tuning, for a cost that is
-still small (16 r C numbers per block of width C, against 12 C² in the block itself). The head is adapted too
-because a new task changes what the model says most of all: measured on the task suite, full fine-tuning
-moved an untied head by 73% of its norm (the blocks' matrices 20-40%), nearly all of it within rank 8, and
-adapters with a frozen head lagged behind. The embedding is left out by default: it is the largest matrix
-(vocabulary x C) and a new task rarely needs new meanings for its tokens. In GPT-2's architecture the head
-is the token embedding (tied): "head" adds nothing there, and "wte" adapts both ends.
+"wte" (a low-rank change of the token embedding), "lm_head" (when it is not tied to wte), or "head": the LM
+head when it is untied, nothing when it is tied; and "tokens", which is not a low-rank change: every row of
+the token embedding trains in full. The default is every Linear layer of the blocks, the untied head and the
+embedding's rows ("attn", "mlp", "head", "tokens"). The LoRA paper adapted only attention, but later work
+(QLoRA, Dettmers et al. 2023) found that adapting all of a block's Linear layers is what brings LoRA close to
+full fine-tuning, for a cost that is still small (16 r C numbers per block of width C, against 12 C² in the
+block itself). The head is adapted because a new task changes what the model says most of all: measured on
+the task suite, full fine-tuning moved an untied head by 73% of its norm (the blocks' matrices 20-40%),
+nearly all of it within rank 8. The embedding's rows train because a new task gives familiar tokens new
+jobs: on the task suite, full fine-tuning's model with its embedding change put back (every other weight
+kept) answered 24% of new inputs instead of 65% (BENCHMARKS.md), and no adapter behind the embedding can
+tell apart two tokens the base gave the same row. They cost V x C numbers, a few percent of a character-level
+model (222 x 128 here), but a third of GPT-2 124M (50,257 x 768): there, "attn,mlp,head" keeps the adapter
+small, and "wte" gives the embedding a low-rank change instead. In GPT-2's architecture the head is the
+token embedding (tied): "head" adds nothing there, and "tokens" or "wte" change both ends.
 
 The adapter, in four modules of gpt/post, each with one job:
     gpt/post/lora.py           the settings and the adapted layers' math (this file: read it like gpt/model.py)
@@ -53,6 +58,7 @@ New tokens. Tuning on conversations adds special tokens that a pretrained base m
 (and tied head) grows rows for them. Those rows were never trained, so an adapter run trains them as well, in
 full (a few rows of n_embd numbers each), and saves them with the adapter ("new_rows"; rows new_rows_from..
 of both matrices): the base file stays as it was, and the adapter alone carries what the new tokens mean.
+The "tokens" target uses the same mechanism for the whole embedding: its "new_rows" are all of its rows.
 """
 
 from __future__ import annotations
@@ -69,11 +75,17 @@ from gpt.errors import UserError
 from gpt.model import GPT
 
 # "head": the LM head when it is a matrix of its own (untied: the "modern" arch), and nothing more when it is the
-# token embedding (tied: GPT-2's), which only a "wte" target adapts. A new task changes the head most: full
-# fine-tuning on the task suite moved the untied head by 73% of its norm against 20-40% for the blocks' matrices,
-# and 99% of that change lay in 8 directions (docs/adapters.md): a frozen head held every adapter back.
+# token embedding (tied: GPT-2's), which only a "wte" or "tokens" target changes. A new task changes the head
+# most: full fine-tuning on the task suite moved the untied head by 73% of its norm against 20-40% for the
+# blocks' matrices, and 99% of that change lay in 8 directions (docs/adapters.md): a frozen head held every
+# adapter back.
 HEAD = "head"
-DEFAULT_TARGETS = ["attn", "mlp", HEAD]
+# "tokens": every row of the token embedding trained in full (V x C numbers), not a low-rank change to it. A task
+# suite gives familiar characters new jobs (letters to copy, reverse, count): measured on it, full fine-tuning's
+# embedding change carried more than half of what it learned (BENCHMARKS.md), and a frozen embedding held the
+# adapters back.
+TOKENS = "tokens"
+DEFAULT_TARGETS = ["attn", "mlp", HEAD, TOKENS]
 ADAPTER_KEYS = ("lora_A", "lora_B", "new_rows")  # the names of an adapter's parameters inside each adapted layer
 
 
@@ -264,7 +276,7 @@ def adaptable_layers(model: nn.Module) -> dict[str, str]:
 def valid_targets(model: nn.Module) -> list[str]:
     """The target names this model accepts: each layer's name, and each sub-layer that groups several."""
     names = set(adaptable_layers(model).values())
-    return sorted(names | {name.split(".")[0] for name in names if "." in name} | {HEAD})
+    return sorted(names | {name.split(".")[0] for name in names if "." in name} | {HEAD, TOKENS})
 
 
 def head_is_tied(model: GPT) -> bool:
@@ -278,6 +290,8 @@ def resolve_targets(model: GPT, targets: tuple[str, ...]) -> list[str]:
     for target in targets:
         if target == HEAD:  # the untied head; a tied one is the embedding, adapted only when wte is a target
             chosen |= set() if head_is_tied(model) else {"lm_head"}
+            continue
+        if target == TOKENS:  # trained rows, not a low-rank change: attach gives the embedding those (trains_rows)
             continue
         matches = {full for full, short in layers.items() if short == target or short.startswith(target + ".")}
         if not matches:
