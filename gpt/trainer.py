@@ -56,7 +56,8 @@ from gpt.runtime import (ARCH_OPTIONS, Dist, OutDirLock, Run, dist_from_env, end
 SHAPE_SETTINGS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
 FIXED_AT_START = ("vocab_multiple", "seed", "init_from", "lora_rank", "lora_alpha", "lora_targets")
 # What a checkpoint from before the architecture options existed was trained with.
-LEGACY_SETTINGS = {"arch": "gpt2", "optimizer": "adamw", "lr_schedule": "cosine"}
+# (dpo_nll: a DPO run from before the setting existed was plain DPO, whatever today's default.)
+LEGACY_SETTINGS = {"arch": "gpt2", "optimizer": "adamw", "lr_schedule": "cosine", "dpo_nll": 0.0}
 
 
 @dataclass
@@ -67,7 +68,7 @@ class TrainConfig:
     val_fraction: float = setting(0.1, "share of the text (or of the conversations) held out for validation")
     val_data: str | None = setting(None, "conversations or preference pairs only: a .jsonl file (or folder) to validate on instead of a val_fraction share")
     dpo_beta: float = setting(0.1, "preference pairs only: DPO's beta, how far the model may move from the reference for a given preference (smaller: further; 0.1 is usual)")
-    dpo_nll: float = setting(0.0, "preference pairs only: add this weight x the chosen answers' negative log-likelihood per token to the DPO loss, which keeps them likely (0 = plain DPO)")
+    dpo_nll: float = setting(1.0, "preference pairs only: add this weight x the chosen answers' negative log-likelihood per token to the DPO loss, which keeps them likely and exact match with them (0 = plain DPO, whose answers can get worse)")
     loss_on: str = setting("assistant", "conversations only: assistant (the loss counts the answers and their end token) or all (every token)")
     data_dir: str = setting("data", "where prepared token bins are cached")
     on_invalid_utf8: str = setting("error", "a file that is not UTF-8: error (with file and byte offset) or replace (bad bytes become U+FFFD)")
