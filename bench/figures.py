@@ -102,6 +102,28 @@ def dpo_table(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dpo_keeps(r: dict) -> str:
+    """Whether preference tuning kept exact match: the instruction-tuned model, DPO with the defaults and plain DPO,
+    on the whole test split (the change in points against the model before), and held-out preference accuracy,
+    overall and on the tasks the model before could do (bench/ladder.py on the suite, bench/dpo.py unseen)."""
+    m = r["models"]
+    before = m["sft"]["test"]
+    rows = [("before: instruction-tuned", "sft"), ("DPO, the defaults (`dpo_nll` 1)", "dpo"),
+            ("plain DPO (`--dpo_nll=0`" + (", lr 1e-4)" if "learning_rate=1e-4" in m["dpo_plain"]["command"] else ")"),
+             "dpo_plain")]
+    lines = ["| model | exact match, all | change | new inputs | new phrasings | held-out tasks | preference accuracy "
+             "(held-out) | on the tasks it can do |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for label, key in rows:
+        test, pairs, told = m[key]["test"], m[key].get("pairs"), m[key].get("told_apart")
+        groups = [_pct(test["groups"][g]["exact_match"]) if g in test["groups"] else "" for g in GROUP_LABELS]
+        change = "" if key == "sft" else _points(test["exact_match"] - before["exact_match"])
+        accuracy = _pct(pairs["accuracy"]) if pairs and "accuracy" in pairs else ""
+        can = f"{_pct(told['accuracy'])} ({len(told['tasks'])} tasks)" if told and told["n"] else ""
+        lines.append(f"| {label} | {_pct(test['exact_match'])} | {change} | " + " | ".join(groups)
+                     + f" | {accuracy} | {can} |")
+    return "\n".join(lines) + "\n"
+
+
 def _code(text: str) -> str:
     """A code block of what a command printed (spaces at the ends of lines dropped, as editors drop them)."""
     return "```\n" + "\n".join(line.rstrip() for line in text.rstrip("\n").splitlines()) + "\n```\n"
@@ -288,6 +310,8 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "assistant.dpo_answers": ("assistant", dpo_answers),
     "assistant.ladder_table": ("assistant", ladder_table),
     "assistant.steps": ("assistant", steps_table),
+    "assistant.dpo_keeps": ("assistant", dpo_keeps),
+    "dpo_unseen.dpo_keeps": ("dpo_unseen", dpo_keeps),
     "default.sample": ("default", default_sample),
     "default.show_probs": ("default", show_probs),
     "default.show_probs_both": ("default", show_probs_both),

@@ -53,6 +53,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import dpo
 import harness
 
 REPO = harness.REPO
@@ -303,6 +304,8 @@ def main() -> None:
             trained[name] = pool.submit(climb, name)
         for job in trained.values():
             job.result()
+    for name in ("dpo", "dpo_plain"):  # held-out preference accuracy where the starting model can do the task
+        models[name]["told_apart"] = dpo.told_apart(models[name]["pairs"], models["sft"]["test"])
     answers: dict[str, list[str]] = {"prompts": PROMPTS, "held_out_prompts": HELD_OUT_PROMPTS}
     for name in (n for n in ANSWERED if n in models):
         answers[name] = [ladder.sample(Path(models[name]["out"]), ["--chat", "--temperature", "0", "--prompt", p])
