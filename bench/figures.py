@@ -68,9 +68,12 @@ def _pct(x: float) -> str:
     return f"{x:.1%}"
 
 
+GROUP_LABELS = {"new_inputs": "new inputs", "new_phrasings": "new phrasings", "held_out_tasks": "held-out tasks"}
+
+
 def _groups(report: dict) -> list[str]:
     g = report["groups"]
-    return [_pct(g[name]["exact_match"]) for name in ("new_inputs", "new_phrasings", "held_out_tasks")]
+    return [_pct(g[name]["exact_match"]) if name in g else "" for name in GROUP_LABELS]  # (--limit: some)
 
 
 def sft_table(r: dict) -> str:
@@ -176,9 +179,6 @@ def ladder_table(r: dict) -> str:
                      + " | ".join(_groups(test)) + f" | {_pct(test['ended'])} | "
                      + (f"{_pct(pairs['accuracy'])} | {_pct(pairs['prefers_chosen'])}" if pairs else " | ") + " |")
     return "\n".join(lines) + "\n"
-
-
-GROUP_LABELS = {"new_inputs": "new inputs", "new_phrasings": "new phrasings", "held_out_tasks": "held-out tasks"}
 
 
 def _points(delta: float) -> str:
