@@ -247,7 +247,8 @@ def test_the_default_is_dpo_with_the_chosen_answers_nll_and_plain_dpo_is_one_set
     for name, flags in (("default", []), ("plain", ["--dpo_nll=0"])):
         assert train([*args, *flags, *_args(tuned, name, "--max_iters=2", "--eval_interval=2", "--eval_iters=1")]) == 0
     default, plain = _evals(tuned / "default")[-1], _evals(tuned / "plain")[-1]
-    assert tomllib.loads((tuned / "default" / "config.toml").read_text())["dpo_nll"] == 1.0
+    saved = tomllib.loads((tuned / "default" / "config.toml").read_text())
+    assert saved["dpo_nll"] == 1.0 and saved["dpo_beta"] == 0.5
     assert default["val_loss"] == pytest.approx(default["val_dpo_loss"] + default["val_chosen_nll"], abs=1e-5)
     assert default["val_chosen_nll"] > 0.01  # so the sum above tells the two apart
     assert "val_dpo_loss" not in plain and plain["val_loss"] < default["val_loss"]

@@ -518,7 +518,7 @@ def open_pairs(files: list[Path], cfg: Any, tokenizer: TokenizerChoice) -> Prefe
         held = held_out(len(train), cfg.val_fraction, what="pair", where=where, content=lambda i: json.dumps(
             [[m.role, m.content] for m in train[i].prompt] + [train[i].chosen, train[i].rejected], ensure_ascii=False))
         train, val = [p for i, p in enumerate(train) if i not in held], [p for i, p in enumerate(train) if i in held]
-    return PreferenceData(train, val, ChatTemplate.add_tokens(tokenizer.ready), getattr(cfg, "dpo_beta", 0.1),
+    return PreferenceData(train, val, ChatTemplate.add_tokens(tokenizer.ready), getattr(cfg, "dpo_beta", 0.5),
                           source=",".join(str(f) for f in files), nll_weight=getattr(cfg, "dpo_nll", 1.0))
 
 
