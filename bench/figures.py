@@ -68,9 +68,12 @@ def _pct(x: float) -> str:
     return f"{x:.1%}"
 
 
+GROUP_LABELS = {"new_inputs": "new inputs", "new_phrasings": "new phrasings", "held_out_tasks": "held-out tasks"}
+
+
 def _groups(report: dict) -> list[str]:
     g = report["groups"]
-    return [_pct(g[name]["exact_match"]) for name in ("new_inputs", "new_phrasings", "held_out_tasks")]
+    return [_pct(g[name]["exact_match"]) if name in g else "" for name in GROUP_LABELS]  # (--limit: some)
 
 
 def sft_table(r: dict) -> str:
@@ -92,13 +95,35 @@ def sft_table(r: dict) -> str:
 def dpo_table(r: dict) -> str:
     m = r["models"]
     rows = [("`out/sft_tasks`, before (its own reference: 50% by definition)", "sft"), ("plain DPO (`--dpo_nll=0 --learning_rate=1e-4 --min_lr=1e-5`)",
-                                                 "dpo_plain"), ("the recipe (`--dpo_nll=1`, lr 3e-4)", "dpo")]
+                                                 "dpo_plain"), ("the recipe (the default `--dpo_nll=1`, lr 3e-4)", "dpo")]
     lines = ["| model | preference accuracy (held-out) | model prefers chosen | chosen log p | new inputs | new "
              "phrasings | held-out tasks |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for label, key in rows:
         pairs, test = m[key]["pairs"], m[key]["test"]
         lines.append(f"| {label} | {_pct(pairs['accuracy'])} | {_pct(pairs['prefers_chosen'])} | "
                      f"{pairs['chosen_logp']:.2f} | " + " | ".join(_groups(test)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def dpo_keeps(r: dict) -> str:
+    """Whether preference tuning kept exact match: the instruction-tuned model, DPO with the defaults and plain DPO,
+    on the whole test split (the change in points against the model before), and held-out preference accuracy,
+    overall and on the tasks the model before could do (bench/ladder.py on the suite, bench/dpo.py unseen)."""
+    m = r["models"]
+    before = m["sft"]["test"]
+    rows = [("before: instruction-tuned", "sft"), ("DPO, the defaults (`dpo_nll` 1)", "dpo"),
+            ("plain DPO (`--dpo_nll=0`" + (", lr 1e-4)" if "learning_rate=1e-4" in m["dpo_plain"]["command"] else ")"),
+             "dpo_plain")]
+    lines = ["| model | exact match, all | change | new inputs | new phrasings | held-out tasks | preference accuracy "
+             "(held-out) | on the tasks it can do |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for label, key in rows:
+        test, pairs, told = m[key]["test"], m[key].get("pairs"), m[key].get("told_apart")
+        groups = [_pct(test["groups"][g]["exact_match"]) if g in test["groups"] else "" for g in GROUP_LABELS]
+        change = "" if key == "sft" else _points(test["exact_match"] - before["exact_match"])
+        accuracy = _pct(pairs["accuracy"]) if pairs and "accuracy" in pairs else ""
+        can = f"{_pct(told['accuracy'])} ({len(told['tasks'])} tasks)" if told and told["n"] else ""
+        lines.append(f"| {label} | {_pct(test['exact_match'])} | {change} | " + " | ".join(groups)
+                     + f" | {accuracy} | {can} |")
     return "\n".join(lines) + "\n"
 
 
@@ -154,6 +179,91 @@ def ladder_table(r: dict) -> str:
                      + " | ".join(_groups(test)) + f" | {_pct(test['ended'])} | "
                      + (f"{_pct(pairs['accuracy'])} | {_pct(pairs['prefers_chosen'])}" if pairs else " | ") + " |")
     return "\n".join(lines) + "\n"
+
+
+def _points(delta: float) -> str:
+    return f"{100 * delta:+.1f} pts"
+
+
+def _changed(before: dict | None, after: dict) -> str:
+    """What a step changed on the test split: each group's exact match, and the tasks of new inputs that moved
+    most either way."""
+    if before is None:
+        return "the starting point: continues text, answers nothing"
+    groups = before["groups"]
+    text = ", ".join(f"{GROUP_LABELS.get(name, name)} {_points(after['groups'][name]['exact_match'] - g['exact_match'])}"
+                     for name, g in groups.items() if name in after["groups"])
+    b, a = groups["new_inputs"]["tasks"], after["groups"]["new_inputs"]["tasks"]
+    delta = {t: a[t]["exact_match"] - b[t]["exact_match"] for t in a if t in b}
+    if delta and max(delta.values()) > 0:
+        up = max(delta, key=delta.get)
+        text += f"; most up: {up} {_points(delta[up])}"
+    if delta and min(delta.values()) < 0:
+        down = min(delta, key=delta.get)
+        text += f"; most down: {down} {_points(delta[down])}"
+    return text
+
+
+def steps_table(r: dict) -> str:
+    """The ladder step by step (README.md, docs/assistant.md, the report of bench/ladder.py --report): each step's
+    model, its run's time and tokens, exact match per group of the test split, and what it changed."""
+    lines = ["| step | command | steps | training s | tokens | new inputs | new phrasings | held-out tasks | "
+             "what it changed |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    before, tuning_seconds, tuning_tokens = None, 0.0, 0
+    for step in r["steps"]:
+        m = r["models"].get(step["model"])
+        if m is None:
+            lines.append(f"| {step['step']} | | | | | | | | {step.get('note') or 'not run'} |")
+            continue
+        run = m.get("run", {})
+        if step["model"] != "base":
+            tuning_seconds += run.get("train_seconds", 0)
+            tuning_tokens += run.get("tokens") or 0
+        lines.append(f"| {step['step']} | `{m['command']}` | {run.get('steps', '')} | "
+                     + (f"{run['train_seconds']:,.0f}" if "train_seconds" in run else "") + " | "
+                     + (f"{run['tokens']:,}" if run.get("tokens") else "") + " | "
+                     + " | ".join(_groups(m["test"])) + f" | {_changed(before, m['test'])} |")
+        before = m["test"]
+    lines.append(f"| the tuning steps together | | | {tuning_seconds:,.0f} | {tuning_tokens:,} | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def steps_answers(r: dict) -> str:
+    """The documentation's prompts answered (greedily) by each tuned step's model: a Markdown table."""
+    answers = r["answers"]
+    names = [s["model"] for s in r["steps"] if s["model"] in answers]
+    held_out = set(answers.get("held_out_prompts", []))
+    lines = ["| prompt | " + " | ".join(s["step"] for s in r["steps"] if s["model"] in answers) + " |",
+             "| --- |" + " --- |" * len(names)]
+    for i, prompt in enumerate(answers["prompts"]):
+        cells = [f"`{_short(answers[n][i], 30)}`".replace("|", "\\|") for n in names]  # a | would end the cell
+        lines.append(f"| {prompt}{' (a held-out task)' if prompt in held_out else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def ladder_report(r: dict) -> str:
+    """The Markdown report of `python bench/ladder.py --report FILE`: the steps, their answers, every run."""
+    machine = r.get("machine", {})
+    threads = f"{r['threads']} thread{'s' if r['threads'] != 1 else ''}" if r.get("threads") else "torch's threads"
+    load = r.get("load_average") or {}
+    load = (f"load average {load['min']:.1f} to {load['max']:.1f} while it ran" if load.get("min") is not None else
+            f"nothing trained or scored: load average {machine.get('load_average', ['?'])[0]} when it was written")
+    parts = [
+        "# The assistant ladder, step by step\n",
+        f"Written by `{machine.get('command', 'python bench/ladder.py')}` on {machine.get('date', '?')} "
+        f"(commit {machine.get('commit', '?')}, {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
+        f"{threads}; {load}). Exact match is on "
+        f"`{r['suite']}/test.jsonl`: new inputs (the trained tasks and phrasings), new phrasings (each task's "
+        "last phrasing, never trained on) and held-out tasks (never trained on). Exact match at a fixed number of "
+        "steps does not depend on the machine's load; the times do.\n",
+        "## Each step\n", steps_table(r),
+        "Tokens are as each run logs them (batch_size x block_size per step; a DPO step's batch is that many "
+        "pairs).\n",
+        "## Answers\n", "Greedy answers (`python sample.py --ckpt MODEL --chat --temperature 0 --prompt ...`):\n",
+        steps_answers(r),
+        "## Every run\n", "The steps' variations too (`python bench/ladder.py` trains them all):\n", ladder_table(r),
+    ]
+    return "\n".join(parts)
 
 
 def default_sample(r: dict) -> str:
@@ -286,6 +396,9 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "assistant.dpo_table": ("assistant", dpo_table),
     "assistant.dpo_answers": ("assistant", dpo_answers),
     "assistant.ladder_table": ("assistant", ladder_table),
+    "assistant.steps": ("assistant", steps_table),
+    "assistant.dpo_keeps": ("assistant", dpo_keeps),
+    "dpo_unseen.dpo_keeps": ("dpo_unseen", dpo_keeps),
     "default.sample": ("default", default_sample),
     "default.show_probs": ("default", show_probs),
     "default.show_probs_both": ("default", show_probs_both),

@@ -15,11 +15,16 @@ In order, each a documented command (the runs go to --out/NAME; the base is out/
         ... --max_iters=2500 --lr_decay_iters=2500          sft_long: five times longer
     python train.py configs/dpo_tasks_cpu.toml              dpo: the preference recipe (from sft)
         ... --dpo_nll=0 --learning_rate=1e-4 --min_lr=1e-5  dpo_plain: plain DPO
+    python train.py configs/rl_tasks_cpu.toml               rl: reinforcement learning on checked answers (from dpo);
+                                                            left out, with a note, where the config does not exist
 
 Each model is scored with `python -m gpt.tasks eval` on data/tasks/test.jsonl (the DPO models and the one they
 start from also on data/task_pairs/val.jsonl), and asked the documentation's prompts with `python sample.py`.
 Writes bench/results/default.json (the base run and its samples) and bench/results/assistant.json (the rest),
-then rewrites the documentation's figures from them (bench/figures.py --write).
+then rewrites the documentation's figures from them (bench/figures.py --write). --report FILE also writes the
+ladder as a Markdown report: each step (pretraining -> instruction tuning -> preference tuning -> reinforcement
+learning), its time and tokens, exact match per group of the test split, what it changed, and a few answers.
+`python bench/ladder.py --reuse --report FILE` writes it again from the runs and scores already in --out.
 
 Every run is seeded and train.py is deterministic on one machine with one thread count, so the same code there gives
 the same figures. Another thread count or CPU rounds differently (the recipe's loss at step 50 differs in the
@@ -48,11 +53,12 @@ import time
 import tomllib
 from pathlib import Path
 
+import dpo
 import harness
 
 REPO = harness.REPO
 SUITE, PAIRS = Path("data/tasks"), Path("data/task_pairs")
-SFT, DPO = "configs/sft_tasks_cpu.toml", "configs/dpo_tasks_cpu.toml"
+SFT, DPO, RL = "configs/sft_tasks_cpu.toml", "configs/dpo_tasks_cpu.toml", "configs/rl_tasks_cpu.toml"
 # name: (the documented command's arguments after `python train.py`, the model it starts from)
 RUNS: dict[str, tuple[list[str], str | None]] = {
     "sft": ([SFT], "base"),
@@ -61,13 +67,17 @@ RUNS: dict[str, tuple[list[str], str | None]] = {
     "sft_long": ([SFT, "--max_iters=2500", "--lr_decay_iters=2500"], "base"),
     "dpo": ([DPO], "sft"),
     "dpo_plain": ([DPO, "--dpo_nll=0", "--learning_rate=1e-4", "--min_lr=1e-5"], "sft"),
+    "rl": ([RL], "dpo"),  # only where RL's config exists (see main)
 }
+# The ladder of the report: each step's model, in order (the others are variations on a step).
+STEPS = [("pretraining", "base"), ("instruction tuning", "sft"), ("preference tuning", "dpo"),
+         ("reinforcement learning", "rl")]
 PAIRS_SCORED = ("sft", "dpo", "dpo_plain")  # sft as the reference of itself: accuracy 50% by definition
 # The prompts the documentation shows answers to (docs/assistant.md); the held-out tasks' are marked there.
 PROMPTS = ["Reverse the word stone.", "What is 23 + 45?", "Uppercase blue.", "Spell cat.", "Which is larger, 312 or 297?",
            "How many letters are in planet?", "Sort these numbers: 42 7 19.", "Lowercase HELLO."]
 HELD_OUT_PROMPTS = ["Lowercase HELLO."]
-ANSWERED = ("sft", "dpo_plain", "dpo")
+ANSWERED = ("sft", "dpo_plain", "dpo", "rl")
 # The base model's samples (README.md, docs/sampling.md, docs/assistant.md): name -> sample.py's arguments.
 BASE_SAMPLES = {
     "def": ["--prompt", "def ", "--max_new_tokens", "300", "--seed", "1"],
@@ -76,7 +86,9 @@ BASE_SAMPLES = {
     "show_probs": ["--prompt", "for i in ran", "--show_probs", "5"],
     "show_probs_t2": ["--prompt", "for i in ran", "--show_probs", "5", "--temperature", "2"],
 }
-IGNORED_SETTINGS = {"out_dir", "threads", "progress", "plot", "device", "resume", "compile", "peak_flops"}
+# Settings that do not change a run of text: where it goes, how it shows, and the ones for pairs only (DPO's).
+IGNORED_SETTINGS = {"out_dir", "threads", "progress", "plot", "device", "resume", "compile", "peak_flops", "dpo_beta",
+                    "dpo_nll"}
 
 
 class Ladder:
@@ -86,7 +98,7 @@ class Ladder:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if args.threads:
             self.env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-        self.loads: list[float] = []
+        self.loads: list[float] = [os.getloadavg()[0]]  # at the start, and before and after each command
         self.started = time.perf_counter()
 
     def say(self, text: str) -> None:
@@ -119,7 +131,7 @@ class Ladder:
         target = default if not default.exists() else self.out / "default"
         if target.exists():
             shutil.rmtree(target)
-        self.say(f"base: python train.py -> {target.relative_to(REPO)}")
+        self.say(f"base: python train.py -> {target}")
         self.train([], target, None)
         return target
 
@@ -128,7 +140,7 @@ class Ladder:
     def tuned(self, name: str, base: Path) -> Path:
         args, start = RUNS[name]
         out = self.out / name
-        init_from = {"base": base, "sft": self.out / "sft", None: None}[start]
+        init_from = {"base": base, "sft": self.out / "sft", "dpo": self.out / "dpo", None: None}[start]
         if self.args.reuse and (out / "best.pt").exists() and (out / "ckpt.pt").exists():
             self.say(f"{name}: reusing {out}")
             return out
@@ -145,7 +157,8 @@ class Ladder:
         limit = [f"--limit={self.args.limit}"] if self.args.limit else []
         report = json.loads(self.run(["-m", "gpt.tasks", "eval", f"--ckpt={ckpt}", f"--data={data}", "--json",
                                       "--progress=false", *limit, *extra]))
-        cached.write_text(json.dumps(report))
+        if not self.args.limit:  # a smoke test's partial score must not pass for the whole one on --reuse
+            cached.write_text(json.dumps(report))
         return report
 
     def sample(self, ckpt: Path, args: list[str]) -> str:
@@ -185,7 +198,10 @@ def finished_like_defaults(out: Path) -> bool:
     # lr_decay_iters = 0 follows max_iters: a run that named its end (2000) has the same schedule as one that follows.
     for config in (saved, defaults):
         config["lr_decay_iters"] = config.get("lr_decay_iters") or config.get("max_iters")
-    same = all(saved.get(k) == v for k, v in defaults.items() if k not in IGNORED_SETTINGS)
+    ignored = set(IGNORED_SETTINGS)
+    if saved.get("lora_rank", 0) == defaults["lora_rank"] == 0:  # no adapter: its settings changed nothing
+        ignored |= {k for k in defaults if k.startswith("lora_")}
+    same = all(saved.get(k) == v for k, v in defaults.items() if k not in ignored)
     return same and (out / "ckpt.pt").exists() and steps and steps[-1] == defaults["max_iters"]
 
 
@@ -200,7 +216,9 @@ def run_figures(out: Path) -> dict:
     rates = [r["tok_per_s"] for r in records if r.get("tok_per_s")]
     last = evals[-1]
     finished = datetime.datetime.fromtimestamp((out / "log.jsonl").stat().st_mtime, datetime.timezone.utc)
+    tokens = [r["tokens"] for r in records if r.get("tokens")]
     figures = {"steps": last["step"], "train_seconds": max(r.get("elapsed", 0) for r in records),
+               "tokens": tokens[-1] if tokens else None,
                "finished": finished.strftime("%Y-%m-%d %H:%M UTC"),
                "tok_per_s_median": statistics.median(rates) if rates else None}
     figures.update({k: v for k, v in last.items() if k.startswith(("val_", "train_"))})
@@ -219,6 +237,7 @@ def main() -> None:
     parser.add_argument("--retrain_base", action="store_true", help="train the base again even if out/default holds "
                         "a finished run of today's defaults (after a change of the model's code)")
     parser.add_argument("--no_write", action="store_true", help="write the results, not the documentation")
+    parser.add_argument("--report", default="", help="also write the ladder as a Markdown report to this file")
     parser.add_argument("--base", default="", help="a smoke test's shortcut: this checkpoint as the base")
     parser.add_argument("--extra", default="", help="a smoke test's shortcut: flags for every train.py after the "
                         "recipe's own (e.g. --max_iters=2 --lr_decay_iters=2 --eval_interval=2)")
@@ -226,8 +245,19 @@ def main() -> None:
     args = parser.parse_args()
     skip = {s for s in args.skip.split(",") if s}
     if skip - set(RUNS) or skip & {"sft", "dpo", "dpo_plain"}:
-        raise SystemExit(f"--skip takes some of sft_all, sft_scratch, sft_long; got {args.skip}")
+        raise SystemExit(f"--skip takes some of sft_all, sft_scratch, sft_long, rl; got {args.skip}")
+    notes = {}
+    if not (REPO / RL).exists() and "rl" not in skip:
+        skip.add("rl")
+        notes["rl"] = f"not run: this checkout has no {Path(RL).name} in configs/ (no reinforcement-learning step)"
+    elif "rl" in skip:
+        notes["rl"] = "not run: left out with --skip rl"
+    if args.report:  # a path as the user meant it, before the change of folder
+        args.report = str(Path(args.report).resolve())
+        if not Path(args.report).parent.is_dir():
+            raise SystemExit(f"--report {args.report}: its folder does not exist")
     os.chdir(REPO)
+    sys.path.insert(0, str(REPO))
     ladder = Ladder(args)
     ladder.out.mkdir(parents=True, exist_ok=True)
 
@@ -246,7 +276,7 @@ def main() -> None:
             ladder.say(f"python -m gpt.tasks {command} --out {folder}")
             ladder.run(["-m", "gpt.tasks", command, f"--out={folder}"])
 
-    models: dict[str, dict] = {"base": {"command": "python train.py", "out": str(base)}}
+    models: dict[str, dict] = {"base": {"command": "python train.py", "out": str(base), "run": base_figures}}
     models.update({name: {"command": "python train.py " + " ".join(RUNS[name][0])} for name in RUNS if name not in skip})
     trained: dict[str, futures.Future] = {}
 
@@ -267,21 +297,23 @@ def main() -> None:
         g = m["test"]["groups"]
         ladder.say(f"{name}: test exact match " + " / ".join(f"{k} {g[k]['exact_match']:.1%}" for k in g))
 
-    # The longest first; the DPO runs wait for sft, submitted before them (so a worker is never stuck waiting).
-    order = sorted(models, key=lambda n: (n != "sft_long", n.startswith("dpo"), n == "base"))
+    # The longest first; the DPO runs wait for sft, and rl for dpo, submitted before them (so a worker is never
+    # stuck waiting).
+    order = sorted(models, key=lambda n: (n != "sft_long", n.startswith("dpo") or n == "rl", n == "rl", n == "base"))
     with futures.ThreadPoolExecutor(max(1, args.parallel)) as pool:
         for name in order:  # filled in order: a job finds every job submitted before it
             trained[name] = pool.submit(climb, name)
         for job in trained.values():
             job.result()
+    for name in ("dpo", "dpo_plain"):  # held-out preference accuracy where the starting model can do the task
+        models[name]["told_apart"] = dpo.told_apart(models[name]["pairs"], models["sft"]["test"])
     answers: dict[str, list[str]] = {"prompts": PROMPTS, "held_out_prompts": HELD_OUT_PROMPTS}
-    for name in ANSWERED:
+    for name in (n for n in ANSWERED if n in models):
         answers[name] = [ladder.sample(Path(models[name]["out"]), ["--chat", "--temperature", "0", "--prompt", p])
                          .rstrip("\n") for p in PROMPTS]
     changes = {}
-    for name in ("dpo", "dpo_plain", "sft_long"):
+    for name, before in (("dpo", "sft"), ("dpo_plain", "sft"), ("sft_long", "sft"), ("rl", "dpo")):
         if name in models:
-            before = "sft" if name != "sft_long" else "sft"
             a = models[before]["test"]["groups"]["new_inputs"]["exact_match"]
             b = models[name]["test"]["groups"]["new_inputs"]["exact_match"]
             changes[f"{name}_new_inputs"] = {"from": a, "to": b, "word": "rose" if b > a else "fell" if b < a else
@@ -289,8 +321,16 @@ def main() -> None:
     path = harness.write("assistant", {
         "what": "the assistant ladder: instruction tuning and preference tuning on the task suite, scored",
         "suite": str(SUITE), "pairs": str(PAIRS), "threads": args.threads, "models": models, "answers": answers,
-        "changes": changes, "wall_seconds": time.perf_counter() - ladder.started, "load_average": ladder.load()})
+        "changes": changes, "steps": [{"step": step, "model": name, "note": notes.get(name)} for step, name in STEPS],
+        "wall_seconds": time.perf_counter() - ladder.started, "load_average": ladder.load()})
     ladder.say(f"wrote {path.relative_to(REPO)}")
+    if args.report:
+        import figures
+        from gpt.atomic import write_text
+
+        report = Path(args.report)
+        write_text(report, figures.ladder_report(json.loads(path.read_text())))
+        ladder.say(f"wrote the report {report}")
     if not args.no_write:
         import figures
 

@@ -56,7 +56,8 @@ from gpt.runtime import (ARCH_OPTIONS, Dist, OutDirLock, Run, dist_from_env, end
 SHAPE_SETTINGS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
 FIXED_AT_START = ("vocab_multiple", "seed", "init_from", "lora_rank", "lora_alpha", "lora_targets")
 # What a checkpoint from before the architecture options existed was trained with.
-LEGACY_SETTINGS = {"arch": "gpt2", "optimizer": "adamw", "lr_schedule": "cosine"}
+# (dpo_nll: a DPO run from before the setting existed was plain DPO, whatever today's default.)
+LEGACY_SETTINGS = {"arch": "gpt2", "optimizer": "adamw", "lr_schedule": "cosine", "dpo_nll": 0.0}
 
 
 @dataclass
@@ -66,8 +67,8 @@ class TrainConfig:
     include: str | None = setting(None, "with a folder: only files matching this glob (e.g. '*.py')")
     val_fraction: float = setting(0.1, "share of the text (or of the conversations) held out for validation")
     val_data: str | None = setting(None, "conversations or preference pairs only: a .jsonl file (or folder) to validate on instead of a val_fraction share")
-    dpo_beta: float = setting(0.1, "preference pairs only: DPO's beta, how far the model may move from the reference for a given preference (smaller: further; 0.1 is usual)")
-    dpo_nll: float = setting(0.0, "preference pairs only: add this weight x the chosen answers' negative log-likelihood per token to the DPO loss, which keeps them likely (0 = plain DPO)")
+    dpo_beta: float = setting(0.5, "preference pairs only: DPO's beta, how far the model may move from the reference for a given preference (smaller: further; 0.1 is usual for plain DPO, 0.5 with dpo_nll kept exact match on tasks it had not seen)")
+    dpo_nll: float = setting(1.0, "preference pairs only: add this weight x the chosen answers' negative log-likelihood per token to the DPO loss, which keeps them likely and exact match with them (0 = plain DPO, whose answers can get worse)")
     rl: bool = setting(False, "reinforcement learning (needs init_from): the .jsonl prompts are answered by the model, rl_group answers each, and answers that score above their group's mean are reinforced (gpt/post/rl.py)")
     reward: str = setting("exact", "rl only: exact (1 when the answer is the line's response, the task suite's check) or your own, module:function or file.py:function, called with (prompt, answer, reference) and returning a number")
     rl_group: int = setting(8, "rl only: answers sampled per prompt; each is scored against its group's mean reward")

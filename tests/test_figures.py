@@ -35,8 +35,9 @@ def test_the_headline_figures_are_marked():
     results = readme.split("## Results", 1)[1].split("\n## ", 1)[0]
     assert results.count("<!-- fig ") >= 2 and "<!-- figures default.sample -->" in results
     assistant = (REPO / "docs" / "assistant.md").read_text()
-    for block in ("assistant.sft_table", "default.stone", "assistant.sft_answers", "assistant.dpo_table",
-                  "assistant.dpo_answers"):
+    assert "<!-- figures assistant.steps -->" in results  # the ladder, step by step
+    for block in ("assistant.steps", "assistant.sft_table", "default.stone", "assistant.sft_answers",
+                  "assistant.dpo_table", "assistant.dpo_answers"):
         assert f"<!-- figures {block} -->" in assistant
 
 
@@ -89,3 +90,72 @@ def test_a_marker_naming_what_does_not_exist_is_reported(tmp_path, monkeypatch):
     problems = figures.check(write=True, pages=[page])
     assert len(problems) == 3
     assert "no 'b'" in problems[1] and "y.json does not exist" in problems[2] and "no.such" in problems[0]
+
+
+def _scores(new_inputs: dict[str, float], phrasings: float, held_out: float) -> dict:
+    """A scorer's report (python -m gpt.tasks eval --json), cut to what the ladder's tables read."""
+    tasks = {t: {"exact_match": em} for t, em in new_inputs.items()}
+    return {"ended": 1.0, "groups": {
+        "new_inputs": {"exact_match": sum(new_inputs.values()) / len(new_inputs), "tasks": tasks},
+        "new_phrasings": {"exact_match": phrasings, "tasks": {}},
+        "held_out_tasks": {"exact_match": held_out, "tasks": {}}}}
+
+
+def _ladder_results(with_rl: bool) -> dict:
+    models = {
+        "base": {"command": "python train.py", "run": {"steps": 2000, "train_seconds": 240.4, "tokens": 4096000},
+                 "test": _scores({"add": 0.0, "copy": 0.0}, 0.0, 0.0)},
+        "sft": {"command": "python train.py configs/sft_tasks_cpu.toml",
+                "run": {"steps": 500, "train_seconds": 120.0, "tokens": 2048000},
+                "test": _scores({"add": 0.2, "copy": 0.9}, 0.1, 0.05)},
+        "dpo": {"command": "python train.py configs/dpo_tasks_cpu.toml",
+                "run": {"steps": 375, "train_seconds": 60.5, "tokens": 768000},
+                "test": _scores({"add": 0.1, "copy": 1.0}, 0.1, 0.0)},
+        "rl": {"command": "python train.py configs/rl_tasks_cpu.toml",
+               "run": {"steps": 100, "train_seconds": 300.0, "tokens": 1000},
+               "test": _scores({"add": 0.6, "copy": 1.0}, 0.2, 0.0)}}
+    if not with_rl:
+        del models["rl"]
+    prompts = ["What is 2 + 2?", "Copy this text: a|b"]
+    answers = {"prompts": prompts, "held_out_prompts": [], "sft": ["5", "a|b"], "dpo": ["4", "a|b"]}
+    if with_rl:
+        answers["rl"] = ["4", "a|b"]
+    steps = [{"step": "pretraining", "model": "base", "note": None},
+             {"step": "instruction tuning", "model": "sft", "note": None},
+             {"step": "preference tuning", "model": "dpo", "note": None},
+             {"step": "reinforcement learning", "model": "rl", "note": None if with_rl else "not run: no config"}]
+    return {"machine": {"command": "python bench/ladder.py --report r.md", "date": "2026-12-05 17:00 UTC",
+                        "load_average": [1.0, 1.0, 1.0]},
+            "suite": "data/tasks", "threads": 1, "models": models, "answers": answers, "steps": steps,
+            "load_average": {"min": 0.5, "max": 2.25}}
+
+
+def _row(table: str, step: str) -> list[str]:
+    line = next(line for line in table.splitlines() if line.startswith(f"| {step} |"))
+    return [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip()[1:-1])]  # an escaped \| is in a cell
+
+
+def test_the_ladder_report_tabulates_each_step_with_its_figures_and_what_it_changed():
+    report = figures.ladder_report(_ladder_results(with_rl=True))
+    assert report.startswith("# The assistant ladder") and "load average 0.5 to 2.2" in report
+    sft = _row(report, "instruction tuning")
+    assert sft[2:8] == ["500", "120", "2,048,000", "55.0%", "10.0%", "5.0%"]
+    # What it changed: each group against the step before, and the tasks of new inputs that moved most.
+    assert sft[8] == ("new inputs +55.0 pts, new phrasings +10.0 pts, held-out tasks +5.0 pts; "
+                      "most up: copy +90.0 pts")
+    dpo = _row(report, "preference tuning")
+    assert dpo[5:8] == ["55.0%", "10.0%", "0.0%"]
+    assert dpo[8].endswith("most up: copy +10.0 pts; most down: add -10.0 pts")
+    assert _row(report, "reinforcement learning")[5] == "80.0%"
+    # The tuning steps' time and tokens together, the base left out: 120 + 60.5 + 300 s.
+    assert _row(report, "the tuning steps together")[3:5] == ["480", "2,817,000"]
+    # The answers, one column per tuned step; a | in an answer does not end its cell.
+    assert "| What is 2 + 2? | `5` | `4` | `4` |" in report and "`a\\|b`" in report
+
+
+def test_a_step_that_did_not_run_is_a_row_with_its_note():
+    table = figures.steps_table(_ladder_results(with_rl=False))
+    rl = _row(table, "reinforcement learning")
+    assert rl[-1] == "not run: no config" and set(rl[1:-1]) == {""}
+    assert _row(table, "the tuning steps together")[3] == "180"
+    assert "| instruction tuning | preference tuning |" in figures.steps_answers(_ladder_results(with_rl=False))

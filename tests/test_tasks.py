@@ -12,7 +12,7 @@ import re
 from gpt.post.chat import Conversation, Message, read_conversations
 from gpt.post.tasks.cli import main
 from gpt.post.tasks.scoring import exact_match, score
-from gpt.post.tasks.suite import GROUPS, HELD_OUT_TASKS, TASKS, make_suite
+from gpt.post.tasks.suite import GROUPS, HELD_OUT_TASKS, SUITE_TASKS, TASKS, UNSEEN_TASKS, make_suite
 
 # An independent statement of each task's answer, from the fields read back out of its prompt.
 def _numbers(text: str) -> list[int]:
@@ -34,6 +34,11 @@ CHECKS = {
     "sort_numbers": lambda f: " ".join(map(str, sorted(_numbers(f["numbers"])))),
     "next_number": lambda f: (lambda ns: str(2 * ns[-1] - ns[-2]))(_numbers(f["seq"])),
     "lookup": lambda f: dict(pair.split("=") for pair in f["pairs"].split(", "))[f["key"]],
+    "first_letter": lambda f: f["word"][0],
+    "last_letter": lambda f: f["word"][-1],
+    "subtract": lambda f: str(int(f["a"]) - int(f["b"])),
+    "min_number": lambda f: str(min(_numbers(f["numbers"]))),
+    "twice": lambda f: f"{f['word']} {f['word']}",
 }
 
 
@@ -74,7 +79,7 @@ def test_the_suite_tests_new_inputs_unseen_phrasings_and_held_out_tasks():
     suite = make_suite(seed=3, train_per_task=60, val_per_task=5, test_per_task=10)
     assert suite == make_suite(seed=3, train_per_task=60, val_per_task=5, test_per_task=10)  # seeded
     assert suite != make_suite(seed=4, train_per_task=60, val_per_task=5, test_per_task=10)
-    trained = [n for n in TASKS if n not in HELD_OUT_TASKS]
+    trained = [n for n in SUITE_TASKS if n not in HELD_OUT_TASKS]
     train, val, test = suite["train"], suite["val"], suite["test"]
     assert {line["task"] for line in train} == {line["task"] for line in val} == set(trained)
     assert len(train) == 60 * len(trained) and len(val) == 5 * len(trained)
@@ -91,6 +96,11 @@ def test_the_suite_tests_new_inputs_unseen_phrasings_and_held_out_tasks():
     # A char tokenizer fitted to the training set can write every test prompt and answer.
     train_chars = set("".join(line["prompt"] + line["response"] for line in train))
     assert set("".join(line["prompt"] + line["response"] for line in test)) <= train_chars
+    # The unseen tasks are made only when named: the default suite is the one the recipes were tuned on.
+    assert not {line["task"] for line in train + test} & set(UNSEEN_TASKS)
+    unseen = make_suite(seed=1, train_per_task=5, val_per_task=2, test_per_task=2, tasks=UNSEEN_TASKS, held_out=())
+    assert {line["task"] for line in unseen["train"]} == set(UNSEEN_TASKS)
+    assert {line["group"] for line in unseen["test"]} == {"new_inputs", "new_phrasings"}
     only = make_suite(seed=1, train_per_task=5, val_per_task=2, test_per_task=2, tasks=["copy", "add"], held_out=["add"])
     assert {line["task"] for line in only["train"]} == {"copy"}
     assert {(line["task"], line["group"]) for line in only["test"]} == {

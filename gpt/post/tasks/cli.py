@@ -22,7 +22,7 @@ from gpt.post.chat import ChatTemplate, read_conversations
 from gpt.post.dpo import read_pairs, score_pairs
 from gpt.post.tasks.pairs import make_pairs
 from gpt.post.tasks.scoring import UNASKABLE, answer_all, exact_match, score
-from gpt.post.tasks.suite import HELD_OUT_TASKS, TASKS, make_suite
+from gpt.post.tasks.suite import HELD_OUT_TASKS, SUITE_TASKS, UNSEEN_TASKS, make_suite
 from gpt.reshape import grow_vocab
 
 @dataclass
@@ -32,7 +32,7 @@ class MakeConfig:
     train_per_task: int = setting(2000, "training items per trained task")
     val_per_task: int = setting(50, "validation items per trained task (trained phrasings, new inputs)")
     test_per_task: int = setting(100, "test items per task in each test group")
-    tasks: list[str] = setting([], f"only these tasks (default: all of {', '.join(TASKS)}); repeat or join with ','")
+    tasks: list[str] = setting([], f"only these tasks (default: all of {', '.join(SUITE_TASKS)}; not by default: {', '.join(UNSEEN_TASKS)}); repeat or join with ','")
     held_out: list[str] = setting(list(HELD_OUT_TASKS), "tasks left out of training, tested as held_out_tasks; repeat or join with ','")
     force: bool = setting(False, "overwrite the files if the folder already holds a suite")
 

@@ -15,6 +15,9 @@ ways. The last phrasing of each task never appears in training. The test split h
     new_phrasings     the trained tasks asked with the phrasing never seen in training
     held_out_tasks    tasks left out of training entirely (by default lowercase and max_number)
 
+Five more tasks (UNSEEN_TASKS) are not in the suite unless named (--tasks): a check that a recipe tuned on the
+suite works on tasks it was not tuned on.
+
 Lines are {"prompt", "response", "task"} (+ "group" in test.jsonl): the forms train.py reads (gpt/post/chat.py).
 
 The package, one job per module: suite.py (this file: the tasks and the suite they make), pairs.py (preference
@@ -229,7 +232,37 @@ TASKS: dict[str, Task] = {t.name: t for t in [
           "Which number is the biggest: {numbers}?", "Please give the largest number among {numbers}."),
          lambda rng: {"numbers": _numbers(rng)}, lambda f: str(max(f["numbers"])),
          (lambda f, rng: str(min(f["numbers"])), lambda f, rng: str(f["numbers"][0]))),
+    # Not in the suite by default: five tasks the project's recipes were not tuned on, to check that a recipe
+    # is not fitted to the suite (bench/dpo.py unseen: instruction tuning, then DPO, on these alone).
+    Task("first_letter",
+         ("What is the first letter of {word}?", "Give the first letter of {word}.", "first letter: {word}",
+          "Which letter does {word} start with?", "Tell me the letter that {word} begins with."),
+         lambda rng: {"word": _word(rng)}, lambda f: f["word"][0],
+         (lambda f, rng: f["word"][-1], lambda f, rng: f["word"][1], lambda f, rng: f["word"][:2])),
+    Task("last_letter",
+         ("What is the last letter of {word}?", "Give the last letter of {word}.", "last letter: {word}",
+          "Which letter does {word} end with?", "Tell me the letter that {word} finishes with."),
+         lambda rng: {"word": _word(rng)}, lambda f: f["word"][-1],
+         (lambda f, rng: f["word"][0], lambda f, rng: f["word"][-2], lambda f, rng: f["word"][-2:])),
+    Task("subtract",
+         ("What is {a} - {b}?", "Subtract {b} from {a}.", "{a} minus {b} =", "Compute {a} minus {b}.",
+          "Please take {b} away from {a}."),
+         lambda rng: dict(zip("ba", sorted(rng.sample(range(100), 2)))), lambda f: str(f["a"] - f["b"]),
+         (lambda f, rng: _off_by(f["a"] - f["b"], rng), lambda f, rng: str(f["a"] + f["b"]),
+          lambda f, rng: str(f["a"]))),
+    Task("min_number",
+         ("What is the smallest of {numbers}?", "Find the minimum of {numbers}.", "min: {numbers}",
+          "Which number is the smallest: {numbers}?", "Please give the smallest number among {numbers}."),
+         lambda rng: {"numbers": _numbers(rng)}, lambda f: str(min(f["numbers"])),
+         (lambda f, rng: str(max(f["numbers"])), lambda f, rng: str(f["numbers"][0]))),
+    Task("twice",
+         ("Say {word} twice.", "Repeat {word} two times.", "twice: {word}", "Write {word} two times.",
+          "Please write the word {word} twice."),
+         lambda rng: {"word": _word(rng)}, lambda f: f"{f['word']} {f['word']}",
+         (lambda f, rng: f["word"], lambda f, rng: f["word"] * 2, lambda f, rng: " ".join([f["word"]] * 3))),
 ]}
+UNSEEN_TASKS = ("first_letter", "last_letter", "subtract", "min_number", "twice")
+SUITE_TASKS = tuple(name for name in TASKS if name not in UNSEEN_TASKS)  # what `make` writes by default
 HELD_OUT_TASKS = ("lowercase", "max_number")
 GROUPS = ("new_inputs", "new_phrasings", "held_out_tasks")
 
@@ -244,7 +277,7 @@ def make_suite(seed: int = 1234, train_per_task: int = 2000, val_per_task: int =
     """The train, val and test items. No input of val or test is a train input (per task); train and val use
     the trained phrasings only; test holds the three GROUPS (see the module docstring). with_fields: each item
     also holds its inputs ("fields"), from which make_pairs builds wrong answers."""
-    names = list(tasks) or list(TASKS)
+    names = list(tasks) or list(SUITE_TASKS)
     unknown = [n for n in [*names, *held_out] if n not in TASKS]
     if unknown:
         raise UserError(f"unknown task{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: choose from {', '.join(TASKS)}")
