@@ -201,7 +201,11 @@ def finished_like_defaults(out: Path) -> bool:
     ignored = set(IGNORED_SETTINGS)
     if saved.get("lora_rank", 0) == defaults["lora_rank"] == 0:  # no adapter: its settings changed nothing
         ignored |= {k for k in defaults if k.startswith("lora_")}
-    same = all(saved.get(k) == v for k, v in defaults.items() if k not in ignored)
+    if not saved.get("rl"):  # not an RL run: its settings changed nothing
+        ignored |= {"reward"} | {k for k in defaults if k.startswith("rl_")}
+    # A setting added since the run was saved left it as that setting's default does (new settings default to
+    # what the code did before them), so only the settings the run recorded are compared.
+    same = all(saved[k] == v for k, v in defaults.items() if k not in ignored and k in saved)
     return same and (out / "ckpt.pt").exists() and steps and steps[-1] == defaults["max_iters"]
 
 
