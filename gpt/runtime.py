@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import math
 import os
 import random
@@ -108,6 +109,10 @@ def end_process_group(dist: Dist, orderly: bool) -> None:
         return
     if orderly:
         torch.distributed.barrier()
+    # The DDP wrapper holds the group too, often in reference cycles that only the collector frees: left for the
+    # interpreter's exit, the group's threads can be torn down after the C++ runtime and abort the process
+    # ("terminate called without an active exception", seen once in CI on a run that had ended well).
+    gc.collect()
     torch.distributed.destroy_process_group()
 
 
