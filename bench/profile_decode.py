@@ -24,7 +24,6 @@ Writes bench/results/profile_decode.json.
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 
 import harness

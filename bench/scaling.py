@@ -20,7 +20,6 @@ goes to bench/results/scaling_depth.json. FLOP-set runs: load-independent, so th
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
