@@ -88,6 +88,22 @@ class TrainingData(ABC):
         return {}
 
 
+def next_indices(stream: Any) -> list[int]:
+    """This process's share of the next global batch of a stream that walks a seeded order of examples per epoch
+    (conversations' pairs, RL's prompts): `stream.order(epoch)` is an epoch's order, and (epoch, position), its
+    resumable state, moves on by one global batch, of which process `rank` takes the rank-th slice."""
+    wanted = stream.batch_size * stream.world_size
+    picked: list[int] = []
+    while len(picked) < wanted:
+        order = stream.order(stream.epoch)
+        taken = order[stream.position: stream.position + wanted - len(picked)].tolist()
+        picked += taken
+        stream.position += len(taken)
+        if stream.position >= len(order):
+            stream.epoch, stream.position = stream.epoch + 1, 0
+    return picked[stream.rank * stream.batch_size: (stream.rank + 1) * stream.batch_size]
+
+
 class TextData(TrainingData):
     """Plain text, prepared into train.bin / val.bin; batches are random windows (gpt/batches.py)."""
 

@@ -63,7 +63,8 @@ import torch
 import torch.nn.functional as F
 
 from gpt import checkpoint as ckpt_io
-from gpt.datasets import TrainingData, check_lengths, held_out, jsonl_files, jsonl_kind, read_jsonl
+from gpt.datasets import (TrainingData, check_lengths, held_out, jsonl_files, jsonl_kind, next_indices,
+                          read_jsonl)
 from gpt.errors import UserError, plural
 from gpt.post.adapter_files import fingerprint
 from gpt.post.adapters import adapters_disabled
@@ -272,17 +273,7 @@ class PairBatches:
         return self._order
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        wanted = self.batch_size * self.world_size  # one global batch; this process takes its slice
-        picked: list[int] = []
-        while len(picked) < wanted:
-            order = self.order(self.epoch)
-            taken = order[self.position: self.position + wanted - len(picked)].tolist()
-            picked += taken
-            self.position += len(taken)
-            if self.position >= len(order):
-                self.epoch, self.position = self.epoch + 1, 0
-        mine = picked[self.rank * self.batch_size: (self.rank + 1) * self.batch_size]
-        return self.tensors(mine)
+        return self.tensors(next_indices(self))
 
     __next__ = next
 

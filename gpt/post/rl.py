@@ -71,7 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from gpt.datasets import TrainingData, held_out, jsonl_files
+from gpt.datasets import TrainingData, held_out, jsonl_files, next_indices
 from gpt.decoding import Decoder
 from gpt.errors import UserError, plural
 from gpt.post.adapter_files import fingerprint
@@ -305,19 +305,11 @@ class PromptBatches:
         return self._order
 
     def next(self) -> PromptBatch:
-        wanted = self.batch_size * self.world_size
-        picked: list[int] = []
-        while len(picked) < wanted:
-            order = self.order(self.epoch)
-            taken = order[self.position: self.position + wanted - len(picked)].tolist()
-            picked += taken
-            self.position += len(taken)
-            if self.position >= len(order):
-                self.epoch, self.position = self.epoch + 1, 0
+        mine = next_indices(self)
         words = np.random.SeedSequence([self.seed, self.drawn, self.rank]).generate_state(2, dtype=np.uint32)
         self.drawn += 1
         seed = (int(words[0]) << 31) ^ int(words[1])  # 63 bits: what torch.Generator takes
-        return PromptBatch(self.split, picked[self.rank * self.batch_size: (self.rank + 1) * self.batch_size], seed)
+        return PromptBatch(self.split, mine, seed)
 
     __next__ = next
 
